@@ -1,0 +1,144 @@
+"""Weight exchange between torch state dicts and Flax ResNets: the only module that knows both schemes.
+
+Flax module paths mirror torchvision's (`layer1.0.downsample.0`), so a key maps by joining the path and
+renaming the leaf; the table below says how each leaf is renamed and laid out (OIHW <-> HWIO, Linear
+transposed, BatchNorm names). Numpy in, numpy out; loading is strict and all-or-nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# (flax leaf name, ndim) -> (torch leaf name, flax->torch layout, torch->flax layout)
+Layout = Callable[[np.ndarray], np.ndarray]
+_LEAF_TABLE: dict[tuple[str, int], tuple[str, Layout, Layout]] = {
+    ("kernel", 4): ("weight", lambda a: a.transpose(3, 2, 0, 1), lambda a: a.transpose(2, 3, 1, 0)),  # HWIO/OIHW
+    ("kernel", 2): ("weight", lambda a: a.T, lambda a: a.T),  # Linear (in, out) / (out, in)
+    ("bias", 1): ("bias", lambda a: a, lambda a: a),
+    ("scale", 1): ("weight", lambda a: a, lambda a: a),
+    ("mean", 1): ("running_mean", lambda a: a, lambda a: a),
+    ("var", 1): ("running_var", lambda a: a, lambda a: a),
+    ("num_batches_tracked", 0): (
+        "num_batches_tracked",
+        lambda a: a.astype(np.int64),
+        lambda a: a.astype(np.int32),
+    ),
+}
+
+
+class StateDictError(ValueError):
+    """A state dict that does not fit the model; the message lists every problem at once."""
+
+
+class WeightsFileError(ValueError):
+    """A weights file that cannot be read (missing, truncated, not safetensors, or unsafe pickle)."""
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # torch.Tensor, without importing torch
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _torch_keys(model: nnx.Module) -> dict[str, tuple[nnx.Variable, tuple[str, Layout, Layout]]]:
+    """torch key -> (variable, table row) for every variable of the model."""
+    out = {}
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+        leaf = path[-1]
+        value = var[...]
+        row = _LEAF_TABLE.get((leaf, value.ndim))
+        if row is None:
+            raise TypeError(f"no torch mapping for Flax variable {'/'.join(map(str, path))} with shape {value.shape}")
+        key = ".".join(str(p) for p in path[:-1]) + "." + row[0]
+        out[key] = (var, row)
+    return out
+
+
+def to_torch_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+    """Export the model as a torch-named state dict of numpy arrays (loads strict into torch_ref/torchvision)."""
+    return {key: np.array(row[1](np.asarray(var[...])), order="C") for key, (var, row) in _torch_keys(model).items()}
+
+
+def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> None:
+    """Load a torch state dict (tensors or numpy) into `model` in place; strict and all-or-nothing.
+
+    Every missing, unexpected and mis-shaped key is reported together in one StateDictError, and the
+    model is left unchanged. A missing `num_batches_tracked` is taken as 0, as torch itself does.
+    """
+    expected = _torch_keys(model)
+    missing, mis_shaped, updates = [], [], []
+    for key, (var, row) in expected.items():
+        if key not in state_dict:
+            if row[0] == "num_batches_tracked":
+                updates.append((var, jnp.zeros((), jnp.int32)))
+            else:
+                missing.append(key)
+            continue
+        array = row[2](_to_numpy(state_dict[key]))
+        if array.shape != var[...].shape:
+            torch_shape = tuple(_to_numpy(state_dict[key]).shape)
+            want = tuple(row[1](np.zeros(var[...].shape, np.float32)).shape)
+            mis_shaped.append(f"{key} {torch_shape} (expected {want})")
+            continue
+        updates.append((var, jnp.asarray(array, dtype=var[...].dtype)))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected or mis_shaped:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)):
+            if keys:
+                parts.append(f"{len(keys)} {label}: {', '.join(keys)}")
+        raise StateDictError(
+            f"state dict does not match {getattr(model, 'arch', 'model')}/{getattr(model, 'variant', '?')}: "
+            + "; ".join(parts)
+        )
+    for var, value in updates:
+        var[...] = value
+
+
+def load_weights_file(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a torch state dict from `.safetensors`, or from `.pt`/`.pth` with torch.load(weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsFileError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise WeightsFileError(f"{path}: not a readable safetensors file ({e})") from None
+    if path.suffix in (".pt", ".pth"):
+        import pickle
+
+        import torch
+
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise WeightsFileError(f"{path}: refused to load (not a plain tensor file: {first})") from None
+        except (RuntimeError, EOFError, OSError, ValueError) as e:
+            raise WeightsFileError(f"{path}: not a readable torch file ({type(e).__name__}: {e})") from None
+        if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+            obj = obj["state_dict"]
+        if not isinstance(obj, Mapping) or not all(hasattr(v, "detach") for v in obj.values()):
+            raise WeightsFileError(f"{path}: does not hold a state dict of tensors")
+        return {k: _to_numpy(v) for k, v in obj.items()}
+    raise WeightsFileError(f"{path}: unknown weights format {path.suffix!r}; use .safetensors, .pt or .pth")
+
+
+def save_safetensors(state_dict: Mapping[str, np.ndarray], path: str | Path) -> None:
+    """Write a numpy state dict as `.safetensors` atomically (temp file, then rename)."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: np.array(v, order="C") for k, v in state_dict.items()}, str(tmp))
+    tmp.replace(path)

@@ -1,0 +1,60 @@
+"""Data parallelism by sharding: one code path for 1..N devices on one or many hosts.
+
+A 1-D mesh over every device with a `data` axis; batches are sharded on it, parameters and BatchNorm
+statistics replicated. Because batch statistics are means over the *global* batch array, XLA inserts the
+cross-device reductions itself and results do not depend on the device count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def initialize(coordinator_address: str | None, num_processes: int, process_id: int) -> None:
+    """Join a multi-host run (GPU cluster, TPU pod, or several CPU processes); no-op for one process."""
+    if num_processes <= 1:
+        return
+    if jax.default_backend() == "cpu" or not jax.devices():
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
+
+
+def make_mesh(devices: list[Any] | None = None) -> Mesh:
+    """A 1-D `data` mesh over the given devices (default: all global devices)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Sharding that keeps a full copy on every device (parameters, BN statistics, optimizer state)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """Sharding that splits the leading (batch) axis across the `data` axis."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def put_replicated(tree: Any, mesh: Mesh) -> Any:
+    """Place a pytree of host arrays (identical on every process) replicated on the mesh."""
+    sharding = replicated(mesh)
+    return jax.tree.map(lambda x: _from_global(np.asarray(x), sharding), tree)
+
+
+def put_batch(array: np.ndarray, mesh: Mesh) -> jax.Array:
+    """Place a *global* host array (identical on every process) sharded on its leading axis."""
+    if array.shape[0] % mesh.size:
+        raise ValueError(f"batch of {array.shape[0]} does not split over {mesh.size} devices")
+    return _from_global(np.asarray(array), batch_sharded(mesh))
+
+
+def _from_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])

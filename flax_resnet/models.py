@@ -1,0 +1,305 @@
+"""Flax NNX ResNet-18/34/50/101/152 in three variants (cifar, imagenet, article).
+
+Module names mirror torchvision's (`conv1`, `bn1`, `layerS[B].conv1`, `downsample[0|1]`, `fc`) so that
+weight exchange is a table, and BatchNorm follows torch exactly (momentum 0.1, eps 1e-5, unbiased running
+variance). Inputs are NHWC float; all padding is explicit and symmetric, as in torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from flax_resnet.conv import LOWERINGS, Lowering, conv2d
+
+ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3)),
+    "resnet152": ("bottleneck", (3, 8, 36, 3)),
+}
+VARIANTS: tuple[str, ...] = ("cifar", "imagenet", "article")
+WIDTHS = (64, 128, 256, 512)
+STRIDES = (1, 2, 2, 2)
+DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def check_names(arch: str, variant: str) -> None:
+    """Raise ValueError naming the valid choices when `arch` or `variant` is unknown."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; valid choices: {', '.join(ARCHS)}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid choices: {', '.join(VARIANTS)}")
+
+
+def _torch_uniform(bound: float) -> Callable[..., jax.Array]:
+    """PyTorch's default init for Linear weights/biases and conv biases: U(-bound, bound)."""
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+# Kaiming-normal, fan_out, ReLU gain (untruncated), as torchvision initializes convolutions.
+_kaiming_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal", in_axis=-2, out_axis=-1)
+
+
+class Conv(nnx.Module):
+    """Conv2d with symmetric explicit padding k//2 and an HWIO kernel; lowering chosen by `conv2d`."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel_size: int,
+        stride: int = 1,
+        *,
+        bias: bool = False,
+        dtype: Any = jnp.float32,
+        lowering: Lowering = "auto",
+        rngs: nnx.Rngs,
+    ):
+        k = kernel_size
+        self.kernel = nnx.Param(_kaiming_fan_out(rngs.params(), (k, k, cin, cout), jnp.float32))
+        bound = 1.0 / math.sqrt(cin * k * k)
+        self.bias = nnx.Param(_torch_uniform(bound)(rngs.params(), (cout,))) if bias else None
+        self.stride = stride
+        self.padding = ((k // 2, k // 2), (k // 2, k // 2))
+        self.dtype = dtype
+        self.lowering = lowering
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = conv2d(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.stride, self.padding, self.lowering)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class BatchNorm(nnx.Module):
+    """BatchNorm over NHWC identical to torch.nn.BatchNorm2d, in float32 whatever the compute dtype.
+
+    Train mode normalizes with the biased batch variance and updates the running variance with the
+    unbiased one (as torch does); `num_batches_tracked` counts train-mode calls, as torch's buffer does.
+    """
+
+    def __init__(self, num_features: int, *, momentum: float = 0.1, epsilon: float = 1e-5):
+        self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+        self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), jnp.int32))
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.use_running_average = False
+
+    def set_view(self, use_running_average: bool | None = None) -> None:
+        """Lets `nnx.view(model, use_running_average=...)` (and train()/eval()) switch modes."""
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        if self.use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            n = x.shape[0] * x.shape[1] * x.shape[2]
+            if n < 2:
+                raise ValueError(f"BatchNorm in train mode needs more than 1 value per channel; got input {x.shape}")
+            mean = jnp.mean(x32, axis=(0, 1, 2))
+            var = jnp.mean(jnp.square(x32 - mean), axis=(0, 1, 2))
+            m = self.momentum
+            self.mean[...] = (1 - m) * self.mean[...] + m * lax.stop_gradient(mean)
+            self.var[...] = (1 - m) * self.var[...] + m * lax.stop_gradient(var) * (n / (n - 1))
+            self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
+        scale = self.scale[...] * lax.rsqrt(var + self.epsilon)
+        y = x32 * scale + (self.bias[...] - mean * scale)
+        return y.astype(x.dtype)
+
+
+class BasicBlock(nnx.Module):
+    """Two 3x3 convs plus shortcut, then ReLU (ResNet-18/34)."""
+
+    expansion = 1
+
+    def __init__(self, cin: int, width: int, stride: int, projection: bool, *, conv: Callable, norm: Callable):
+        self.conv1 = conv(cin, width, 3, stride)
+        self.bn1 = norm(width)
+        self.conv2 = conv(width, width, 3, 1)
+        self.bn2 = norm(width)
+        self.downsample = nnx.List([conv(cin, width, 1, stride, bias=False), norm(width)]) if projection else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shortcut = x if self.downsample is None else self.downsample[1](self.downsample[0](x))
+        y = nnx.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return nnx.relu(y + shortcut)
+
+
+class Bottleneck(nnx.Module):
+    """1x1 -> 3x3 (strided, torchvision v1.5) -> 1x1 at 4x width, plus shortcut, then ReLU."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int, projection: bool, *, conv: Callable, norm: Callable):
+        cout = width * self.expansion
+        self.conv1 = conv(cin, width, 1, 1, bias=False)
+        self.bn1 = norm(width)
+        self.conv2 = conv(width, width, 3, stride, bias=False)
+        self.bn2 = norm(width)
+        self.conv3 = conv(width, cout, 1, 1, bias=False)
+        self.bn3 = norm(cout)
+        self.downsample = nnx.List([conv(cin, cout, 1, stride, bias=False), norm(cout)]) if projection else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shortcut = x if self.downsample is None else self.downsample[1](self.downsample[0](x))
+        y = nnx.relu(self.bn1(self.conv1(x)))
+        y = nnx.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return nnx.relu(y + shortcut)
+
+
+def final_map_size(variant: str, size: int) -> int:
+    """Side of the last stage's feature map for an input of side `size` (explicit-padding arithmetic)."""
+    if variant != "cifar":
+        size = (size + 2 * 3 - 7) // 2 + 1  # 7x7 stride-2 stem
+        size = (size + 2 * 1 - 3) // 2 + 1  # 3x3 stride-2 max-pool
+    for stride in STRIDES[1:]:
+        size = (size + 2 * 1 - 3) // stride + 1
+    return size
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """torch MaxPool2d(3, stride=2, padding=1): padding never wins the max (pads with -inf)."""
+    return lax.reduce_window(
+        x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+    )
+
+
+class ResNet(nnx.Module):
+    """A ResNet over NHWC float inputs; `variant` picks stem, shortcut rule and head (DESIGN.md)."""
+
+    def __init__(
+        self,
+        arch: str,
+        variant: str = "cifar",
+        num_classes: int = 10,
+        *,
+        dtype: Any = jnp.float32,
+        conv_lowering: Lowering = "auto",
+        rngs: nnx.Rngs,
+    ):
+        check_names(arch, variant)
+        if conv_lowering not in LOWERINGS:
+            raise ValueError(f"unknown conv lowering {conv_lowering!r}; valid choices: {', '.join(LOWERINGS)}")
+        kind, depths = ARCHS[arch]
+        self.arch, self.variant, self.num_classes = arch, variant, num_classes
+        self.dtype = dtype
+        article = variant == "article"
+        conv = partial(Conv, dtype=dtype, lowering=conv_lowering, rngs=rngs, bias=article)
+        norm = BatchNorm
+        block_cls = BasicBlock if kind == "basic" else Bottleneck
+        if variant == "cifar":
+            self.conv1 = conv(3, 64, 3, 1, bias=False)
+        else:
+            self.conv1 = conv(3, 64, 7, 2, bias=False)
+        self.bn1 = norm(64)
+        cin = 64
+        for s, (width, stride, n) in enumerate(zip(WIDTHS, STRIDES, depths, strict=True)):
+            blocks = []
+            for b in range(n):
+                st = stride if b == 0 else 1
+                cout = width * block_cls.expansion
+                projection = (b == 0 and article) or st != 1 or cin != cout
+                blocks.append(block_cls(cin, width, st, projection, conv=conv, norm=norm))
+                cin = cout
+            setattr(self, f"layer{s + 1}", nnx.List(blocks))
+        self.fc = nnx.Linear(
+            cin,
+            num_classes,
+            dtype=dtype,
+            kernel_init=_torch_uniform(1.0 / math.sqrt(cin)),
+            bias_init=_torch_uniform(1.0 / math.sqrt(cin)),
+            rngs=rngs,
+        )
+
+    def _check_input(self, x: jax.Array) -> None:
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"expected NHWC images with 3 channels, shape (N, H, W, 3); got shape {tuple(x.shape)}")
+        if self.variant == "article":
+            h, w = final_map_size("article", x.shape[1]), final_map_size("article", x.shape[2])
+            if (h, w) != (1, 1):
+                raise ValueError(
+                    f"the article variant flattens a 1x1 final map and so needs 32x32 inputs (final map 1x1); "
+                    f"input {x.shape[1]}x{x.shape[2]} gives a {h}x{w} final map"
+                )
+
+    def stages(self, x: jax.Array) -> list[jax.Array]:
+        """Outputs of the stem and of each of the four stages (NHWC)."""
+        self._check_input(x)
+        y = nnx.relu(self.bn1(self.conv1(x)))
+        if self.variant != "cifar":
+            y = max_pool_3x3_s2(y)
+        outs = [y]
+        for s in range(1, 5):
+            for block in getattr(self, f"layer{s}"):
+                y = block(y)
+            outs.append(y)
+        return outs
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = self.stages(x)[-1]
+        if self.variant == "article":
+            y = y.reshape(y.shape[0], -1)
+        else:
+            y = jnp.mean(y.astype(jnp.float32), axis=(1, 2)).astype(y.dtype)
+        return self.fc(y).astype(jnp.float32)
+
+
+def create_model(
+    arch: str,
+    variant: str = "cifar",
+    num_classes: int = 10,
+    seed: int = 0,
+    *,
+    dtype: str = "float32",
+    conv_lowering: Lowering = "auto",
+) -> ResNet:
+    """Build a freshly initialized ResNet; unknown names raise ValueError naming the valid choices."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid choices: {', '.join(DTYPES)}")
+    return ResNet(
+        arch, variant, num_classes, dtype=DTYPES[dtype], conv_lowering=conv_lowering, rngs=nnx.Rngs(seed)
+    )
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of trainable parameters (BatchNorm running statistics excluded, as torch counts them)."""
+    return sum(int(v.size) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+@partial(jax.jit, static_argnums=0)
+def _forward(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array) -> jax.Array:
+    return nnx.merge(graphdef, state)(x)
+
+
+def predict(model: ResNet, x: Any, *, jit: bool = True) -> jax.Array:
+    """Eval-mode logits (N, classes) for float32 NHWC images; the model's own mode is left untouched.
+
+    `jit=False` runs op by op, which avoids a whole-network compile for one-off calls on new shapes.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    model._check_input(x)
+    view = nnx.view(model, use_running_average=True)
+    if not jit:
+        return view(x)
+    graphdef, state = nnx.split(view)
+    return _forward(graphdef, state, x)
