@@ -1,0 +1,511 @@
+"""CIFAR-10 sources -> uint8 NHWC arrays; on-device augmentation; batch order.
+
+Sources (`load_dataset(source)`):
+  * ``"tfds"``: TensorFlow Datasets ``cifar10``, prepared once into `data_dir` (imports TensorFlow only then);
+  * an image-folder tree ``<root>/{train,test}/<class>/*.{png,jpg,jpeg}``, as a directory or as a .tar,
+    .tar.gz or .tgz (the tree may sit inside one wrapper folder), decoded once with PIL and cached as an .npz;
+  * the original ``cifar-10-python.tar.gz`` archive (or its extracted ``cifar-10-batches-py`` folder).
+
+The device side (`normalize`, `augment`) is pure jax on whole batches; the host side only chooses indices.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import dataclasses
+import glob
+import hashlib
+import io
+import json
+import os
+import pickle
+import re
+import tarfile
+import tempfile
+import warnings
+import zipfile
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+
+IMAGE_SIZE = 32
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+_SPLITS = ("train", "test")
+_CIFAR_BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+_CIFAR_META = "batches.meta"
+# Bump when the decoded content for the same source would change (invalidates old caches).
+_CACHE_FORMAT = 1
+# What TFDS 4.9 downloads for cifar10; probed once (no retries) before handing over to TFDS's own downloader,
+# which retries for minutes when there is no network.
+_TFDS_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+_OFFLINE_HINT = (
+    "use an offline copy via --data PATH: an image-folder directory or .tar/.tar.gz of "
+    "<root>/{train,test}/<class>/*.png|jpg, or the cifar-10-python.tar.gz archive"
+)
+
+
+class DataError(Exception):
+    """User-facing data problem; str(e) is one line naming the path/file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A whole image-classification dataset in host memory: uint8 NHWC images, int32 labels."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: tuple[str, ...]
+
+
+def load_dataset(
+    source: str | os.PathLike[str] = "tfds", data_dir: str | os.PathLike[str] | None = None
+) -> Dataset:
+    """Load CIFAR-10 from "tfds" or a local path (image folder, its tar, or cifar-10-python.tar.gz).
+
+    `data_dir` is the TFDS data dir for "tfds", and the .npz cache dir for paths (else ~/.cache/flax_resnet).
+    """
+    if str(source) == "tfds":
+        return _load_tfds(None if data_dir is None else str(data_dir))
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    path = path.resolve()
+    if path.is_dir():
+        tree = _scan_directory(path)
+        stamp: list = sorted((name, st.st_size, st.st_mtime_ns) for name, (_, st) in tree.files.items())
+    else:
+        tree = None
+        st = path.stat()
+        stamp = [st.st_size, st.st_mtime_ns]
+    cache_dir = Path(data_dir).expanduser() if data_dir is not None else Path.home() / ".cache/flax_resnet"
+    cache_file = _cache_file(cache_dir, path, stamp)
+    cached = _read_cache(cache_file)
+    if cached is not None:
+        return cached
+    if tree is None:
+        tree = _read_tar(path)
+    dataset = _assemble(tree)
+    _write_cache(cache_file, dataset)
+    return dataset
+
+
+# ----------------------------------------------------------------------------------------------- tfds
+
+
+def _load_tfds(data_dir: str | None) -> Dataset:
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise DataError(f"source 'tfds' needs TensorFlow ({e}); {_OFFLINE_HINT}") from None
+    # TF only reads files here: never let it take accelerator memory (a RuntimeError means TF's devices were
+    # already initialized by the caller; nothing more can be done then).
+    with contextlib.suppress(RuntimeError):
+        tf.config.set_visible_devices([], "GPU")
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder("cifar10", data_dir=data_dir)
+    try:
+        # Read first: a prepared copy, or tfds.testing.mock_data, serves the splits without preparing.
+        train, test = builder.as_dataset(split=["train", "test"], shuffle_files=False)
+    except AssertionError:  # TFDS's "could not find data in <data_dir>"
+        _prepare_tfds(builder)
+        train, test = builder.as_dataset(split=["train", "test"], shuffle_files=False)
+    where = f"tfds cifar10 in {builder.data_dir}"
+    train_images, train_labels = _tfds_arrays(tf, tfds, train, where)
+    test_images, test_labels = _tfds_arrays(tf, tfds, test, where)
+    return Dataset(train_images, train_labels, test_images, test_labels, CIFAR10_CLASSES)
+
+
+def _prepare_tfds(builder) -> None:
+    import requests
+
+    target = builder.data_dir
+    try:
+        requests.head(_TFDS_CIFAR10_URL, timeout=10, allow_redirects=True)
+    except requests.RequestException:
+        raise DataError(
+            f"tfds cifar10 is not prepared in {target} and cannot be downloaded (no network); {_OFFLINE_HINT}"
+        ) from None
+    try:
+        builder.download_and_prepare()
+    except Exception as e:  # any failure here is the same user-facing problem
+        raise DataError(
+            f"tfds cifar10: preparing {target} failed ({_one_line(e)}); {_OFFLINE_HINT}"
+        ) from None
+
+
+def _tfds_arrays(tf, tfds, ds, where: str) -> tuple[np.ndarray, np.ndarray]:
+    # Batched iteration (never `batch_size=-1`, which materialises a whole split in one TF op).
+    images, labels = [], []
+    try:
+        for batch in tfds.as_numpy(ds.batch(1024)):
+            images.append(np.asarray(batch["image"], np.uint8))
+            labels.append(np.asarray(batch["label"], np.int32))
+    except tf.errors.OpError as e:
+        raise DataError(f"{where}: reading failed ({_one_line(e)})") from None
+    if not images:
+        raise DataError(f"{where}: a split has no examples")
+    return np.concatenate(images), np.concatenate(labels)
+
+
+# ------------------------------------------------------------------------------------- path sources
+
+
+@dataclasses.dataclass
+class _Tree:
+    """A source's files by relative posix name; `read(name)` gives bytes, `where(name)` names it in errors."""
+
+    origin: Path
+    dirs: set[str]
+    files: dict[str, tuple[Callable[[], bytes], os.stat_result | None]]
+    is_tar: bool
+
+    def read(self, name: str) -> bytes:
+        try:
+            return self.files[name][0]()
+        except OSError as e:
+            raise DataError(f"{self.where(name)}: cannot read ({_one_line(e)})") from None
+
+    def where(self, name: str) -> str:
+        return f"{self.origin}:{name}" if self.is_tar else str(self.origin / name)
+
+
+def _wanted(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    if base.startswith("."):  # hidden files, e.g. macOS "._x.jpg" resource forks inside tars
+        return False
+    return base.lower().endswith(IMAGE_EXTENSIONS) or base in _CIFAR_BATCHES or base == _CIFAR_META
+
+
+def _scan_directory(path: Path, max_depth: int = 4) -> _Tree:
+    """List relevant files up to `max_depth` levels below `path` (enough for wrapper/train/class/file)."""
+    dirs: set[str] = {""}
+    files: dict[str, tuple[Callable[[], bytes], os.stat_result | None]] = {}
+
+    def walk(directory: Path, prefix: str, depth: int) -> None:
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as e:
+            raise DataError(f"{directory}: cannot list ({_one_line(e)})") from None
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            name = prefix + entry.name
+            if entry.is_dir():
+                dirs.add(name)
+                if depth < max_depth - 1:
+                    walk(Path(entry.path), name + "/", depth + 1)
+            elif entry.is_file() and _wanted(name):
+                files[name] = (Path(entry.path).read_bytes, entry.stat())
+
+    walk(path, "", 0)
+    return _Tree(path, dirs, files, is_tar=False)
+
+
+def _read_tar(path: Path) -> _Tree:
+    """Read every relevant member of a tar (any compression) into memory in one pass, without extracting."""
+    dirs: set[str] = {""}
+    files: dict[str, tuple[Callable[[], bytes], os.stat_result | None]] = {}
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            for member in archive:
+                parts = [p for p in PurePosixPath(member.name).parts if p not in ("/", ".", "..")]
+                if not parts:
+                    continue
+                name = "/".join(parts)
+                for i in range(1, len(parts)):
+                    dirs.add("/".join(parts[:i]))
+                if member.isdir():
+                    dirs.add(name)
+                elif (member.isfile() or member.islnk()) and _wanted(name):  # islnk: a hard link's content
+                    data = archive.extractfile(member).read()
+                    files[name] = (lambda data=data: data, None)
+    except (tarfile.TarError, EOFError, zlib.error, OSError, KeyError) as e:
+        raise DataError(f"{path}: not a readable tar archive ({_one_line(e)})") from None
+    return _Tree(path, dirs, files, is_tar=True)
+
+
+def _assemble(tree: _Tree) -> Dataset:
+    """Find the dataset root inside `tree` (image folder or cifar-10-batches-py) and decode it."""
+    candidates: list[tuple[int, str, str]] = []  # (depth, kind, root)
+    # A directory may hold the dataset itself or in one wrapper folder; a tar may nest it anywhere.
+    max_depth = None if tree.is_tar else 1
+    for d in tree.dirs:
+        depth = d.count("/") + 1 if d else 0
+        if max_depth is not None and depth > max_depth:
+            continue
+        prefix = d + "/" if d else ""
+        if all(prefix + s in tree.dirs for s in _SPLITS):
+            candidates.append((depth, "folder", d))
+        if all(prefix + b in tree.files for b in _CIFAR_BATCHES):
+            candidates.append((depth, "cifar", d))
+    if not candidates:
+        raise DataError(
+            f"{tree.origin}: no train/ and test/ class folders found "
+            "(expected <root>/{train,test}/<class>/*.png|jpg, or cifar-10-python.tar.gz)"
+        )
+    candidates.sort()
+    if len(candidates) > 1 and candidates[0][0] == candidates[1][0]:
+        roots = ", ".join(repr(c[2] or ".") for c in candidates if c[0] == candidates[0][0])
+        raise DataError(f"{tree.origin}: ambiguous, several dataset roots at the same depth: {roots}")
+    _, kind, root = candidates[0]
+    return _assemble_cifar(tree, root) if kind == "cifar" else _assemble_folder(tree, root)
+
+
+def _assemble_folder(tree: _Tree, root: str) -> Dataset:
+    prefix = root + "/" if root else ""
+    by_split: dict[str, dict[str, list[str]]] = {s: {} for s in _SPLITS}
+    for name in tree.files:
+        if not name.startswith(prefix):
+            continue
+        parts = name[len(prefix) :].split("/")
+        if len(parts) == 3 and parts[0] in by_split and parts[2].lower().endswith(IMAGE_EXTENSIONS):
+            by_split[parts[0]].setdefault(parts[1], []).append(name)
+    split_dir = {s: tree.where(prefix + s) for s in _SPLITS}
+    for split in _SPLITS:
+        if not by_split[split]:
+            raise DataError(f"{split_dir[split]}: no images (.png, .jpg, .jpeg) in its class folders")
+    classes = tuple(sorted(by_split["train"]))
+    unknown = sorted(set(by_split["test"]) - set(classes))
+    if unknown:
+        raise DataError(f"{split_dir['test']}: class folder {unknown[0]!r} has no counterpart in train/")
+    index = {c: i for i, c in enumerate(classes)}
+    arrays = []
+    for split in _SPLITS:
+        names = sorted((index[c], n) for c, ns in by_split[split].items() for n in ns)
+        images = np.empty((len(names), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+        for i, (_, name) in enumerate(names):
+            images[i] = _decode_image(tree.read(name), tree.where(name))
+        arrays += [images, np.array([label for label, _ in names], np.int32)]
+    return Dataset(*arrays, class_names=classes)
+
+
+def _decode_image(data: bytes, where: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as image:
+            if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+                raise DataError(f"{where}: image is {image.size[0]}x{image.size[1]}, expected 32x32")
+            image.load()
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+            return np.asarray(image)
+    except DataError:
+        raise
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+        raise DataError(f"{where}: cannot decode image ({_one_line(e)})") from None
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """The CIFAR pickles hold dicts of lists and numpy arrays; refuse anything else (no arbitrary code)."""
+
+    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        ("_codecs", "encode"),  # how Python 3 writes bytes in protocol 2
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if module == "numpy":
+            return getattr(np, name)
+        if module == "_codecs":
+            return codecs.encode
+        # The original archive (pickled under numpy 1) names numpy.core; numpy 2 keeps it in numpy._core.
+        core = getattr(np, "_core", None) or np.core
+        return core.multiarray._reconstruct
+
+
+def _unpickle(tree: _Tree, name: str) -> dict:
+    try:
+        obj = _NumpyOnlyUnpickler(io.BytesIO(tree.read(name)), encoding="bytes").load()
+    except DataError:
+        raise
+    except Exception as e:  # a broken pickle can raise almost anything
+        raise DataError(f"{tree.where(name)}: not a CIFAR-10 python batch ({_one_line(e)})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{tree.where(name)}: not a CIFAR-10 python batch ({type(obj).__name__}, not dict)")
+    return obj
+
+
+def _cifar_batch(tree: _Tree, name: str) -> tuple[np.ndarray, np.ndarray]:
+    batch = _unpickle(tree, name)
+    where = tree.where(name)
+    try:
+        data = np.asarray(batch[b"data"])
+        labels = np.asarray(batch[b"labels"], np.int64)
+    except KeyError as e:
+        raise DataError(f"{where}: CIFAR-10 batch lacks key {e.args[0]!r}") from None
+    pixels = 3 * IMAGE_SIZE * IMAGE_SIZE
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != pixels or labels.shape != (len(data),):
+        raise DataError(
+            f"{where}: expected uint8 data (N, {pixels}) and N labels, got {data.dtype}{data.shape}"
+        )
+    images = data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)  # CHW rows -> NHWC
+    return np.ascontiguousarray(images), labels.astype(np.int32)
+
+
+def _assemble_cifar(tree: _Tree, root: str) -> Dataset:
+    prefix = root + "/" if root else ""
+    parts = [_cifar_batch(tree, prefix + b) for b in _CIFAR_BATCHES]
+    train_images = np.concatenate([p[0] for p in parts[:-1]])
+    train_labels = np.concatenate([p[1] for p in parts[:-1]])
+    test_images, test_labels = parts[-1]
+    classes = CIFAR10_CLASSES
+    if prefix + _CIFAR_META in tree.files:
+        names = _unpickle(tree, prefix + _CIFAR_META).get(b"label_names")
+        if names:
+            classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    for labels, name in ((train_labels, "data_batch_*"), (test_labels, "test_batch")):
+        if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
+            raise DataError(f"{tree.where(prefix + name)}: labels outside 0..{len(classes) - 1}")
+    return Dataset(train_images, train_labels, test_images, test_labels, classes)
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+
+def _cache_file(cache_dir: Path, source: Path, stamp: list) -> Path:
+    """Cache name: the source's name, a hash of its absolute path, and a hash of path + sizes + mtimes."""
+    path_key = hashlib.sha256(str(source).encode()).hexdigest()[:8]
+    state_key = hashlib.sha256(json.dumps([_CACHE_FORMAT, str(source), stamp]).encode()).hexdigest()[:16]
+    safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", source.name) or "root"
+    return cache_dir / f"{safe_name}.{path_key}.{state_key}.npz"
+
+
+def _read_cache(cache_file: Path) -> Dataset | None:
+    if not cache_file.is_file():
+        return None
+    try:
+        with np.load(cache_file, allow_pickle=False) as z:
+            return Dataset(
+                z["train_images"],
+                z["train_labels"],
+                z["test_images"],
+                z["test_labels"],
+                tuple(str(c) for c in z["class_names"]),
+            )
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # unreadable cache: decode the source again and overwrite it
+
+
+def _write_cache(cache_file: Path, dataset: Dataset) -> None:
+    """Write atomically (temp file + os.replace) and drop older caches of the same source path."""
+    tmp_name = None
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache_file.parent, suffix=".tmp", delete=False) as f:
+            tmp_name = f.name
+            np.savez(
+                f,
+                train_images=dataset.train_images,
+                train_labels=dataset.train_labels,
+                test_images=dataset.test_images,
+                test_labels=dataset.test_labels,
+                class_names=np.array(dataset.class_names, dtype=str),
+            )
+        os.chmod(tmp_name, 0o644)  # NamedTemporaryFile creates 0600; a cache is as readable as its source
+        os.replace(tmp_name, cache_file)
+        tmp_name = None
+        stem = cache_file.name.rsplit(".", 2)[0]  # "<name>.<path_key>"
+        for old in cache_file.parent.glob(f"{glob.escape(stem)}.*.npz"):
+            if old != cache_file:
+                old.unlink(missing_ok=True)
+    except OSError as e:
+        warnings.warn(f"could not write dataset cache {cache_file}: {_one_line(e)}", stacklevel=3)
+    finally:
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+# --------------------------------------------------------------------------------------- device side
+
+
+def normalize(
+    images: jax.Array, mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD
+) -> jax.Array:
+    """uint8 NHWC -> float32 (x/255 - mean)/std per channel: the torchvision ToTensor + Normalize pair."""
+    x = jnp.asarray(images).astype(jnp.float32) / 255.0
+    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def augment(rng: jax.Array, images: jax.Array, pad: int = 4, flip: bool = True) -> jax.Array:
+    """Per image: random HxW crop of the zero-padded image, then horizontal flip with p=0.5 (uint8 in/out).
+
+    The distribution of torchvision RandomCrop(H, padding=pad) + RandomHorizontalFlip, for a whole batch.
+    """
+    images = jnp.asarray(images)
+    n, h, w, c = images.shape
+    crop_key, flip_key = jax.random.split(rng)
+    offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * pad + 1)
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+    def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
+        return lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
+
+    out = jax.vmap(crop)(padded, offsets)
+    if flip:
+        flips = jax.random.bernoulli(flip_key, 0.5, (n,))
+        out = jnp.where(flips[:, None, None, None], out[:, :, ::-1, :], out)
+    return out
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """A permutation of range(n) depending only on (seed, epoch), so all processes and device counts agree."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(n)
+
+
+def train_batch_indices(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
+    """(n // batch_size, batch_size) int32 example indices for one epoch; drops the last partial batch."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    steps = n // batch_size
+    return epoch_order(seed, epoch, n)[: steps * batch_size].astype(np.int32).reshape(steps, batch_size)
+
+
+def eval_batches(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and float32 mask, both (ceil(n / batch_size), batch_size), covering 0..n-1 once each.
+
+    The last batch is padded with index 0 and mask 0, so every batch has one shape (one compilation).
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    steps = -(-n // batch_size)
+    indices = np.zeros(steps * batch_size, np.int32)
+    mask = np.zeros(steps * batch_size, np.float32)
+    indices[:n] = np.arange(n, dtype=np.int32)
+    mask[:n] = 1.0
+    return indices.reshape(steps, batch_size), mask.reshape(steps, batch_size)

@@ -1,0 +1,507 @@
+"""Tests for flax_resnet.data: every source, the decode cache, user-facing errors, augmentation, batch order.
+
+References are independent of the code under test: pixel values written by the test itself, PIL decoding of
+the same files, hand-computed numbers, and a brute-force numpy search over all crops and flips.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import socket
+import tarfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from flax_resnet.data import (
+    CIFAR10_CLASSES,
+    DataError,
+    Dataset,
+    augment,
+    epoch_order,
+    eval_batches,
+    load_dataset,
+    normalize,
+    train_batch_indices,
+)
+
+REAL_TAR = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
+# One compilation per (shape, pad, flip) instead of op-by-op dispatch; eager == jit is tested separately.
+augment_jit = jax.jit(augment, static_argnames=("pad", "flip"))
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _pixels(seed: int, shape: tuple[int, ...] = (32, 32, 3)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _write_png(path: Path, array: np.ndarray, mode: str = "RGB") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode=mode).save(path, format="PNG")
+
+
+def _make_folder(root: Path) -> Dataset:
+    """Write a small image-folder tree and return what loading it must give (built here, by hand).
+
+    Classes are created out of order; file names mix extension case; one image is grayscale, one JPEG;
+    stray files (a .txt, a hidden macOS '._' file, an image directly in train/) must be ignored.
+    """
+    dog0, dog1, cat0, plane0, plane1 = (_pixels(i) for i in range(5))
+    gray = _pixels(5, (32, 32))
+    test_cat, test_dog = _pixels(6), _pixels(7)
+    _write_png(root / "train/dog/1.PNG", dog1)
+    _write_png(root / "train/dog/0.png", dog0)
+    _write_png(root / "train/cat/0.png", cat0)
+    _write_png(root / "train/airplane/0.png", plane0)
+    _write_png(root / "train/airplane/1.png", gray, mode="L")
+    Image.fromarray(plane1).save(root / "train/airplane/2.jpg", format="JPEG", quality=90)
+    _write_png(root / "test/cat/0.png", test_cat)
+    _write_png(root / "test/dog/0.png", test_dog)
+    (root / "train/dog/notes.txt").write_text("not an image")
+    (root / "train/cat/._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    _write_png(root / "train/stray.png", _pixels(8))
+    jpeg = np.asarray(Image.open(root / "train/airplane/2.jpg").convert("RGB"))  # PIL's own decoding
+    gray_rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    return Dataset(
+        train_images=np.stack([plane0, gray_rgb, jpeg, cat0, dog0, dog1]),
+        train_labels=np.array([0, 0, 0, 1, 2, 2], np.int32),
+        test_images=np.stack([test_cat, test_dog]),
+        test_labels=np.array([1, 2], np.int32),
+        class_names=("airplane", "cat", "dog"),
+    )
+
+
+def _make_tar(tree: Path, out: Path, wrapper: str | None = "cifar10-mini") -> Path:
+    mode = "w:gz" if out.name.endswith(("gz", "tgz")) else "w"
+    with tarfile.open(out, mode) as archive:
+        archive.add(tree, arcname=wrapper or ".")
+    return out
+
+
+def _assert_same(got: Dataset, want: Dataset) -> None:
+    assert got.class_names == want.class_names
+    for field in ("train_images", "train_labels", "test_images", "test_labels"):
+        a, b = getattr(got, field), getattr(want, field)
+        assert a.dtype == b.dtype, field
+        np.testing.assert_array_equal(a, b, err_msg=field)
+
+
+def _error(source: os.PathLike | str, data_dir: Path) -> str:
+    with pytest.raises(DataError) as excinfo:
+        load_dataset(str(source), data_dir=str(data_dir))
+    message = str(excinfo.value)
+    assert "\n" not in message and message
+    return message
+
+
+# ------------------------------------------------------------------------------------ image folders
+
+
+def test_image_folder_directory(tmp_path: Path) -> None:
+    want = _make_folder(tmp_path / "tree")
+    got = load_dataset(str(tmp_path / "tree"), data_dir=str(tmp_path / "cache"))
+    _assert_same(got, want)
+    assert got.train_images.shape == (6, 32, 32, 3) and got.train_images.dtype == np.uint8
+
+
+def test_image_folder_directory_with_one_wrapper_folder(tmp_path: Path) -> None:
+    want = _make_folder(tmp_path / "outer" / "cifar10-mini")
+    _assert_same(load_dataset(str(tmp_path / "outer"), data_dir=str(tmp_path / "cache")), want)
+
+
+@pytest.mark.parametrize("name", ["data.tar", "data.tar.gz", "data.tgz"])
+@pytest.mark.parametrize("wrapper", ["cifar10-mini", None])
+def test_image_folder_tar(tmp_path: Path, name: str, wrapper: str | None) -> None:
+    want = _make_folder(tmp_path / "tree")
+    archive = _make_tar(tmp_path / "tree", tmp_path / name, wrapper)
+    _assert_same(load_dataset(str(archive), data_dir=str(tmp_path / "cache")), want)
+
+
+def test_tar_hard_links_are_followed(tmp_path: Path) -> None:
+    image = _pixels(11)
+    _write_png(tmp_path / "tree/train/cat/0.png", image)
+    archive = tmp_path / "linked.tar"
+    with tarfile.open(archive, "w") as out:
+        out.add(tmp_path / "tree/train/cat/0.png", arcname="train/cat/0.png")
+        link = tarfile.TarInfo("test/cat/0.png")
+        link.type, link.linkname = tarfile.LNKTYPE, "train/cat/0.png"
+        out.addfile(link)
+    got = load_dataset(str(archive), data_dir=str(tmp_path / "cache"))
+    np.testing.assert_array_equal(got.train_images, image[None])
+    np.testing.assert_array_equal(got.test_images, image[None])
+
+
+def test_cache_is_used_and_invalidated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    want = _make_folder(tmp_path / "tree")
+    archive = _make_tar(tmp_path / "tree", tmp_path / "data.tar.gz")
+    cache = tmp_path / "cache"
+    _assert_same(load_dataset(str(archive), data_dir=str(cache)), want)
+    assert len(list(cache.glob("*.npz"))) == 1
+    assert not [p for p in cache.iterdir() if not p.name.endswith(".npz")]  # no temp files left behind
+
+    # Second load: from the cache, without decoding a single image.
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded an image although a cache exists")
+
+    with monkeypatch.context() as m:
+        m.setattr(Image, "open", no_decoding)
+        _assert_same(load_dataset(str(archive), data_dir=str(cache)), want)
+
+    # A changed source is decoded again; the stale cache of that source is replaced.
+    new_dog = _pixels(99)
+    _write_png(tmp_path / "tree/test/dog/0.png", new_dog)
+    _make_tar(tmp_path / "tree", archive)
+    os.utime(archive, ns=(time.time_ns(), time.time_ns() + 10**9))
+    got = load_dataset(str(archive), data_dir=str(cache))
+    np.testing.assert_array_equal(got.test_images[1], new_dog)
+    assert len(list(cache.glob("*.npz"))) == 1
+
+    # An unreadable cache file is not an error: the source is decoded again.
+    (cached,) = cache.glob("*.npz")
+    cached.write_bytes(b"garbage")
+    np.testing.assert_array_equal(load_dataset(str(archive), data_dir=str(cache)).test_images[1], new_dog)
+
+
+def test_directory_cache_sees_changed_files(tmp_path: Path) -> None:
+    _make_folder(tmp_path / "tree")
+    cache = tmp_path / "cache"
+    load_dataset(str(tmp_path / "tree"), data_dir=str(cache))
+    new_cat = _pixels(42)
+    _write_png(tmp_path / "tree/test/cat/0.png", new_cat)
+    os.utime(tmp_path / "tree/test/cat/0.png", ns=(time.time_ns(), time.time_ns() + 10**9))
+    got = load_dataset(str(tmp_path / "tree"), data_dir=str(cache))
+    np.testing.assert_array_equal(got.test_images[0], new_cat)
+
+
+def test_default_cache_dir_is_home_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _make_folder(tmp_path / "tree")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    load_dataset(str(tmp_path / "tree"))
+    assert len(list((tmp_path / "home/.cache/flax_resnet").glob("*.npz"))) == 1
+
+
+# ----------------------------------------------------------------------------- cifar-10-python.tar.gz
+
+
+def _cifar_row(k: int) -> np.ndarray:
+    """Image k of the fake archive as one CHW row of 3072 bytes: value (i + 7k) mod 251 at position i."""
+    return ((np.arange(3072) + 7 * k) % 251).astype(np.uint8)
+
+
+def _numpy1_pickle(obj: object) -> bytes:
+    """Pickle as the original archive does (protocol 2, numpy arrays named via numpy.core as in numpy 1)."""
+    return pickle.dumps(obj, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+
+
+def _make_cifar_python(out: Path, meta: bool = True, test_batch: object | None = None) -> Path:
+    members: dict[str, bytes] = {}
+    k = 0
+    for b in range(1, 6):  # two images per training batch
+        rows = np.stack([_cifar_row(k), _cifar_row(k + 1)])
+        members[f"data_batch_{b}"] = _numpy1_pickle(
+            {b"batch_label": b"training batch", b"labels": [k % 10, (k + 1) % 10], b"data": rows}
+        )
+        k += 2
+    if test_batch is None:
+        test_batch = {b"labels": [3, 9, 0], b"data": np.stack([_cifar_row(100 + i) for i in range(3)])}
+    members["test_batch"] = _numpy1_pickle(test_batch)
+    if meta:
+        members["batches.meta"] = _numpy1_pickle({b"label_names": [c.encode() for c in CIFAR10_CLASSES]})
+    with tarfile.open(out, "w:gz") as archive:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    return out
+
+
+def test_cifar_python_archive(tmp_path: Path) -> None:
+    archive = _make_cifar_python(tmp_path / "cifar-10-python.tar.gz")
+    got = load_dataset(str(archive), data_dir=str(tmp_path / "c"))
+    assert got.class_names == CIFAR10_CLASSES
+    assert got.train_images.shape == (10, 32, 32, 3) and got.test_images.shape == (3, 32, 32, 3)
+    assert got.train_images.dtype == np.uint8 and got.train_labels.dtype == np.int32
+    np.testing.assert_array_equal(got.train_labels, np.arange(10))  # batches 1..5 in order
+    np.testing.assert_array_equal(got.test_labels, [3, 9, 0])
+    # Hand-computed: row position c*1024 + h*32 + w holds (position + 7k) mod 251.
+    first = got.train_images[0]
+    assert first[0, 1].tolist() == [1, 21, 41]  # positions 1, 1025, 2049
+    assert first[1, 0].tolist() == [32, 52, 72]  # positions 32, 1056, 2080
+    assert first[31, 31].tolist() == [19, 39, 59]  # positions 1023, 2047, 3071
+    assert got.train_images[1, 0, 0].tolist() == [7, 7 + 1024 % 251, 7 + 2048 % 251]
+    # Every pixel of one train and one test image, by explicit loops.
+    for image, k in ((got.train_images[7], 7), (got.test_images[2], 102)):
+        row = _cifar_row(k)
+        for h in range(32):
+            for w in range(32):
+                assert [image[h, w, c] for c in range(3)] == [row[c * 1024 + h * 32 + w] for c in range(3)]
+
+
+def test_cifar_python_without_meta_uses_cifar10_names(tmp_path: Path) -> None:
+    archive = _make_cifar_python(tmp_path / "cifar.tar.gz", meta=False)
+    assert load_dataset(str(archive), data_dir=str(tmp_path / "c")).class_names == CIFAR10_CLASSES
+
+
+def test_cifar_python_refuses_foreign_pickles(tmp_path: Path) -> None:
+    archive = _make_cifar_python(tmp_path / "cifar.tar.gz", test_batch=collections.OrderedDict(a=1))
+    message = _error(archive, tmp_path / "c")
+    assert "cifar-10-batches-py/test_batch" in message and str(archive) in message
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+def test_error_path_does_not_exist(tmp_path: Path) -> None:
+    assert str(tmp_path / "nowhere") in _error(tmp_path / "nowhere", tmp_path / "c")
+
+
+def test_error_directory_without_train_and_test(tmp_path: Path) -> None:
+    _write_png(tmp_path / "src/cat/0.png", _pixels(0))
+    _write_png(tmp_path / "src/train/cat/0.png", _pixels(1))  # train/ alone is not enough
+    message = _error(tmp_path / "src", tmp_path / "c")
+    assert str(tmp_path / "src") in message and "train/" in message
+
+
+def test_error_directory_nested_too_deep_or_ambiguous(tmp_path: Path) -> None:
+    _make_folder(tmp_path / "deep/a/b")  # directories: the dataset itself, or inside one wrapper folder
+    assert "train/" in _error(tmp_path / "deep", tmp_path / "c")
+    _make_folder(tmp_path / "two/first")
+    _make_folder(tmp_path / "two/second")
+    message = _error(tmp_path / "two", tmp_path / "c")
+    assert "ambiguous" in message and "'first'" in message and "'second'" in message
+
+
+def test_error_no_images(tmp_path: Path) -> None:
+    for d in ("train/cat", "test/cat"):
+        (tmp_path / "src" / d).mkdir(parents=True)
+    (tmp_path / "src/train/cat/readme.txt").write_text("x")
+    message = _error(tmp_path / "src", tmp_path / "c")
+    assert str(tmp_path / "src/train") in message and "no images" in message
+
+
+def test_error_test_split_without_images(tmp_path: Path) -> None:
+    _write_png(tmp_path / "src/train/cat/0.png", _pixels(0))
+    (tmp_path / "src/test/cat").mkdir(parents=True)
+    assert str(tmp_path / "src/test") in _error(tmp_path / "src", tmp_path / "c")
+
+
+def test_error_test_class_unknown_to_train(tmp_path: Path) -> None:
+    _write_png(tmp_path / "src/train/cat/0.png", _pixels(0))
+    _write_png(tmp_path / "src/test/dog/0.png", _pixels(1))
+    assert "'dog'" in _error(tmp_path / "src", tmp_path / "c")
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated"])
+def test_error_corrupt_image_names_the_file(tmp_path: Path, kind: str) -> None:
+    _make_folder(tmp_path / "src")
+    buffer = io.BytesIO()
+    Image.fromarray(_pixels(3)).save(buffer, format="JPEG")
+    payload = b"this is not a jpeg" if kind == "garbage" else buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    (tmp_path / "src/train/cat/7.jpg").write_bytes(payload)
+    assert str(tmp_path / "src/train/cat/7.jpg") in _error(tmp_path / "src", tmp_path / "c")
+    # The same file inside a tar is named by archive and member.
+    archive = _make_tar(tmp_path / "src", tmp_path / "src.tar.gz")
+    message = _error(archive, tmp_path / "c")
+    assert str(archive) in message and "cifar10-mini/train/cat/7.jpg" in message
+
+
+def test_error_wrong_image_size_names_the_file(tmp_path: Path) -> None:
+    _make_folder(tmp_path / "src")
+    _write_png(tmp_path / "src/test/dog/big.png", _pixels(0, (32, 33, 3)))
+    message = _error(tmp_path / "src", tmp_path / "c")
+    assert str(tmp_path / "src/test/dog/big.png") in message and "33x32" in message
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated"])
+def test_error_invalid_tar(tmp_path: Path, kind: str) -> None:
+    archive = tmp_path / "broken.tar.gz"
+    if kind == "garbage":
+        archive.write_bytes(b"definitely not a tar archive" * 100)
+    else:
+        _make_folder(tmp_path / "src")
+        full = _make_tar(tmp_path / "src", tmp_path / "full.tar.gz").read_bytes()
+        archive.write_bytes(full[: len(full) // 2])
+    assert str(archive) in _error(archive, tmp_path / "c")
+
+
+# --------------------------------------------------------------------------------------------- tfds
+
+
+def test_tfds_mock_data(tmp_path: Path) -> None:
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=12):
+        got = load_dataset("tfds", data_dir=str(tmp_path))
+    for images, labels in ((got.train_images, got.train_labels), (got.test_images, got.test_labels)):
+        assert images.shape == (12, 32, 32, 3) and images.dtype == np.uint8
+        assert labels.shape == (12,) and labels.dtype == np.int32
+        assert labels.min() >= 0 and labels.max() <= 9
+    assert got.train_images.std() > 0  # mock images are random, not a constant fill
+    assert got.class_names == CIFAR10_CLASSES
+    import tensorflow as tf
+
+    assert tf.config.get_visible_devices("GPU") == []
+
+
+def test_tfds_offline_and_unprepared_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("tensorflow_datasets")
+
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (test: offline)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)  # offline on any machine: never downloads
+    start = time.monotonic()
+    message = _error("tfds", tmp_path / "empty")
+    assert time.monotonic() - start < 60  # TFDS's own downloader would retry for minutes
+    assert "--data" in message and "cifar-10-python.tar.gz" in message and str(tmp_path / "empty") in message
+
+
+# -------------------------------------------------------------------------------- device pipeline
+
+
+def test_normalize_hand_computed() -> None:
+    images = np.array([0, 51, 255], np.uint8)[:, None, None, None] * np.ones((1, 1, 1, 3), np.uint8)
+    out = np.asarray(normalize(images))
+    assert out.dtype == np.float32 and out.shape == (3, 1, 1, 3)
+    # (v/255 - mean) / std with mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010):
+    np.testing.assert_allclose(out[0, 0, 0], [-2.42907, -2.41825, -2.22139], atol=1e-5)
+    np.testing.assert_allclose(out[1, 0, 0], [-1.44043, -1.41525, -1.22637], atol=1e-5)
+    np.testing.assert_allclose(out[2, 0, 0], [2.51409, 2.59679, 2.75373], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(normalize(images[2:], mean=(0.5,) * 3, std=(0.5,) * 3)), 1.0)
+
+
+def _recover_crops(images: np.ndarray, out: np.ndarray, pad: int) -> list[tuple[int, int, bool]]:
+    """For each output, the unique (dy, dx, flipped) such that it equals that crop of np.pad(image)."""
+    _, h, w, _ = images.shape
+    found = []
+    for image, result in zip(images, out, strict=True):
+        padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+        # crops[dy, dx] == padded[dy : dy + h, dx : dx + w]; compare with the output as is and mirrored back.
+        crops = np.lib.stride_tricks.sliding_window_view(padded, (h, w, 3))[:, :, 0]
+        equal = np.stack(
+            [(crops == result).all(axis=(2, 3, 4)), (crops == result[:, ::-1]).all(axis=(2, 3, 4))]
+        )
+        matches = [(int(dy), int(dx), bool(flipped)) for flipped, dy, dx in np.argwhere(equal)]
+        assert len(matches) == 1, matches
+        found.append(matches[0])
+    return found
+
+
+def test_augment_matches_brute_force_reference() -> None:
+    images = _pixels(0, (512, 32, 32, 3))
+    out = np.asarray(augment_jit(jax.random.key(0), images))
+    assert out.shape == images.shape and out.dtype == np.uint8
+    found = _recover_crops(images, out, pad=4)
+    offsets = {(dy, dx) for dy, dx, _ in found}
+    assert len(offsets) >= 70  # of 81; 512 uniform draws miss more than 11 with negligible probability
+    assert {dy for dy, _ in offsets} == set(range(9)) == {dx for _, dx in offsets}
+    flip_rate = np.mean([flipped for _, _, flipped in found])
+    assert 0.4 < flip_rate < 0.6
+
+
+def test_augment_pads_with_zeros_only_at_the_border() -> None:
+    images = np.full((256, 32, 32, 3), 255, np.uint8)
+    out = np.asarray(augment_jit(jax.random.key(1), images))
+    assert (out[:, 4:28, 4:28] == 255).all()  # the centre never comes from padding
+    assert set(np.unique(out)) == {0, 255}
+    zeros = (out == 0).all(axis=-1)
+    assert zeros.any(axis=(1, 2)).mean() > 0.5  # most crops are shifted and show some padding
+    # Padding forms whole rows/columns: a pixel is zero iff its whole row or its whole column is zero.
+    rows, cols = zeros.all(axis=2), zeros.all(axis=1)
+    np.testing.assert_array_equal(zeros, rows[:, :, None] | cols[:, None, :])
+
+
+def test_augment_is_deterministic_and_jittable() -> None:
+    images = _pixels(1, (16, 32, 32, 3))
+    a = np.asarray(augment(jax.random.key(5), images))  # eager
+    np.testing.assert_array_equal(a, np.asarray(augment(jax.random.key(5), images)))
+    assert not np.array_equal(a, np.asarray(augment(jax.random.key(6), images)))
+    np.testing.assert_array_equal(a, np.asarray(augment_jit(jax.random.key(5), images)))
+    np.testing.assert_array_equal(a, np.asarray(jax.jit(augment)(jax.random.key(5), images)))
+
+
+def test_augment_without_pad_or_flip_is_identity_and_pad_2_is_exact() -> None:
+    images = _pixels(2, (16, 32, 32, 3))
+    same = np.asarray(augment_jit(jax.random.key(0), images, pad=0, flip=False))
+    np.testing.assert_array_equal(same, images)
+    out = np.asarray(augment_jit(jax.random.key(3), images, pad=2, flip=False))
+    assert not any(flipped for _, _, flipped in _recover_crops(images, out, pad=2))
+
+
+def test_epoch_order_is_a_deterministic_permutation() -> None:
+    a = epoch_order(0, 3, 1000)
+    np.testing.assert_array_equal(np.sort(a), np.arange(1000))
+    np.testing.assert_array_equal(a, epoch_order(0, 3, 1000))
+    assert not np.array_equal(a, epoch_order(0, 4, 1000))
+    assert not np.array_equal(a, epoch_order(1, 3, 1000))
+
+
+def test_train_batch_indices_drop_the_last_partial_batch() -> None:
+    batches = train_batch_indices(seed=7, epoch=2, n=1000, batch_size=128)
+    assert batches.shape == (7, 128) and batches.dtype == np.int32
+    flat = batches.ravel()
+    assert len(np.unique(flat)) == 896 and flat.min() >= 0 and flat.max() < 1000
+    np.testing.assert_array_equal(flat, epoch_order(7, 2, 1000)[:896])
+    assert train_batch_indices(0, 0, 256, 128).shape == (2, 128)
+    assert train_batch_indices(0, 0, 100, 128).shape == (0, 128)
+
+
+@pytest.mark.parametrize(("n", "batch_size", "steps"), [(1000, 128, 8), (1024, 128, 8), (5, 8, 1), (0, 8, 0)])
+def test_eval_batches_cover_every_index_once(n: int, batch_size: int, steps: int) -> None:
+    indices, mask = eval_batches(n, batch_size)
+    assert indices.shape == mask.shape == (steps, batch_size)
+    assert indices.dtype == np.int32 and mask.dtype == np.float32
+    assert mask.sum() == n
+    np.testing.assert_array_equal(np.sort(indices[mask == 1]), np.arange(n))
+    assert (indices[mask == 0] == 0).all() and set(np.unique(mask)) <= {0.0, 1.0}
+
+
+# ---------------------------------------------------------------------------------------- real data
+
+
+@pytest.fixture(scope="module")
+def real_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not REAL_TAR.is_file():
+        pytest.skip(f"real CIFAR-10 copy not found at {REAL_TAR}")
+    return tmp_path_factory.mktemp("real_cifar_cache")
+
+
+@pytest.fixture(scope="module")
+def real_data(real_cache: Path) -> Dataset:
+    start = time.perf_counter()
+    dataset = load_dataset(str(REAL_TAR), data_dir=str(real_cache))
+    print(f"first load (decode) of {REAL_TAR.name}: {time.perf_counter() - start:.1f} s")
+    return dataset
+
+
+@pytest.mark.realdata
+def test_real_data_sizes_and_classes(real_data: Dataset) -> None:
+    assert real_data.class_names == CIFAR10_CLASSES
+    assert real_data.train_images.shape == (50_000, 32, 32, 3) and real_data.train_images.dtype == np.uint8
+    assert real_data.test_images.shape == (10_000, 32, 32, 3)
+    np.testing.assert_array_equal(np.bincount(real_data.train_labels, minlength=10), [5000] * 10)
+    np.testing.assert_array_equal(np.bincount(real_data.test_labels, minlength=10), [1000] * 10)
+
+
+@pytest.mark.realdata
+def test_real_data_test_mean(real_data: Dataset) -> None:
+    mean = real_data.test_images.reshape(-1, 3).mean(axis=0, dtype=np.float64) / 255
+    np.testing.assert_allclose(mean, (0.4943, 0.4853, 0.4508), atol=0.002)
+
+
+@pytest.mark.realdata
+def test_real_data_second_load_comes_from_cache(real_data: Dataset, real_cache: Path) -> None:
+    start = time.perf_counter()
+    again = load_dataset(str(REAL_TAR), data_dir=str(real_cache))
+    print(f"second load (cache) of {REAL_TAR.name}: {time.perf_counter() - start:.1f} s")
+    assert again.class_names == real_data.class_names
+    for field in ("train_images", "train_labels", "test_images", "test_labels"):
+        assert np.array_equal(getattr(again, field), getattr(real_data, field)), field
