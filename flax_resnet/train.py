@@ -6,16 +6,26 @@ The model is split once into pure state (params, batch_stats) so that a step is 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
+import json
+import signal
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx, struct
 
 from flax_resnet import data as data_lib
 from flax_resnet.config import SCHEDULES, Config
+from flax_resnet.distributed import put_batch
 
 
 def make_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
@@ -23,9 +33,9 @@ def make_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
     total = max(1, config.epochs * steps_per_epoch)
     lr = config.lr
     if config.schedule == "piecewise":
-        boundaries = {int(round(f * total)): config.piecewise_factor for f in config.piecewise_boundaries}
+        boundaries = {round(f * total): config.piecewise_factor for f in config.piecewise_boundaries}
         return optax.piecewise_constant_schedule(lr, boundaries)
-    warmup = int(round(config.warmup_fraction * total))
+    warmup = round(config.warmup_fraction * total)
     if config.schedule == "onecycle":
         # Linear warm-up from lr/25 to lr, then linear decay to 0 (triangular one-cycle).
         return optax.join_schedules(
@@ -69,9 +79,9 @@ def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example cross-entropy in float32, with torch-style label smoothing."""
-    logits = logits.astype(jnp.float32)
-    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+    """Per-example cross-entropy in float32 (float64 for float64 logits), with torch-style label smoothing."""
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
     if label_smoothing:
         targets = optax.smooth_labels(targets, label_smoothing)
     return optax.softmax_cross_entropy(logits, targets)
@@ -92,7 +102,8 @@ def make_train_step(
         x = data_lib.normalize(images)
 
         def loss_fn(params):
-            model = nnx.merge(graphdef, params, state.batch_stats)
+            # copy=True: fresh Variables at this trace level, so BatchNorm may update its statistics here.
+            model = nnx.merge(graphdef, params, state.batch_stats, copy=True)
             model.train()
             logits = model(x)
             loss = cross_entropy(logits, batch["label"], config.label_smoothing).mean()
@@ -145,3 +156,388 @@ def resolve_dtype(name: str) -> str:
 def tree_size(tree: Any) -> int:
     """Number of scalars in a pytree of arrays."""
     return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+
+
+class RunError(Exception):
+    """A run that must stop with one user-facing line (mismatched workdir, non-finite loss, bad settings)."""
+
+
+# Fields that must match to resume a workdir: a different model cannot continue from these checkpoints.
+RESUME_KEYS = ("arch", "variant", "num_classes", "dtype")
+# Host fetches of the running metrics (progress bar, NaN check) happen every this many steps.
+FETCH_EVERY = 10
+
+
+def check_workdir(workdir: str | Path, config: Config, keys: tuple[str, ...] = RESUME_KEYS) -> Config | None:
+    """The config saved in `workdir`, or None; RunError if it describes another model than `config`."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = Config.from_json(path.read_text())
+    except (ValueError, TypeError) as e:
+        raise RunError(f"{path}: unreadable run config ({e}); use another --workdir") from None
+    diffs = [
+        f"{k} {getattr(saved, k)!r} (this run: {getattr(config, k)!r})"
+        for k in keys
+        if getattr(saved, k) != getattr(config, k)
+    ]
+    if diffs:
+        raise RunError(
+            f"{Path(workdir)} holds a run with a different model: {', '.join(diffs)}; "
+            "refusing to resume (use another --workdir)"
+        )
+    return saved
+
+
+def build_state(
+    config: Config, steps_per_epoch: int = 1
+) -> tuple[nnx.GraphDef, TrainState, optax.GradientTransformation, optax.Schedule]:
+    """Fresh model + optimizer state for `config` (dtype already resolved): graphdef, state, tx, schedule."""
+    from flax_resnet.models import create_model
+
+    model = create_model(
+        config.arch,
+        config.variant,
+        config.num_classes,
+        config.seed,
+        dtype=resolve_dtype(config.dtype),
+        conv_lowering=config.conv_lowering,  # type: ignore[arg-type]
+    )
+    schedule = make_schedule(config, steps_per_epoch)
+    tx = make_optimizer(schedule, config.momentum, config.nesterov, config.weight_decay)
+    graphdef, state = init_state(model, tx)
+    return graphdef, state, tx, schedule
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A checkpoint loaded for evaluation/export: its config, class names, model graph and state."""
+
+    config: Config
+    class_names: tuple[str, ...]
+    graphdef: nnx.GraphDef
+    state: TrainState
+    step: int
+    path: Path
+
+    def model(self) -> nnx.Module:
+        """The model holding this checkpoint's parameters and statistics."""
+        return merge_model(self.graphdef, self.state)
+
+
+def load_run(path: str | Path, warn: Callable[[str], None] | None = None) -> LoadedRun:
+    """Load a workdir's latest readable checkpoint, or one step directory; CheckpointError names the path."""
+    from flax_resnet.checkpoint import Checkpointer, CheckpointError, find_checkpoint
+
+    warn = warn or (lambda line: print(line, file=sys.stderr))
+    directory, step = find_checkpoint(path)
+    ckpt = Checkpointer(directory, read_only=True)
+    steps = ckpt.all_steps()
+    if not steps:
+        raise CheckpointError(f"{directory}: no finalized checkpoints")
+    if step is not None and step not in steps:
+        raise CheckpointError(f"{directory / str(step)}: not a finalized checkpoint")
+    meta = ckpt.read_meta(step if step is not None else steps[-1])
+    try:
+        config = Config.from_json(json.dumps(meta["config"]))
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{directory}: checkpoint metadata holds no valid config ({e})") from None
+    graphdef, state, _, _ = build_state(config)
+    if step is None:
+        result = ckpt.restore_latest(state, warn)
+        assert result is not None
+        state, meta = result
+    else:
+        state, meta = ckpt.restore(step, state)
+    ckpt.close()
+    names = tuple(meta.get("class_names") or [str(i) for i in range(config.num_classes)])
+    return LoadedRun(config, names, graphdef, state, int(meta["step"]), directory / str(meta["step"]))
+
+
+def make_eval_fn(graphdef: nnx.GraphDef) -> Callable[..., dict[str, jax.Array]]:
+    """Jitted `(state, images, labels, idx, mask) -> sums`: gathers the batch on device, then make_eval_step."""
+    eval_step = make_eval_step(graphdef)
+
+    @jax.jit
+    def run(state, images, labels, idx, mask):
+        return eval_step(state, {"image": images[idx], "label": labels[idx], "mask": mask})
+
+    return run
+
+
+def evaluate(
+    eval_fn: Callable[..., dict[str, jax.Array]],
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    batch_size: int,
+    mesh: Any,
+    *,
+    keep_logits: bool = False,
+) -> dict[str, Any]:
+    """Test loss/accuracy over every image exactly once (padded last batch, one compiled shape).
+
+    With `keep_logits`, also returns the (n, classes) float32 logits in dataset order.
+    """
+    n = int(labels.shape[0])
+    idx, mask = data_lib.eval_batches(n, batch_size)
+    sums, logits = [], []
+    for i in range(len(idx)):
+        out = eval_fn(state, images, labels, put_batch(idx[i], mesh), put_batch(mask[i], mesh))
+        sums.append((out["loss_sum"], out["correct"], out["count"]))
+        if keep_logits or i == 0:
+            logits.append(out["logits"])
+    loss_sum, correct, count = (float(sum(np.asarray(s[j], np.float64) for s in sums)) for j in range(3))
+    result: dict[str, Any] = {"loss": loss_sum / count, "accuracy": correct / count, "count": int(count)}
+    host_logits = [np.asarray(jax.device_get(x)) for x in logits]
+    result["first_logits"] = host_logits[0]
+    if keep_logits:
+        result["logits"] = np.concatenate(host_logits)[:n]
+    return result
+
+
+def _stop_flag() -> dict[str, Any]:
+    """SIGINT/SIGTERM set a flag the loop checks between steps, so it stops with a checkpoint."""
+    flag: dict[str, Any] = {"signal": None}
+
+    def handler(signum, frame):
+        if flag["signal"] is not None:  # second signal: give up at once
+            raise KeyboardInterrupt
+        flag["signal"] = signum
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: no handler, the loop just runs
+            signal.signal(sig, handler)
+    return flag
+
+
+def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
+    """Run (or resume) a training run in `config.workdir`; return the final metrics.
+
+    Writes config.json, metrics.jsonl, TensorBoard events, curves.png, predictions.png and checkpoints/.
+    Raises data.DataError, checkpoint.CheckpointError or RunError (one-line messages) for user problems.
+    """
+    from flax_resnet.checkpoint import Checkpointer
+    from flax_resnet.distributed import make_mesh, put_batch, put_replicated
+    from flax_resnet.reporting import Reporter, truncate_metrics
+
+    t_start = time.time()
+    is_main = jax.process_index() == 0
+    stream = stream if stream is not None else sys.stdout
+    workdir = Path(config.workdir)
+    config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype))
+    check_workdir(workdir, config, ("arch", "variant", "dtype"))  # cheap checks before loading any data
+    dataset = data_lib.load_dataset(config.data, config.data_dir)
+    config = dataclasses.replace(config, num_classes=len(dataset.class_names))
+    saved = check_workdir(workdir, config)
+
+    mesh = make_mesh()
+    n_train = len(dataset.train_labels)
+    bs = config.batch_size
+    if bs % mesh.size:
+        raise RunError(f"--batch-size {bs} does not split over {mesh.size} devices")
+    steps_per_epoch = n_train // bs
+    if steps_per_epoch == 0:
+        raise RunError(f"--batch-size {bs} is larger than the {n_train} training images")
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    every = config.checkpoint_every or steps_per_epoch
+
+    reporter = Reporter(workdir, progress=config.progress, write=is_main, stream=stream)
+    warn = (lambda line: print(line, file=sys.stderr, flush=True)) if is_main else (lambda line: None)
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        if saved is not None:
+            changed = [
+                f"{f.name} {getattr(saved, f.name)!r} -> {getattr(config, f.name)!r}"
+                for f in dataclasses.fields(Config)
+                if getattr(saved, f.name) != getattr(config, f.name)
+            ]
+            if changed:
+                warn(f"note: resuming with changed settings: {', '.join(changed)}")
+    reporter.print("config: " + json.dumps(dataclasses.asdict(config), sort_keys=True))
+
+    graphdef, state, tx, schedule = build_state(config, steps_per_epoch)
+    state = put_replicated(state, mesh)
+    ckpt = Checkpointer(workdir / "checkpoints")
+    acc = {"loss": 0.0, "correct": 0.0, "count": 0, "seconds": 0.0}
+    restored = ckpt.restore_latest(state, warn, quarantine=workdir / "checkpoints-corrupt")
+    step = 0
+    if restored is not None:
+        state, meta = restored
+        step = int(meta["step"])
+        acc = dict(meta.get("epoch_sums", acc))
+        reporter.print(f"resuming from checkpoint step {step} ({ckpt.step_dir(step)})")
+    if is_main:
+        config.save(workdir / "config.json")
+    history = truncate_metrics(workdir / "metrics.jsonl", step) if is_main else []
+
+    images = put_replicated(dataset.train_images, mesh)
+    labels = put_replicated(dataset.train_labels, mesh)
+    test_images = put_replicated(dataset.test_images, mesh)
+    test_labels = put_replicated(dataset.test_labels, mesh)
+    train_step = make_train_step(graphdef, tx, config)
+    eval_fn = make_eval_fn(graphdef)
+    base_key = jax.random.key(config.seed)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def run_step(state, sums, images, labels, idx, rng):
+        state, metrics = train_step(state, {"image": images[idx], "label": labels[idx]}, rng)
+        bad = ~jnp.isfinite(metrics["loss"])
+        sums = {
+            "loss": sums["loss"] + metrics["loss"],
+            "correct": sums["correct"] + metrics["accuracy"] * idx.shape[0],
+            "first_bad": jnp.where((sums["first_bad"] < 0) & bad, state.step, sums["first_bad"]),
+        }
+        return state, sums
+
+    @jax.jit
+    def all_finite(state):
+        leaves = jax.tree.leaves((state.params, state.batch_stats, state.opt_state))
+        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]))
+
+    def new_sums(loss: float, correct: float):
+        """Device-side running sums of the epoch, starting from the (float32) sums of a resumed epoch."""
+        return put_replicated(
+            {"loss": np.float32(loss), "correct": np.float32(correct), "first_bad": np.int32(-1)}, mesh
+        )
+
+    def fetch(sums, pending_steps):
+        """Host view of the running sums; raises RunError at the first non-finite loss."""
+        host = jax.device_get(sums)
+        if int(host["first_bad"]) >= 0:
+            bad = int(host["first_bad"])
+            last = ckpt.latest_step()
+            kept = f"last good checkpoint: step {last} ({ckpt.step_dir(last)})" if last is not None else "no checkpoint"
+            raise RunError(
+                f"loss is not finite (nan/inf) at step {bad} (epoch {(bad - 1) // steps_per_epoch + 1}); "
+                f"stopping; {kept}"
+            )
+        return {
+            "loss": float(host["loss"]),
+            "correct": float(host["correct"]),
+            "count": acc["count"] + pending_steps * bs,
+        }
+
+    def save(step, epoch_sums):
+        if not bool(all_finite(state)):
+            last = ckpt.latest_step()
+            raise RunError(
+                f"state is not finite (nan/inf) after step {step}; not saving it; last good checkpoint: step {last}"
+            )
+        meta = {
+            "epoch": step // steps_per_epoch,
+            "config": dataclasses.asdict(config),
+            "class_names": list(dataset.class_names),
+            "epoch_sums": epoch_sums,
+        }
+        ckpt.save(step, state, meta)
+
+    stop = _stop_flag()
+    compiled = False
+    last_saved = step
+    record: dict[str, Any] | None = None
+    stopped = "done"
+    epochs_total = -(-total_steps // steps_per_epoch)
+    try:
+        while step < total_steps:
+            epoch = step // steps_per_epoch
+            order = data_lib.train_batch_indices(config.seed, epoch, n_train, bs)
+            first = step - epoch * steps_per_epoch
+            bar = reporter.epoch_bar(epoch + 1, epochs_total, steps_per_epoch, first)
+            sums, pending = new_sums(acc["loss"], acc["correct"]), 0
+            t0 = time.time()
+            for i in range(first, steps_per_epoch):
+                rng = jax.random.fold_in(base_key, step)
+                state, sums = run_step(state, sums, images, labels, put_batch(order[i], mesh), rng)
+                if not compiled:  # keep compilation out of the epoch time and img/s
+                    jax.block_until_ready(sums)
+                    compiled = True
+                    reporter.print(f"first step (compilation) took {time.time() - t0:.1f}s")
+                    t0 = time.time()
+                step += 1
+                pending += 1
+                end_epoch = i == steps_per_epoch - 1
+                # The final checkpoint of a run is written after its metrics line (below), never before it.
+                stopping = step >= total_steps or stop["signal"] is not None
+                due = step % every == 0 and not stopping
+                if step % FETCH_EVERY == 0 or due or end_epoch or stopping:
+                    now = fetch(sums, pending)
+                    bar.update(step - epoch * steps_per_epoch - bar.n)
+                    seconds = acc["seconds"] + time.time() - t0
+                    bar.set_postfix(
+                        loss=f"{now['loss'] / max(1, now['count'] // bs):.3f}",
+                        acc=f"{100 * now['correct'] / max(1, now['count']):.1f}%",
+                        img_s=f"{(now['count'] - acc['count']) / max(1e-9, time.time() - t0):.0f}",
+                    )
+                    if due and not end_epoch and step != last_saved:
+                        save(step, dict(now, seconds=seconds))
+                        last_saved = step
+                if step >= total_steps or stop["signal"] is not None:
+                    break
+            bar.close()
+            now = fetch(sums, pending)
+            seconds = acc["seconds"] + time.time() - t0
+            complete = step % steps_per_epoch == 0
+            if complete or step >= total_steps or stop["signal"] is not None:
+                ev = evaluate(eval_fn, state, test_images, test_labels, bs, mesh)
+                n_steps = max(1, now["count"] // bs)
+                record = {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "lr": float(schedule(step - 1)),
+                    "train_loss": now["loss"] / n_steps,
+                    "train_acc": now["correct"] / max(1, now["count"]),
+                    "test_loss": ev["loss"],
+                    "test_acc": ev["accuracy"],
+                    "epoch_seconds": seconds,
+                    "images_per_second": now["count"] / max(seconds, 1e-9),
+                    "complete": complete,
+                }
+                if is_main:
+                    reporter.log_epoch(record, history)
+                    history.append(record)
+                    _plot_predictions(reporter.workdir / "predictions.png", ev, dataset)
+            if complete:
+                acc = {"loss": 0.0, "correct": 0.0, "count": 0, "seconds": 0.0}
+                if step != last_saved:
+                    save(step, acc)
+                    last_saved = step
+            else:
+                acc = dict(now, seconds=seconds)
+                if step != last_saved:
+                    save(step, acc)
+                    last_saved = step
+            if stop["signal"] is not None:
+                stopped = f"signal {stop['signal']}"
+                break
+        if step != last_saved:  # nothing left to run (e.g. resumed a finished run with larger max-steps)
+            save(step, acc)
+            last_saved = step
+    finally:
+        ckpt.close()
+        reporter.close()
+    if config.max_steps is not None and step >= config.max_steps and step < config.epochs * steps_per_epoch:
+        stopped = "max_steps"
+    if record is None:
+        history = [r for r in history if r["step"] == step]
+        record = history[-1] if history else None
+    result = {"step": step, "stopped": stopped, "workdir": str(workdir), "seconds": time.time() - t_start}
+    if record is not None:
+        result.update({k: record[k] for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")})
+        reporter.print(f"final: step {step}, test accuracy {100 * record['test_acc']:.2f}% (final epoch, not best-of)")
+    return result
+
+
+def _plot_predictions(path: Path, ev: dict[str, Any], dataset: data_lib.Dataset) -> None:
+    """predictions.png from the first evaluation batch (up to 32 test images)."""
+    from flax_resnet.reporting import plot_predictions
+
+    k = min(32, len(dataset.test_labels), ev["first_logits"].shape[0])
+    preds = np.argmax(ev["first_logits"][:k], -1)
+    plot_predictions(dataset.test_images[:k], dataset.test_labels[:k], preds, dataset.class_names, path)

@@ -1,0 +1,230 @@
+"""Orbax checkpoints of a TrainState: atomic, synchronous, the last two kept, verified on restore.
+
+Each checkpoint step directory holds two items: `state` (the TrainState pytree of arrays) and `meta` (JSON:
+step, epoch, the run config, class names, the epoch's running metric sums, and a CRC32 digest of every array).
+Orbax writes a step into a temporary directory and renames it when complete, so a run killed mid-save
+leaves no half-written step that `latest_step` would pick; the digest catches a step damaged afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import shutil
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+META_FORMAT = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be written or read; str(e) is one line naming the path."""
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _host_array(x: Any) -> np.ndarray:
+    """A host copy of a (replicated or local) array; the first addressable shard of a replicated one."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_shards[0].data)
+    return np.asarray(x)
+
+
+def tree_digest(tree: Any) -> str:
+    """CRC32 over every leaf's dtype, shape and bytes, in tree order: detects any damaged or swapped value."""
+    crc = 0
+    for leaf in jax.tree.leaves(tree):
+        a = np.ascontiguousarray(_host_array(leaf))
+        crc = zlib.crc32(f"{a.dtype}{a.shape}".encode(), crc)
+        crc = zlib.crc32(a.view(np.uint8).reshape(-1) if a.size else b"", crc)
+    return f"{crc:08x}"
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) of a concrete pytree: the restore target for orbax."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class Checkpointer:
+    """Save/restore TrainState pytrees under one directory with orbax's CheckpointManager (max_to_keep=2)."""
+
+    def __init__(self, directory: str | Path, max_to_keep: int = 2, *, read_only: bool = False):
+        self.directory = Path(directory).absolute()
+        self.read_only = read_only
+        if not read_only:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        elif not self.directory.is_dir():
+            raise CheckpointError(f"{self.directory}: no such checkpoint directory")
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            enable_async_checkpointing=False,  # a save is complete (renamed into place) when save() returns
+            cleanup_tmp_directories=not read_only,  # leftovers of a run killed mid-save
+            read_only=read_only,
+            create=not read_only,
+        )
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        if read_only:  # orbax warns that a read-only manager will not save: expected here
+            absl_logger.setLevel(logging.ERROR)
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        except Exception as e:
+            raise CheckpointError(f"{self.directory}: cannot open checkpoint directory ({_one_line(e)})") from None
+        finally:
+            absl_logger.setLevel(level)
+
+    def step_dir(self, step: int) -> Path:
+        """The directory holding checkpoint `step`."""
+        return self.directory / str(step)
+
+    def all_steps(self) -> list[int]:
+        """Finalized checkpoint steps, oldest first (temporary, half-written directories never count)."""
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest finalized step, or None."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        """Write checkpoint `step` synchronously; on failure the older checkpoints stay intact.
+
+        Raises CheckpointError (e.g. disk full) naming the directory; any partial temporary directory is removed.
+        """
+        meta = dict(meta, step=int(step), digest=tree_digest(state), format=META_FORMAT)
+        try:
+            self._manager.save(
+                int(step),
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                force=True,
+            )
+            self._manager.wait_until_finished()
+        except Exception as e:  # tensorstore/orbax wrap OSErrors in several types
+            self._remove_partial(step)
+            reason = "disk full" if _is_enospc(e) else "write failed"
+            kept = [s for s in self.all_steps() if s != step]
+            previous = f"the previous checkpoint (step {kept[-1]}) is intact" if kept else "no earlier checkpoint"
+            raise CheckpointError(
+                f"saving checkpoint step {step} to {self.directory} failed ({reason}: {_one_line(e)}); {previous}"
+            ) from None
+
+    def _remove_partial(self, step: int) -> None:
+        with contextlib.suppress(Exception):  # let the item writers still running finish (or fail) first
+            self._manager.wait_until_finished()
+        time.sleep(0.1)
+        for path in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+            shutil.rmtree(path, ignore_errors=True)
+        final = self.step_dir(step)
+        if final.exists() and step not in self._manager.all_steps():
+            shutil.rmtree(final, ignore_errors=True)
+        self._manager.reload()
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """The JSON metadata of checkpoint `step` (config, class names, ...) without reading the arrays."""
+        try:
+            meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        except Exception as e:
+            raise CheckpointError(f"{self.step_dir(step)}: unreadable checkpoint metadata ({_one_line(e)})") from None
+        if not isinstance(meta, dict) or meta.get("format") != META_FORMAT or "digest" not in meta:
+            raise CheckpointError(f"{self.step_dir(step)}: not a flax_resnet checkpoint (bad metadata)")
+        return meta
+
+    def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
+        """Restore checkpoint `step` into the structure/shardings of `target`; verify its digest."""
+        meta = self.read_meta(step)
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_like(target))),
+            ).state
+        except Exception as e:
+            raise CheckpointError(f"{self.step_dir(step)}: unreadable checkpoint ({_one_line(e)})") from None
+        if jax.tree.structure(restored) != jax.tree.structure(target):
+            raise CheckpointError(f"{self.step_dir(step)}: checkpoint does not match the model's state structure")
+        digest = tree_digest(restored)
+        if digest != meta["digest"]:
+            raise CheckpointError(
+                f"{self.step_dir(step)}: checkpoint is corrupt (digest {digest} != recorded {meta['digest']})"
+            )
+        return restored, meta
+
+    def restore_latest(
+        self, target: Any, warn: Callable[[str], None], *, quarantine: Path | None = None
+    ) -> tuple[Any, dict[str, Any]] | None:
+        """Restore the newest readable checkpoint, or None if there is none.
+
+        An unreadable newer step is reported through `warn` (one line) and skipped; with `quarantine`, it is
+        moved there so a resumed run can save that step number again. If every step is unreadable, raise.
+        """
+        steps = self.all_steps()
+        errors = []
+        for step in reversed(steps):
+            try:
+                result = self.restore(step, target)
+            except CheckpointError as e:
+                errors.append(str(e))
+                moved = ""
+                if quarantine is not None and not self.read_only:
+                    dest = quarantine / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.move(str(self.step_dir(step)), str(dest))
+                    self._manager.reload()
+                    moved = f"; moved to {dest}"
+                older = [s for s in steps if s < step]
+                then = f"falling back to step {older[-1]}" if older else "no older checkpoint"
+                warn(f"warning: {e}{moved}; {then}")
+                continue
+            return result
+        if errors:
+            raise CheckpointError(f"no readable checkpoint in {self.directory} (newest error: {errors[0]})")
+        return None
+
+    def close(self) -> None:
+        """Wait for pending work and release the manager."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def _is_enospc(e: BaseException) -> bool:
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(e) or "ENOSPC" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def find_checkpoint(path: str | Path) -> tuple[Path, int | None]:
+    """Resolve a workdir, a checkpoints directory or one step directory to (checkpoints dir, step or None=latest).
+
+    Raises CheckpointError naming `path` when it is none of these.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such file or directory")
+    if not p.is_dir():
+        raise CheckpointError(f"{p}: not a run directory or checkpoint (expected a workdir or a checkpoint step dir)")
+    if (p / "checkpoints").is_dir():
+        return p / "checkpoints", None
+    if p.name.isdigit() and (p / "meta").is_dir() and (p / "state").is_dir():
+        return p.parent, int(p.name)
+    if any(c.is_dir() and c.name.isdigit() for c in p.iterdir()):
+        return p, None
+    raise CheckpointError(f"{p}: no checkpoints found (expected a workdir, its checkpoints/ dir, or a step dir)")

@@ -1,0 +1,70 @@
+"""Evaluate a checkpoint on the test split: loss, accuracy, per-class accuracy and a confusion-matrix PNG.
+
+`python scripts/evaluate.py runs/r18` (latest checkpoint) or `.../checkpoints/<step>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, evaluate, print the report; bad paths/data print one line and return 1."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", metavar="WORKDIR_OR_CHECKPOINT", help="a run's workdir or one checkpoint step dir")
+    p.add_argument("--data", help="dataset source (default: the one the run trained on)")
+    p.add_argument("--data-dir", help="TFDS data dir or decoded-dataset cache dir (default: the run's)")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
+    p.add_argument("--out", help="confusion-matrix PNG path (default: <workdir>/confusion_matrix.png)")
+    args = p.parse_args(argv)
+    if args.batch_size <= 0:
+        p.error(f"--batch-size must be positive, got {args.batch_size}")
+
+    import numpy as np
+
+    from flax_resnet import data as data_lib
+    from flax_resnet.checkpoint import CheckpointError
+    from flax_resnet.distributed import make_mesh, put_replicated
+    from flax_resnet.reporting import plot_confusion
+    from flax_resnet.train import evaluate, load_run, make_eval_fn
+
+    try:
+        run = load_run(args.checkpoint)
+        source = args.data or run.config.data
+        dataset = data_lib.load_dataset(source, args.data_dir if args.data_dir is not None else run.config.data_dir)
+        if len(dataset.class_names) != run.config.num_classes:
+            raise data_lib.DataError(
+                f"{source}: {len(dataset.class_names)} classes, but the checkpoint has {run.config.num_classes}"
+            )
+        mesh = make_mesh()
+        batch = -(-args.batch_size // mesh.size) * mesh.size
+        state = put_replicated(run.state, mesh)
+        images = put_replicated(dataset.test_images, mesh)
+        labels = put_replicated(dataset.test_labels, mesh)
+        ev = evaluate(make_eval_fn(run.graphdef), state, images, labels, batch, mesh, keep_logits=True)
+    except (CheckpointError, data_lib.DataError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    k = run.config.num_classes
+    preds = np.argmax(ev["logits"], -1)
+    matrix = np.zeros((k, k), np.int64)
+    np.add.at(matrix, (dataset.test_labels, preds), 1)
+    print(f"checkpoint: {run.path} (step {run.step}, {run.config.arch}/{run.config.variant})")
+    print(f"test images: {ev['count']}  loss: {ev['loss']:.4f}  accuracy: {100 * ev['accuracy']:.2f}%")
+    width = max(len(n) for n in run.class_names)
+    for c, name in enumerate(run.class_names):
+        total = int(matrix[c].sum())
+        acc = 100 * matrix[c, c] / total if total else float("nan")
+        print(f"  {name:<{width}}  {acc:6.2f}%  ({int(matrix[c, c])}/{total})")
+    out = Path(args.out) if args.out else run.path.parent.parent / "confusion_matrix.png"
+    plot_confusion(matrix, run.class_names, out)
+    print(f"confusion matrix: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

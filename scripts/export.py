@@ -1,0 +1,43 @@
+"""Export a checkpoint's weights as a torch state dict in `.safetensors` (loads strict into torch_ref/torchvision).
+
+`python scripts/export.py runs/r18 r18.safetensors`
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, export; bad paths print one line and return 1."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", metavar="WORKDIR_OR_CHECKPOINT", help="a run's workdir or one checkpoint step dir")
+    p.add_argument("out", metavar="OUT.safetensors", help="output file")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        p.error(f"output must end in .safetensors, got {out.name!r}")
+
+    from flax_resnet.checkpoint import CheckpointError
+    from flax_resnet.convert import save_safetensors, to_torch_state_dict
+    from flax_resnet.train import load_run
+
+    try:
+        run = load_run(args.checkpoint)
+        state_dict = to_torch_state_dict(run.model())
+        save_safetensors(state_dict, out)
+    except (CheckpointError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    c = run.config
+    print(f"wrote {out}: {len(state_dict)} tensors, {c.arch}/{c.variant}, {c.num_classes} classes (step {run.step})")
+    print(f"classes: {', '.join(run.class_names)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Classify image files with a trained checkpoint: top-k classes with probabilities.
+
+Images that are not 32x32 are center-cropped to a square and resized to 32x32 (bicubic); a note says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SIZE = 32
+
+
+def load_image(path: Path) -> tuple[object, bool]:
+    """RGB uint8 (32, 32, 3) array of an image file, and whether it had to be cropped/resized."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        resized = image.size != (SIZE, SIZE)
+        if resized:
+            w, h = image.size
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            image = image.crop((left, top, left + side, top + side)).resize((SIZE, SIZE), Image.Resampling.BICUBIC)
+        return np.asarray(image, np.uint8), resized
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, classify, print top-k per image; bad paths print one line and return 1."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", metavar="WORKDIR_OR_CHECKPOINT", help="a run's workdir or one checkpoint step dir")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG/JPEG/...)")
+    p.add_argument("--top-k", type=int, default=3, help="how many classes to list per image (default: 3)")
+    args = p.parse_args(argv)
+    if args.top_k <= 0:
+        p.error(f"--top-k must be positive, got {args.top_k}")
+
+    import jax
+    import numpy as np
+
+    from flax_resnet import data as data_lib
+    from flax_resnet.checkpoint import CheckpointError
+    from flax_resnet.models import predict
+    from flax_resnet.train import load_run
+
+    try:
+        arrays = []
+        for name in args.images:
+            path = Path(name)
+            try:
+                array, resized = load_image(path)
+            except (OSError, ValueError, SyntaxError) as e:
+                raise data_lib.DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+            if resized:
+                print(
+                    f"note: {path} is not {SIZE}x{SIZE}; center-cropped and resized to {SIZE}x{SIZE}", file=sys.stderr
+                )
+            arrays.append(array)
+        run = load_run(args.checkpoint)
+    except (CheckpointError, data_lib.DataError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    x = data_lib.normalize(np.stack(arrays))
+    probs = np.asarray(jax.nn.softmax(predict(run.model(), x), axis=-1))
+    k = min(args.top_k, probs.shape[1])
+    for name, pr in zip(args.images, probs, strict=True):
+        top = np.argsort(-pr, kind="stable")[:k]
+        print(f"{name}: " + ", ".join(f"{run.class_names[c]} {pr[c]:.4f}" for c in top))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

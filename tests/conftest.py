@@ -1,0 +1,126 @@
+"""Shared fixtures: a tiny synthetic image-folder dataset, CLI runners, and one trained run to reuse.
+
+XLA compilations are cached on disk (JAX's persistent cache) for this process and every CLI subprocess, so
+a ResNet train step is compiled once per machine rather than once per test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
+JAX_CACHE = Path(tempfile.gettempdir()) / f"flax-resnet-tests-jax-cache-{os.getuid()}"
+CACHE_ENV = {
+    "JAX_COMPILATION_CACHE_DIR": str(JAX_CACHE),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
+for _k, _v in CACHE_ENV.items():
+    os.environ.setdefault(_k, _v)
+
+import jax  # noqa: E402 - after the cache environment is set
+
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+TINY_CLASSES = ("cat", "dog", "frog")
+TINY_TRAIN_PER_CLASS = 32  # 96 images: 6 steps of 16 per epoch
+TINY_TEST_PER_CLASS = 7  # 21 images: not a multiple of the batch size
+# The smallest model/settings that exercise the whole loop on CPU: the imagenet stem shrinks 32x32 to 8x8 early.
+TINY_FLAGS = ("--arch", "resnet18", "--variant", "imagenet", "--batch-size", "16", "--no-progress")
+
+
+def make_image_folder(root: Path, seed: int = 0) -> Path:
+    """Write <root>/{train,test}/<class>/*.png of random 32x32 RGB images whose mean color depends on the class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, per_class in (("train", TINY_TRAIN_PER_CLASS), ("test", TINY_TEST_PER_CLASS)):
+        for c, name in enumerate(TINY_CLASSES):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                base = np.zeros(3) + 60
+                base[c] = 190
+                img = np.clip(rng.normal(base, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"{i:03d}.png")
+    return root
+
+
+def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory shared by all xdist workers of this session."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic image-folder dataset (created once per session, whatever the number of workers)."""
+    from filelock import FileLock
+
+    shared = _shared_dir(tmp_path_factory)
+    root = shared / "tiny_data"
+    with FileLock(str(shared / "tiny_data.lock")):
+        if not (root / "done").exists():
+            make_image_folder(root)
+            (root / "done").write_text("ok")
+    return root
+
+
+def run_cli(script: str, *args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
+    """Run `python scripts/<script> args...` from the repo root with the shared compilation cache."""
+    env = dict(os.environ, **CACHE_ENV, PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / script), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def cli_env() -> dict[str, str]:
+    """Environment for CLI subprocesses started by hand (Popen)."""
+    return dict(os.environ, **CACHE_ENV, PYTHONUNBUFFERED="1")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    """One finished CLI training run on the tiny data (2 epochs, 12 steps), shared by the companion-CLI tests."""
+    from filelock import FileLock
+
+    shared = _shared_dir(tmp_path_factory)
+    workdir = shared / "trained_run"
+    with FileLock(str(shared / "trained_run.lock")):
+        if not (workdir / "done").exists():
+            run_cli(
+                "train.py",
+                *TINY_FLAGS,
+                "--data",
+                str(tiny_data),
+                "--data-dir",
+                str(shared / "data_cache"),
+                "--epochs",
+                "2",
+                "--lr",
+                "0.05",
+                "--workdir",
+                str(workdir),
+                check=True,
+            )
+            (workdir / "done").write_text(json.dumps({"ok": True}))
+    return workdir

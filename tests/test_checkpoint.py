@@ -1,0 +1,116 @@
+"""Checkpointer: round trip, last-2 retention, half-written and corrupt steps, disk full while saving."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from orbax.checkpoint._src.handlers import json_checkpoint_handler
+
+from flax_resnet.checkpoint import Checkpointer, CheckpointError, find_checkpoint, tree_digest
+
+
+def _state(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "params": {"w": jnp.asarray(rng.normal(size=(64, 33)).astype(np.float32)), "b": jnp.arange(7.0) + seed},
+        "step": jnp.asarray(seed, jnp.int32),
+    }
+
+
+def _equal(a: dict, b: dict) -> bool:
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(_leaves(a), _leaves(b), strict=True))
+
+
+def _leaves(tree: dict) -> list:
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+def _largest_file(step_dir: Path) -> Path:
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file()]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+def test_round_trip_keeps_last_two_and_ignores_half_written(tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path / "ck")
+    for step in (1, 2, 3):
+        ckpt.save(step, _state(step), {"epoch": 0, "note": "x"})
+    assert ckpt.all_steps() == [2, 3]
+    # A directory left by a run killed mid-save is never a checkpoint.
+    (tmp_path / "ck" / "4.orbax-checkpoint-tmp-1234").mkdir()
+    assert ckpt.latest_step() == 3
+    restored, meta = ckpt.restore(3, _state(0))
+    assert _equal(restored, _state(3))
+    assert meta["step"] == 3 and meta["note"] == "x" and meta["digest"] == tree_digest(_state(3))
+    ckpt.close()
+    assert find_checkpoint(tmp_path / "ck") == (tmp_path / "ck", None)
+    assert find_checkpoint(tmp_path / "ck" / "3") == (tmp_path / "ck", 3)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_latest_falls_back_to_previous_with_warning(tmp_path: Path, damage: str) -> None:
+    ckpt = Checkpointer(tmp_path / "ck")
+    ckpt.save(2, _state(2), {})
+    ckpt.save(4, _state(4), {})
+    victim = _largest_file(ckpt.step_dir(4))
+    data = victim.read_bytes()
+    if damage == "truncate":
+        victim.write_bytes(data[: len(data) // 2])
+    else:
+        victim.write_bytes(data[:16] + bytes(255 - b for b in data[16:]))
+    with pytest.raises(CheckpointError, match=r"ck/4"):
+        ckpt.restore(4, _state(0))
+    warnings: list[str] = []
+    restored, meta = ckpt.restore_latest(_state(0), warnings.append, quarantine=tmp_path / "bad")
+    assert meta["step"] == 2 and _equal(restored, _state(2))
+    assert len(warnings) == 1 and "ck/4" in warnings[0] and "falling back to step 2" in warnings[0]
+    # The damaged step was moved aside, so a resumed run can write step 4 again.
+    assert ckpt.all_steps() == [2] and len(list((tmp_path / "bad").iterdir())) == 1
+    ckpt.save(4, _state(5), {})
+    assert _equal(ckpt.restore(4, _state(0))[0], _state(5))
+
+
+def test_every_checkpoint_corrupt_is_a_clear_error(tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path / "ck")
+    ckpt.save(1, _state(1), {})
+    shutil.rmtree(ckpt.step_dir(1) / "state")
+    (ckpt.step_dir(1) / "state").mkdir()
+    with pytest.raises(CheckpointError, match=r"no readable checkpoint in .*ck.*ck/1"):
+        ckpt.restore_latest(_state(0), lambda line: None)
+
+
+def test_disk_full_mid_save_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt = Checkpointer(tmp_path / "ck")
+    ckpt.save(2, _state(2), {})
+
+    async def full_disk(self, x, directory):  # write part of the file, then the disk is full
+        (directory / "metadata").write_text('{"partial": ')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", full_disk)
+    with pytest.raises(CheckpointError) as info:
+        ckpt.save(4, _state(4), {})
+    message = str(info.value)
+    assert "\n" not in message
+    assert "step 4" in message and "disk full" in message and "previous checkpoint (step 2) is intact" in message
+    monkeypatch.undo()
+    assert ckpt.all_steps() == [2]
+    assert not [p for p in (tmp_path / "ck").iterdir() if p.name != "2"]  # no partial directory left behind
+    assert _equal(Checkpointer(tmp_path / "ck").restore_latest(_state(0), print)[0], _state(2))
+
+
+def test_bad_paths_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no such file"):
+        find_checkpoint(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no checkpoints found"):
+        find_checkpoint(tmp_path / "empty")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="not a run directory"):
+        find_checkpoint(tmp_path / "file")

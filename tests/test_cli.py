@@ -1,0 +1,201 @@
+"""The four CLIs as a user runs them: help, bad flags, a smoke run's outputs, data errors, evaluate/predict/export."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from conftest import REPO, SHARED_DATA, TINY_CLASSES, TINY_FLAGS, run_cli
+
+from flax_resnet import data as data_lib
+from flax_resnet.reporting import METRIC_KEYS
+from torch_ref.models import create_model as create_torch_model
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"cli_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _one_error_line(proc) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "absl" not in line]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_help_and_bad_flags() -> None:
+    proc = run_cli("train.py", "--help", check=True)
+    for flag in (
+        "--arch",
+        "--variant",
+        "--recipe",
+        "--nesterov",
+        "--no-nesterov",
+        "--dtype",
+        "--max-steps",
+        "--checkpoint-every",
+        "--no-progress",
+        "--coordinator",
+        "--num-processes",
+        "--process-id",
+    ):
+        assert flag in proc.stdout
+    for script in ("evaluate.py", "predict.py", "export.py"):
+        assert "WORKDIR_OR_CHECKPOINT" in run_cli(script, "--help", check=True).stdout
+    proc = run_cli("train.py", "--arch", "resnet19")
+    assert proc.returncode == 2 and "invalid choice: 'resnet19'" in proc.stderr and "usage:" in proc.stderr
+    parser = _script("train").build_parser()
+    for bad in (["--bogus"], ["--variant", "tiny"], ["--schedule", "linear"], ["--dtype", "fp16"], ["--recipe", "x"]):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args(bad)
+        assert info.value.code == 2
+    args = parser.parse_args(["--lr", "0.3", "--no-nesterov"])
+    assert args.lr == 0.3 and args.nesterov is False and args.epochs is None and args.progress is None
+
+
+def test_smoke_run_writes_every_output(trained_run: Path) -> None:
+    for name in ("config.json", "metrics.jsonl", "curves.png", "predictions.png"):
+        assert (trained_run / name).is_file() and (trained_run / name).stat().st_size > 0, name
+    assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
+    config = json.loads((trained_run / "config.json").read_text())
+    assert (config["arch"], config["variant"], config["num_classes"], config["dtype"]) == (
+        "resnet18",
+        "imagenet",
+        3,
+        "float32",
+    )
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"]) for r in records] == [(1, 6), (2, 12)]
+    for r in records:
+        assert set(METRIC_KEYS) <= set(r)
+        assert all(np.isfinite(r[k]) for k in METRIC_KEYS)
+        assert 0 <= r["train_acc"] <= 1 and 0 <= r["test_acc"] <= 1
+    # Accuracies are counts over 96 training / 21 test images.
+    assert any(abs(records[-1]["test_acc"] * 21 - k) < 1e-9 for k in range(22))
+    assert sorted(int(p.name) for p in (trained_run / "checkpoints").iterdir() if p.name.isdigit()) == [6, 12]
+
+
+def test_export_evaluate_predict_agree_with_torch(trained_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model.safetensors"
+    run_cli("export.py", str(trained_run), str(out), check=True)
+    from safetensors.torch import load_file
+
+    state_dict = load_file(str(out))
+    ref = create_torch_model("resnet18", "imagenet", num_classes=3)
+    ref.load_state_dict(state_dict, strict=True)
+    tv = torchvision.models.resnet18(num_classes=3)
+    tv.load_state_dict(state_dict, strict=True)
+    ref.eval()
+    tv.eval()
+
+    dataset = data_lib.load_dataset(tiny_data, tmp_path / "cache")
+    x = torch.from_numpy(np.asarray(data_lib.normalize(dataset.test_images))).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        logits = ref(x).numpy()
+        np.testing.assert_allclose(tv(x).numpy(), logits, rtol=1e-5, atol=1e-5)
+    preds = logits.argmax(-1)
+    correct = int((preds == dataset.test_labels).sum())
+
+    proc = run_cli("evaluate.py", str(trained_run), "--out", str(tmp_path / "cm.png"), check=True)
+    assert f"test images: {len(preds)}" in proc.stdout
+    accuracy = float(re.search(r"accuracy: ([\d.]+)%", proc.stdout).group(1))
+    assert accuracy == pytest.approx(100 * correct / len(preds), abs=0.006)
+    for c, name in enumerate(TINY_CLASSES):
+        mask = dataset.test_labels == c
+        assert f"({int((preds[mask] == c).sum())}/{int(mask.sum())})" in proc.stdout.split(name, 1)[1].splitlines()[0]
+    assert (tmp_path / "cm.png").stat().st_size > 0
+
+    files = [tiny_data / "test" / name / "000.png" for name in TINY_CLASSES]
+    big = tmp_path / "big.png"
+    from PIL import Image
+
+    Image.open(files[0]).resize((48, 40)).save(big)
+    proc = run_cli(
+        "predict.py", str(trained_run / "checkpoints" / "12"), *map(str, files), str(big), "--top-k", "2", check=True
+    )
+    assert "center-cropped and resized" in proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.endswith(tuple("0123456789"))]
+    assert len(lines) == 4
+    indices = [int(f.stem) for f in files]
+    for line, c, i in zip(lines, range(3), indices, strict=False):
+        k = np.flatnonzero(dataset.test_labels == c)[i]
+        probs = torch.softmax(torch.from_numpy(logits[k]), -1).numpy()
+        pairs = re.findall(r"(\w+) ([\d.]+)", line.split(": ", 1)[1])
+        assert len(pairs) == 2
+        printed = [p for _, p in pairs]
+        assert [TINY_CLASSES.index(name) for name, _ in pairs] == list(np.argsort(-probs)[:2])
+        np.testing.assert_allclose([float(p) for p in printed], np.sort(probs)[::-1][:2], atol=2e-4)
+
+
+def test_data_and_checkpoint_errors_are_one_line(tiny_data: Path, tmp_path: Path, trained_run: Path) -> None:
+    missing = tmp_path / "nowhere"
+    proc = run_cli("train.py", *TINY_FLAGS, "--data", str(missing), "--workdir", str(tmp_path / "w1"))
+    assert proc.returncode == 1 and str(missing) in _one_error_line(proc)
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_data, broken)
+    bad_file = broken / "train" / "dog" / "005.png"
+    bad_file.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    proc = run_cli(
+        "train.py",
+        *TINY_FLAGS,
+        "--data",
+        str(broken),
+        "--data-dir",
+        str(tmp_path / "c"),
+        "--workdir",
+        str(tmp_path / "w2"),
+    )
+    assert proc.returncode == 1 and str(bad_file) in _one_error_line(proc)
+
+    proc = run_cli("train.py", "--arch", "resnet34", "--data", str(tiny_data), "--workdir", str(trained_run))
+    assert proc.returncode == 1 and "refusing to resume" in _one_error_line(proc)
+
+    for script, extra in (
+        ("evaluate.py", []),
+        ("predict.py", [str(tiny_data / "test" / "cat" / "000.png")]),
+        ("export.py", [str(tmp_path / "o.safetensors")]),
+    ):
+        proc = run_cli(script, str(tmp_path / "no_run"), *extra)
+        assert proc.returncode == 1 and "no_run" in _one_error_line(proc), script
+
+
+@pytest.mark.realdata
+def test_realdata_smoke(tmp_path: Path) -> None:
+    if not SHARED_DATA.is_file():
+        pytest.skip(f"real CIFAR-10 copy not found at {SHARED_DATA}")
+    workdir = tmp_path / "run"
+    proc = run_cli(
+        "train.py",
+        "--data",
+        str(SHARED_DATA),
+        "--data-dir",
+        str(tmp_path / "cache"),
+        "--arch",
+        "resnet18",
+        "--variant",
+        "imagenet",
+        "--max-steps",
+        "5",
+        "--batch-size",
+        "32",
+        "--no-progress",
+        "--workdir",
+        str(workdir),
+        timeout=600,
+        check=True,
+    )
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and records[0]["step"] == 5 and set(METRIC_KEYS) <= set(records[0])
+    assert json.loads((workdir / "config.json").read_text())["num_classes"] == 10
+    assert "final: step 5" in proc.stdout
