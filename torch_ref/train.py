@@ -1,0 +1,277 @@
+"""PyTorch reference trainer: the same recipes, data, batch order and schedules as the JAX trainer.
+
+It exists to answer "does the Flax trainer train as well as plain PyTorch does on the same recipe?": one
+`flax_resnet.config.Config`, the dataset from `flax_resnet.data.load_dataset` placed on the device once,
+`flax_resnet.data.train_batch_indices` for the batch order, augmentation as batched tensor ops, torch SGD with
+the learning rate of `flax_resnet.train.make_schedule` set before every step. The workdir gets the same
+`config.json` and `metrics.jsonl` as the JAX trainer and a `model.safetensors` state dict that
+`flax_resnet.load_weights_file` + `load_torch_state_dict` load into the Flax model. There is no resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flax_resnet import data as data_lib
+from flax_resnet.config import SCHEDULES, Config
+from flax_resnet.reporting import Reporter
+from torch_ref import data as tdata
+from torch_ref.models import create_model
+
+
+class TrainError(Exception):
+    """User-facing training problem (e.g. a batch larger than the dataset); str(e) is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchOptions:
+    """Torch-only execution choices; they change speed/precision, not the recipe (saved as torch_options.json)."""
+
+    device: str = "cpu"
+    channels_last: bool = False
+    amp: bool = False  # bfloat16 autocast for the forward pass (meant for cuda)
+    compile: bool = False  # torch.compile the model
+
+
+def total_steps(config: Config, steps_per_epoch: int) -> int:
+    """Length of the schedule in optimizer steps (as in make_schedule: at least 1)."""
+    return max(1, config.epochs * steps_per_epoch)
+
+
+def lr_at(config: Config, steps_per_epoch: int, step: int) -> float:
+    """Learning rate for optimizer step `step` (0-based), in float64: the schedule of make_schedule, by hand.
+
+    onecycle: linear lr/25 -> lr over the warm-up, then linear lr -> 0; cosine: the same warm-up, then a half
+    cosine to 0 at the last step; piecewise: lr times `piecewise_factor` from each boundary on.
+    """
+    total = total_steps(config, steps_per_epoch)
+    lr = config.lr
+    if config.schedule == "piecewise":
+        # A dict as in make_schedule: fractions that round to the same step count once.
+        boundaries = {round(f * total): config.piecewise_factor for f in config.piecewise_boundaries}
+        value = lr
+        for boundary, factor in sorted(boundaries.items()):
+            if step >= boundary:
+                value *= factor
+        return value
+    warmup = round(config.warmup_fraction * total)
+    if config.schedule == "onecycle":
+        if step < warmup:
+            return _linear(lr / 25, lr, max(1, warmup), step)
+        return _linear(lr, 0.0, total - warmup, step - warmup)
+    if config.schedule == "cosine":
+        warmup = max(1, warmup)
+        decay = total - warmup
+        if decay <= 0:
+            raise ValueError(f"cosine schedule needs more than {warmup} warm-up steps in total, got {total}")
+        if step < warmup:
+            return _linear(lr / 25, lr, warmup, step)
+        t = min(step - warmup, decay)
+        return lr * 0.5 * (1.0 + math.cos(math.pi * t / decay))
+    raise ValueError(f"unknown schedule {config.schedule!r}; valid choices: {', '.join(SCHEDULES)}")
+
+
+def _linear(start: float, end: float, steps: int, t: int) -> float:
+    """`start` -> `end` linearly over `steps` steps, then held at `end` (held at `start` when steps <= 0)."""
+    if steps <= 0:
+        return start
+    t = min(max(t, 0), steps)
+    return (start - end) * (1.0 - t / steps) + end
+
+
+def make_optimizer(model: nn.Module, config: Config) -> torch.optim.SGD:
+    """torch SGD with the config's momentum / Nesterov / weight decay (decay added to the gradient)."""
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov and config.momentum > 0,  # as make_optimizer: no momentum, no Nesterov
+    )
+
+
+def _autocast(options: TorchOptions, device: torch.device) -> contextlib.AbstractContextManager:
+    if options.amp:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _prepare(x: torch.Tensor, options: TorchOptions) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if options.channels_last else x
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    options: TorchOptions | None = None,
+) -> dict[str, float]:
+    """Eval-mode mean cross-entropy (no label smoothing) and accuracy over every image once, in order."""
+    options = options or TorchOptions(device=str(images.device))
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
+    correct = torch.zeros((), dtype=torch.int64, device=images.device)
+    for start in range(0, len(images), batch_size):
+        x = _prepare(tdata.normalize(images[start : start + batch_size]), options)
+        y = labels[start : start + batch_size]
+        with _autocast(options, images.device):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(dim=1) == y).sum()
+    model.train(was_training)
+    n = len(images)
+    return {"loss": float(loss_sum) / n, "accuracy": int(correct) / n}
+
+
+def save_state_dict(model: nn.Module, path: str | Path) -> None:
+    """Write the model's state dict as .safetensors atomically (temp file in the same folder, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def train(config: Config, options: TorchOptions, *, out: TextIO | None = None) -> list[dict[str, Any]]:
+    """Run the whole training described by `config`; returns the metrics rows also written to metrics.jsonl.
+
+    Raises data.DataError / TrainError for user errors (one-line messages).
+    """
+    device = torch.device(options.device)
+    workdir = Path(config.workdir)
+    if (workdir / "checkpoints").is_dir():  # cheap checks before loading any data
+        raise TrainError(f"{workdir} holds a JAX run (checkpoints/); give the torch run its own --workdir")
+    dataset = data_lib.load_dataset(config.data, config.data_dir)
+    # The model's output size follows the dataset; the amp flag is what "dtype" means for this trainer.
+    config = dataclasses.replace(
+        config, num_classes=len(dataset.class_names), dtype="bfloat16" if options.amp else "float32"
+    )
+    n_train = len(dataset.train_images)
+    steps_per_epoch = n_train // config.batch_size
+    if steps_per_epoch == 0:
+        raise TrainError(f"batch size {config.batch_size} is larger than the {n_train} training images")
+    try:
+        lr_at(config, steps_per_epoch, 0)  # e.g. a cosine schedule too short to decay is a user error
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    workdir.mkdir(parents=True, exist_ok=True)
+    config.save(workdir / "config.json")
+    _write_json(workdir / "torch_options.json", {**dataclasses.asdict(options), "torch": torch.__version__})
+
+    torch.manual_seed(config.seed)
+    model = create_model(config.arch, config.variant, config.num_classes).to(device)
+    if options.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    forward: nn.Module = torch.compile(model) if options.compile else model
+    optimizer = make_optimizer(model, config)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+
+    train_images = tdata.to_device(dataset.train_images, device)
+    train_labels = torch.from_numpy(dataset.train_labels.astype("int64")).to(device)
+    test_images = tdata.to_device(dataset.test_images, device)
+    test_labels = torch.from_numpy(dataset.test_labels.astype("int64")).to(device)
+    reporter = Reporter(workdir, progress=config.progress, stream=out)
+    reporter.print(
+        f"torch {torch.__version__} on {device}: {config.arch}/{config.variant}, {n_train} train / "
+        f"{len(test_images)} test images, {steps_per_epoch} steps/epoch, recipe {config.recipe}"
+    )
+    reporter.print("config: " + json.dumps(dataclasses.asdict(config), sort_keys=True))
+    (workdir / "metrics.jsonl").write_text("")  # no resume: a new run starts a new metrics file
+    history: list[dict[str, Any]] = []
+    step = 0
+    max_steps = config.max_steps if config.max_steps is not None else math.inf
+    warm = False
+    try:
+        for epoch in range(config.epochs):
+            if step >= max_steps:
+                break
+            order = data_lib.train_batch_indices(config.seed, epoch, n_train, config.batch_size)
+            n_steps = int(min(len(order), max_steps - step))
+            order_dev = torch.from_numpy(order[:n_steps].astype("int64")).to(device)
+            model.train()
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            timed_steps = n_steps
+            bar = reporter.epoch_bar(epoch + 1, config.epochs, steps_per_epoch, 0)
+            t0 = time.perf_counter()
+            for i in range(n_steps):
+                lr = lr_at(config, steps_per_epoch, step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                idx = order_dev[i]
+                x = _prepare(tdata.normalize(tdata.augment(train_images[idx], generator)), options)
+                y = train_labels[idx]
+                with _autocast(options, device):
+                    logits = forward(x)
+                loss = criterion(logits.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                loss_sum += loss.detach().double()
+                correct += (logits.detach().argmax(dim=1) == y).sum()
+                if not warm:  # keep warm-up (and compilation) out of the epoch time and img/s
+                    _sync(device)
+                    what = "warm-up and compilation" if options.compile else "warm-up"
+                    reporter.print(f"first step ({what}) took {time.perf_counter() - t0:.1f}s")
+                    warm, timed_steps = True, n_steps - 1
+                    t0 = time.perf_counter()
+                bar.update(1)
+                if config.progress and (i % 20 == 0 or i == n_steps - 1):
+                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4g}")
+            _sync(device)
+            seconds = time.perf_counter() - t0
+            bar.close()
+            test = evaluate(forward, test_images, test_labels, config.batch_size, options)
+            record = {
+                "epoch": epoch + 1,
+                "step": step,
+                "lr": lr_at(config, steps_per_epoch, step - 1),
+                "train_loss": float(loss_sum) / n_steps,
+                "train_acc": int(correct) / (n_steps * config.batch_size),
+                "test_loss": test["loss"],
+                "test_acc": test["accuracy"],
+                "epoch_seconds": seconds,
+                "images_per_second": timed_steps * config.batch_size / seconds if timed_steps else 0.0,
+                "complete": n_steps == steps_per_epoch,
+            }
+            save_state_dict(model, workdir / "model.safetensors")
+            reporter.log_epoch(record, history)
+            history.append(record)
+    finally:
+        reporter.close()
+    return history
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
