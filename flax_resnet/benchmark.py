@@ -1,0 +1,608 @@
+"""Training/evaluation throughput of the JAX models against the PyTorch reference, in one process.
+
+Every number is a median over several timed windows after warm-up, with compile time reported apart. FLOP
+counts are analytic (conv + linear multiply-adds from the layer shapes; 1 multiply-add = 2 FLOPs; a training
+step = 3x the forward FLOPs: forward, gradient w.r.t. activations, gradient w.r.t. weights). Peak memory on
+CPU is the process's `resource.getrusage` maxrss, a high-water mark over the whole process so far (XLA
+allocates outside Python, so tracemalloc would miss it); on GPU it is the framework's device peak.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flax_resnet import models
+
+FRAMEWORKS: tuple[str, ...] = ("jax", "torch")
+MODES: tuple[str, ...] = ("jit", "eager", "compile")
+RECORD_KEYS: tuple[str, ...] = (
+    "framework",
+    "mode",
+    "dtype",
+    "arch",
+    "variant",
+    "batch_size",
+    "device",
+    "input",
+    "train_images_per_second",
+    "eval_images_per_second",
+    "compile_seconds",
+    "peak_memory_mb",
+    "memory_source",
+    "train_flops_per_image",
+    "achieved_tflops",
+    "fraction_of_peak",
+    "window_images_per_second",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One conv or linear layer of a model at a given input size (shapes per image)."""
+
+    name: str
+    kind: str  # "conv" or "linear"
+    h: int
+    w: int
+    cin: int
+    cout: int
+    k: int
+    stride: int
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        """Output map size with the models' symmetric k//2 padding."""
+        p = self.k // 2
+        return (self.h + 2 * p - self.k) // self.stride + 1, (self.w + 2 * p - self.k) // self.stride + 1
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds per image."""
+        ho, wo = self.out_hw
+        return ho * wo * self.k * self.k * self.cin * self.cout
+
+
+def model_layers(arch: str, variant: str, image_size: int = 32, num_classes: int = 10) -> list[Layer]:
+    """Every conv and linear layer of `arch`/`variant` for square `image_size` inputs, from the depth table."""
+    models.check_names(arch, variant)
+    kind, depths = models.ARCHS[arch]
+    expansion = 1 if kind == "basic" else 4
+    layers: list[Layer] = []
+    s = image_size
+    if variant == "cifar":
+        layers.append(Layer("conv1", "conv", s, s, 3, 64, 3, 1))
+    else:
+        layers.append(Layer("conv1", "conv", s, s, 3, 64, 7, 2))
+        s = layers[-1].out_hw[0]
+        s = (s + 2 - 3) // 2 + 1  # max-pool 3x3 stride 2 pad 1
+    cin = 64
+    for stage, (width, stride, n) in enumerate(zip(models.WIDTHS, models.STRIDES, depths, strict=True), start=1):
+        for b in range(n):
+            st = stride if b == 0 else 1
+            cout = width * expansion
+            name = f"layer{stage}.{b}"
+            projection = (b == 0 and variant == "article") or st != 1 or cin != cout
+            if kind == "basic":
+                block = [Layer(f"{name}.conv1", "conv", s, s, cin, width, 3, st)]
+                s2 = block[0].out_hw[0]
+                block.append(Layer(f"{name}.conv2", "conv", s2, s2, width, width, 3, 1))
+            else:
+                block = [Layer(f"{name}.conv1", "conv", s, s, cin, width, 1, 1)]
+                block.append(Layer(f"{name}.conv2", "conv", s, s, width, width, 3, st))
+                s2 = block[1].out_hw[0]
+                block.append(Layer(f"{name}.conv3", "conv", s2, s2, width, cout, 1, 1))
+            if projection:
+                block.append(Layer(f"{name}.downsample.0", "conv", s, s, cin, cout, 1, st))
+            layers += block
+            s, cin = s2, cout
+    fc_in = cin * s * s if variant == "article" else cin
+    layers.append(Layer("fc", "linear", 1, 1, fc_in, num_classes, 1, 1))
+    return layers
+
+
+def forward_macs(arch: str, variant: str, image_size: int = 32, num_classes: int = 10) -> int:
+    """Conv + linear multiply-adds of one forward pass for one image (BN, ReLU, pooling not counted)."""
+    return sum(layer.macs for layer in model_layers(arch, variant, image_size, num_classes))
+
+
+def train_flops_per_image(arch: str, variant: str, image_size: int = 32, num_classes: int = 10) -> int:
+    """Training FLOPs per image: 3 x forward (forward, input gradients, weight gradients), 2 FLOPs per MAC."""
+    return 3 * 2 * forward_macs(arch, variant, image_size, num_classes)
+
+
+# ------------------------------------------------------------------------------------------- timing
+
+
+def time_windows(
+    run: Callable[[], Any], sync: Callable[[Any], Any], warmup: int, windows: int, steps: int
+) -> list[float]:
+    """Seconds of each of `windows` windows of `steps` calls of `run`, after `warmup` untimed calls."""
+    out = None
+    for _ in range(warmup):
+        out = run()
+    sync(out)
+    times = []
+    for _ in range(windows):
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = run()
+        sync(out)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def cpu_peak_rss_mb() -> float:
+    """Process peak resident set size so far, MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _synthetic(batch_size: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, (n,), dtype=np.int32)
+    return images, labels
+
+
+def _record(
+    framework: str,
+    mode: str,
+    dtype: str,
+    arch: str,
+    variant: str,
+    batch_size: int,
+    device: str,
+    input_kind: str,
+    train_times: Sequence[float],
+    eval_times: Sequence[float],
+    steps: int,
+    compile_seconds: float,
+    peak_memory_mb: float,
+    memory_source: str,
+    peak_tflops: float | None,
+) -> dict[str, Any]:
+    per_window = [steps * batch_size / t for t in train_times]
+    train_ips = statistics.median(per_window)
+    eval_ips = statistics.median(steps * batch_size / t for t in eval_times) if eval_times else None
+    flops = train_flops_per_image(arch, variant)
+    achieved = train_ips * flops / 1e12
+    return {
+        "framework": framework,
+        "mode": mode,
+        "dtype": dtype,
+        "arch": arch,
+        "variant": variant,
+        "batch_size": batch_size,
+        "device": device,
+        "input": input_kind,
+        "train_images_per_second": train_ips,
+        "eval_images_per_second": eval_ips,
+        "compile_seconds": compile_seconds,
+        "peak_memory_mb": peak_memory_mb,
+        "memory_source": memory_source,
+        "train_flops_per_image": flops,
+        "achieved_tflops": achieved,
+        "fraction_of_peak": achieved / peak_tflops if peak_tflops else None,
+        "window_images_per_second": per_window,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- jax
+
+
+def jax_device_name() -> str:
+    """Platform and kind of the default JAX device, e.g. 'cpu (AMD EPYC)' or 'gpu (NVIDIA H100)'."""
+    d = jax.devices()[0]
+    kind = platform.processor() or platform.machine() if d.platform == "cpu" else d.device_kind
+    return f"{d.platform} ({kind})"
+
+
+def _jax_memory() -> tuple[float, str]:
+    d = jax.devices()[0]
+    if d.platform == "cpu":
+        return cpu_peak_rss_mb(), "process maxrss (cumulative in this process)"
+    stats = d.memory_stats() or {}
+    return stats.get("peak_bytes_in_use", 0) / 2**20, "jax memory_stats peak_bytes_in_use (cumulative)"
+
+
+def bench_jax(
+    arch: str,
+    variant: str,
+    batch_size: int,
+    dtype: str,
+    *,
+    steps: int,
+    warmup: int,
+    windows: int,
+    peak_tflops: float | None = None,
+    conv_lowering: str = "auto",
+    dataset_size: int | None = None,
+) -> list[dict[str, Any]]:
+    """Two records for the real jitted train step: augmented batches gathered from a device-resident dataset,
+    and one fixed device batch (no gather, no augmentation); eval throughput on the same batch size."""
+    from flax_resnet import config as config_lib
+    from flax_resnet import train
+
+    config = config_lib.make_config("article", arch=arch, variant=variant, batch_size=batch_size, dtype=dtype)
+    model = models.create_model(arch, variant, dtype=dtype, conv_lowering=conv_lowering)  # type: ignore[arg-type]
+    tx = train.make_optimizer(config.lr, config.momentum, config.nesterov, config.weight_decay)
+    graphdef, state0 = train.init_state(model, tx)
+    n = dataset_size or max(4 * batch_size, 512)
+    images_np, labels_np = _synthetic(batch_size, n)
+    images, labels = jnp.asarray(images_np), jnp.asarray(labels_np)
+    device = jax_device_name()
+    records = []
+
+    train_step = train.make_train_step(graphdef, tx, config, augment=True)
+
+    def gathered(state, images, labels, idx, rng):
+        batch = {"image": jnp.take(images, idx, axis=0), "label": jnp.take(labels, idx, axis=0)}
+        return train_step(state, batch, rng)
+
+    gathered_step = jax.jit(gathered, donate_argnums=0)
+    fixed_step = train.make_train_step(graphdef, tx, config, augment=False)
+    fixed_batch = {"image": images[:batch_size], "label": labels[:batch_size]}
+    eval_step = train.make_eval_step(graphdef)
+    eval_batch = dict(fixed_batch, mask=jnp.ones((batch_size,), jnp.float32))
+
+    order = np.random.default_rng(1).integers(0, n, (steps * (windows + warmup) + 1, batch_size), dtype=np.int32)
+    order_dev = jnp.asarray(order)
+    key = jax.random.key(0)
+
+    # --- augmented, gathered from the device-resident dataset
+    state = jax.tree.map(jnp.copy, state0)
+    start = time.perf_counter()
+    compiled = gathered_step.lower(state, images, labels, order_dev[0], key).compile()
+    compile_s = time.perf_counter() - start
+    counter = [0]
+
+    def run_gathered():
+        nonlocal state
+        i = counter[0]
+        counter[0] = (i + 1) % len(order)
+        state, metrics = compiled(state, images, labels, order_dev[i], jax.random.fold_in(key, i))
+        return metrics["loss"]
+
+    train_times = time_windows(run_gathered, jax.block_until_ready, warmup, windows, steps)
+    eval_compiled = eval_step.lower(state, eval_batch).compile()
+    eval_times = time_windows(
+        lambda: eval_compiled(state, eval_batch)["loss_sum"], jax.block_until_ready, warmup, windows, steps
+    )
+    mem, source = _jax_memory()
+    records.append(
+        _record("jax", "jit", dtype, arch, variant, batch_size, device, "augmented", train_times, eval_times, steps,
+                compile_s, mem, source, peak_tflops)
+    )
+
+    # --- one fixed batch already on the device: the step without the input pipeline
+    state = jax.tree.map(jnp.copy, state0)
+    start = time.perf_counter()
+    fixed_compiled = fixed_step.lower(state, fixed_batch, key).compile()
+    compile_s = time.perf_counter() - start
+
+    def run_fixed():
+        nonlocal state
+        state, metrics = fixed_compiled(state, fixed_batch, key)
+        return metrics["loss"]
+
+    train_times = time_windows(run_fixed, jax.block_until_ready, warmup, windows, steps)
+    mem, source = _jax_memory()
+    records.append(
+        _record("jax", "jit", dtype, arch, variant, batch_size, device, "fixed", train_times, eval_times, steps,
+                compile_s, mem, source, peak_tflops)
+    )
+    return records
+
+
+# -------------------------------------------------------------------------------------------- torch
+
+
+def bench_torch(
+    arch: str,
+    variant: str,
+    batch_size: int,
+    mode: str,
+    dtype: str,
+    *,
+    steps: int,
+    warmup: int,
+    windows: int,
+    peak_tflops: float | None = None,
+) -> dict[str, Any]:
+    """The torch_ref model with torch.optim.SGD (article settings) on one fixed normalized batch.
+
+    `mode` is "eager" or "compile" (torch.compile); dtype "bfloat16" means AMP autocast + channels_last (GPU).
+    """
+    import torch
+
+    from flax_resnet import config as config_lib
+    from torch_ref import models as torch_models
+
+    if mode not in ("eager", "compile"):
+        raise ValueError(f"torch mode must be eager or compile, got {mode!r}")
+    cuda = torch.cuda.is_available()
+    if dtype == "bfloat16" and not cuda:
+        raise ValueError("torch bfloat16 (AMP + channels_last) is measured on GPU only")
+    dev = torch.device("cuda" if cuda else "cpu")
+    config = config_lib.make_config("article", arch=arch, variant=variant, batch_size=batch_size)
+    torch.manual_seed(0)
+    model = torch_models.create_model(arch, variant).to(dev)
+    memory_format = torch.channels_last if dtype == "bfloat16" else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
+    images_np, labels_np = _synthetic(batch_size, batch_size)
+    from flax_resnet.data import CIFAR10_MEAN, CIFAR10_STD
+
+    x = (images_np.astype(np.float32) / 255 - np.float32(CIFAR10_MEAN)) / np.float32(CIFAR10_STD)
+    x_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(dev).contiguous(memory_format=memory_format)
+    y_t = torch.from_numpy(labels_np.astype(np.int64)).to(dev)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = loss_fn(model(x_t), y_t)
+        loss.backward()
+        opt.step()
+        return loss
+
+    def eval_forward():
+        with torch.no_grad(), autocast:
+            return model(x_t)
+
+    if mode == "compile":
+        train_step = torch.compile(train_step)
+        eval_forward_c = torch.compile(eval_forward)
+    else:
+        eval_forward_c = eval_forward
+
+    def sync(_):
+        if cuda:
+            torch.cuda.synchronize()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    model.train()
+    start = time.perf_counter()
+    train_step()
+    sync(None)
+    first = time.perf_counter() - start
+    train_times = time_windows(train_step, sync, warmup, windows, steps)
+    model.eval()
+    eval_start = time.perf_counter()
+    eval_forward_c()
+    sync(None)
+    eval_first = time.perf_counter() - eval_start
+    eval_times = time_windows(eval_forward_c, sync, warmup, windows, steps)
+    model.train()
+    median_step = statistics.median(train_times) / steps
+    median_eval = statistics.median(eval_times) / steps
+    # Eager has nothing to compile; for torch.compile the first calls minus one steady-state call.
+    compile_s = 0.0 if mode == "eager" else max(0.0, first - median_step) + max(0.0, eval_first - median_eval)
+    if cuda:
+        mem, source = torch.cuda.max_memory_allocated() / 2**20, "torch.cuda.max_memory_allocated"
+        device = f"cuda ({torch.cuda.get_device_name()})"
+    else:
+        mem, source = cpu_peak_rss_mb(), "process maxrss (cumulative in this process)"
+        device = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return _record("torch", mode, dtype, arch, variant, batch_size, device, "fixed", train_times, eval_times, steps,
+                   compile_s, mem, source, peak_tflops)
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+def run_benchmark(
+    arch: str,
+    variant: str,
+    batch_size: int,
+    *,
+    dtypes: Sequence[str] = ("float32", "bfloat16"),
+    frameworks: Sequence[str] = FRAMEWORKS,
+    modes: Sequence[str] = ("jit", "eager", "compile"),
+    steps: int = 10,
+    warmup: int = 2,
+    windows: int = 5,
+    peak_tflops: float | None = None,
+    conv_lowering: str = "auto",
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Every requested (framework, mode, dtype) combination on the same model, batch and device."""
+    for name, given, valid in (("framework", frameworks, FRAMEWORKS), ("mode", modes, MODES),
+                               ("dtype", dtypes, tuple(models.DTYPES))):
+        bad = [g for g in given if g not in valid]
+        if bad:
+            raise ValueError(f"unknown {name} {bad[0]!r}; valid choices: {', '.join(valid)}")
+    models.check_names(arch, variant)
+    if steps < 1 or windows < 1 or warmup < 0 or batch_size < 2:
+        raise ValueError("need --steps >= 1, --windows >= 1, --warmup >= 0 and --batch-size >= 2")
+    kw = dict(steps=steps, warmup=warmup, windows=windows, peak_tflops=peak_tflops)
+    records: list[dict[str, Any]] = []
+    if "jax" in frameworks and "jit" in modes:
+        for dtype in dtypes:
+            if log:
+                log(f"jax jit {dtype} ...")
+            records += bench_jax(arch, variant, batch_size, dtype, conv_lowering=conv_lowering, **kw)
+    if "torch" in frameworks:
+        import torch
+
+        for mode in ("eager", "compile"):
+            if mode not in modes:
+                continue
+            for dtype in dtypes:
+                if dtype == "bfloat16" and not torch.cuda.is_available():
+                    continue  # CPU bf16 autocast is not a meaningful baseline here
+                if log:
+                    log(f"torch {mode} {dtype} ...")
+                records.append(bench_torch(arch, variant, batch_size, mode, dtype, **kw))
+    return records
+
+
+def format_table(records: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table, plus the headline ratios JAX / torch eager and augmented / fixed input."""
+    head = f"{'framework':9} {'mode':7} {'dtype':8} {'input':9} {'train img/s':>11} {'eval img/s':>10} " \
+           f"{'compile s':>9} {'TFLOP/s':>8} {'of peak':>7} {'peak MB':>8}"
+    lines = [head, "-" * len(head)]
+    for r in records:
+        frac = f"{r['fraction_of_peak']:.1%}" if r["fraction_of_peak"] is not None else "-"
+        ev = f"{r['eval_images_per_second']:.1f}" if r["eval_images_per_second"] is not None else "-"
+        lines.append(
+            f"{r['framework']:9} {r['mode']:7} {r['dtype']:8} {r['input']:9} {r['train_images_per_second']:11.1f} "
+            f"{ev:>10} {r['compile_seconds']:9.2f} {r['achieved_tflops']:8.4f} {frac:>7} {r['peak_memory_mb']:8.0f}"
+        )
+    eager = {r["dtype"]: r for r in records if r["framework"] == "torch" and r["mode"] == "eager"}
+    base = eager.get("float32")
+    for r in records:
+        if r["framework"] == "jax" and base is not None:
+            lines.append(
+                f"ratio jax {r['dtype']} ({r['input']}) / torch eager float32: "
+                f"{r['train_images_per_second'] / base['train_images_per_second']:.3f} train, "
+                f"{r['eval_images_per_second'] / base['eval_images_per_second']:.3f} eval"
+            )
+    by_dtype: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in records:
+        if r["framework"] == "jax":
+            by_dtype.setdefault(r["dtype"], {})[r["input"]] = r
+    for dtype, pair in by_dtype.items():
+        if "augmented" in pair and "fixed" in pair:
+            ratio = pair["augmented"]["train_images_per_second"] / pair["fixed"]["train_images_per_second"]
+            lines.append(f"input pipeline jax {dtype}: augmented / fixed batch = {ratio:.3f} (goal >= 0.97)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ conv shapes
+
+
+def conv_shapes(arch: str, variants: Sequence[str] = ("cifar", "imagenet"), image_size: int = 32) -> dict:
+    """Distinct conv shapes (h, w, cin, cout, k, stride) of `arch` -> {variant: number of layers with it}."""
+    shapes: dict[tuple[int, ...], dict[str, int]] = {}
+    for variant in variants:
+        for layer in model_layers(arch, variant, image_size):
+            if layer.kind == "conv":
+                key = (layer.h, layer.w, layer.cin, layer.cout, layer.k, layer.stride)
+                shapes.setdefault(key, {}).setdefault(variant, 0)
+                shapes[key][variant] += 1
+    return shapes
+
+
+def conv_shape_times(
+    shape: tuple[int, ...], batch_size: int, repeats: int, lowerings: Sequence[str] = ("xla", "matmul", "mixed")
+) -> dict[str, float]:
+    """Median seconds of forward + both gradients of one conv, per JAX lowering and for torch, interleaved."""
+    import torch
+
+    from flax_resnet.conv import conv2d
+
+    h, w, cin, cout, k, stride = shape
+    p = k // 2
+    padding = ((p, p), (p, p))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch_size, h, w, cin), dtype=np.float32)
+    kernel = (rng.standard_normal((k, k, cin, cout), dtype=np.float32) * 0.05).astype(np.float32)
+    ho, wo = (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1
+    g = rng.standard_normal((batch_size, ho, wo, cout), dtype=np.float32)
+    xj, kj, gj = jnp.asarray(x), jnp.asarray(kernel), jnp.asarray(g)
+    runs: dict[str, Callable[[], Any]] = {}
+    for lowering in lowerings:
+
+        def fwd_bwd(x, kernel, g, lowering=lowering):
+            y, vjp = jax.vjp(lambda a, b: conv2d(a, b, stride, padding, lowering), x, kernel)  # type: ignore[arg-type]
+            return (y, *vjp(g))
+
+        fn = jax.jit(fwd_bwd)
+        jax.block_until_ready(fn(xj, kj, gj))
+        runs[lowering] = lambda fn=fn: jax.block_until_ready(fn(xj, kj, gj))
+    xt = torch.tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), requires_grad=True)
+    wt = torch.tensor(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)), requires_grad=True)
+    gt = torch.tensor(np.ascontiguousarray(g.transpose(0, 3, 1, 2)))
+
+    def torch_run():
+        xt.grad = wt.grad = None
+        torch.nn.functional.conv2d(xt, wt, stride=stride, padding=p).backward(gt)
+
+    torch_run()
+    runs["torch"] = torch_run
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def conv_shape_report(
+    arch: str = "resnet18", *, batch_size: int = 128, repeats: int = 5, log: Callable[[str], None] | None = None
+) -> str:
+    """Markdown table of per-shape conv timings (both stems at 32x32) with the lowering `choose_lowering` picks."""
+    import datetime
+    import os
+
+    import torch
+
+    from flax_resnet.conv import choose_lowering
+
+    lowerings = ("xla", "matmul", "mixed")
+    load_before = os.getloadavg()
+    rows = []
+    totals = {v: {name: 0.0 for name in (*lowerings, "torch", "chosen")} for v in ("cifar", "imagenet")}
+    for shape, counts in conv_shapes(arch).items():
+        t = conv_shape_times(shape, batch_size, repeats, lowerings)
+        h, w, cin, cout, k, stride = shape
+        p = k // 2
+        chosen = choose_lowering((batch_size, h, w, cin), (k, k, cin, cout), stride, ((p, p), (p, p)))
+        best = min(lowerings, key=lambda name: t[name])
+        for variant, count in counts.items():
+            for name in (*lowerings, "torch"):
+                totals[variant][name] += count * t[name]
+            totals[variant]["chosen"] += count * t[chosen]
+        used = ", ".join(f"{v} x{c}" for v, c in counts.items())
+        row = (
+            f"| {h}x{w} | {cin}->{cout} | {k}x{k}/{stride} | {used} | "
+            + " | ".join(f"{t[name] * 1e3:.1f}" for name in (*lowerings, "torch"))
+            + f" | {best} | {chosen} | {t['torch'] / t[chosen]:.2f} |"
+        )
+        rows.append(row)
+        if log:
+            log(row)
+    load_after = os.getloadavg()
+    header = (
+        f"# Per-shape convolution timings, {arch}, batch {batch_size}, 32x32 inputs\n\n"
+        f"Forward + input gradient + kernel gradient of one convolution (fp32), median of {repeats} interleaved "
+        f"repeats (JAX lowerings and torch eager in the same process, one after another).\n\n"
+        f"- command: `python scripts/benchmark.py --arch {arch} --batch-size {batch_size} "
+        f"--conv-repeats {repeats} --conv-table results/conv_shapes.md`\n"
+        f"- machine: {platform.processor() or platform.machine()} ({os.cpu_count()} CPUs), jax {jax.__version__} "
+        f"({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads)\n"
+        f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"
+        f"- load average (1/5/15 min) before: {'/'.join(f'{v:.2f}' for v in load_before)}, "
+        f"after: {'/'.join(f'{v:.2f}' for v in load_after)}\n\n"
+        "Lowerings: `xla` = lax.conv_general_dilated (forward and both gradients); `matmul` = patches + one "
+        "matmul (gradients by autodiff of that); `mixed` = XLA convolution forward and input gradient, "
+        "patches-matmul kernel gradient (custom VJP). Times in ms; `speedup` = torch / chosen.\n\n"
+        "| map | channels | kernel/stride | layers | xla | matmul | mixed | torch | fastest | chosen | speedup |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    summary = ["", "Sum over the network's conv layers (ms per training step, convolutions only):", ""]
+    summary.append("| variant | xla | matmul | mixed | torch | chosen |")
+    summary.append("|---|---|---|---|---|---|")
+    for variant, tot in totals.items():
+        summary.append(
+            f"| {variant} | " + " | ".join(f"{tot[n] * 1e3:.0f}" for n in (*lowerings, "torch", "chosen")) + " |"
+        )
+    return header + "\n".join(rows) + "\n" + "\n".join(summary) + "\n"

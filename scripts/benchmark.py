@@ -1,0 +1,75 @@
+"""Benchmark JAX vs PyTorch ResNet training/eval throughput in one process (see flax_resnet/benchmark.py).
+
+python scripts/benchmark.py --arch resnet18 --variant cifar --batch-size 128 --dtypes float32 --json out.json
+python scripts/benchmark.py --conv-table results/conv_shapes.md   # per-shape conv lowering timings
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, run the benchmark, print the table and optionally write JSON records."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--variant", default="cifar")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma list of float32,bfloat16")
+    parser.add_argument("--frameworks", default="jax,torch", help="comma list of jax,torch")
+    parser.add_argument("--modes", default="jit,eager,compile", help="jit (jax), eager and compile (torch)")
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed window")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the windows")
+    parser.add_argument("--windows", type=int, default=5, help="timed windows; the median is reported")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak, for the fraction column")
+    parser.add_argument("--conv-lowering", default="auto", help="auto, xla or matmul (JAX convolutions)")
+    parser.add_argument("--json", default=None, help="write the records to this JSON file")
+    parser.add_argument("--conv-table", default=None, help="instead: write the per-shape conv table (markdown)")
+    parser.add_argument("--conv-repeats", type=int, default=5, help="interleaved repeats per shape (--conv-table)")
+    args = parser.parse_args(argv)
+
+    from flax_resnet import benchmark
+
+    try:
+        if args.conv_table:
+            text = benchmark.conv_shape_report(
+                args.arch, batch_size=args.batch_size, repeats=args.conv_repeats, log=lambda s: print(s, flush=True)
+            )
+            Path(args.conv_table).write_text(text)
+            print(f"wrote {args.conv_table}")
+            return 0
+        records = benchmark.run_benchmark(
+            args.arch,
+            args.variant,
+            args.batch_size,
+            dtypes=_csv(args.dtypes),
+            frameworks=_csv(args.frameworks),
+            modes=_csv(args.modes),
+            steps=args.steps,
+            warmup=args.warmup,
+            windows=args.windows,
+            peak_tflops=args.peak_tflops,
+            conv_lowering=args.conv_lowering,
+            log=lambda s: print(s, file=sys.stderr, flush=True),
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(benchmark.format_table(records))
+    if args.json:
+        Path(args.json).write_text(json.dumps(records, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

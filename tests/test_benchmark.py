@@ -1,0 +1,82 @@
+"""The benchmark CLI end to end at CI size, and the analytic FLOP count against torch's own layer shapes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from flax_resnet import benchmark
+from torch_ref import models as torch_models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _torch_macs(arch: str, variant: str, size: int) -> int:
+    """Multiply-adds of conv/linear layers measured with forward hooks on the torch reference model."""
+    model = torch_models.create_model(arch, variant).eval()
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d):
+            kh, kw = module.kernel_size
+            total += output.numel() * module.in_channels * kh * kw  # batch 1
+        else:
+            total += module.in_features * module.out_features
+
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    return total
+
+
+@pytest.mark.parametrize(
+    ("arch", "variant", "size"),
+    [("resnet18", "cifar", 32), ("resnet18", "imagenet", 32), ("resnet50", "article", 32),
+     ("resnet34", "imagenet", 65)],
+)
+def test_forward_macs_match_torch_model(arch: str, variant: str, size: int) -> None:
+    assert benchmark.forward_macs(arch, variant, size) == _torch_macs(arch, variant, size)
+
+
+def test_train_flops_by_hand() -> None:
+    # cifar ResNet-18 stem conv: 32*32 positions * 3*3*3 * 64 = 1,769,472 MACs; training = 3 x 2 x forward MACs.
+    layers = benchmark.model_layers("resnet18", "cifar")
+    assert layers[0].macs == 32 * 32 * 27 * 64
+    assert benchmark.train_flops_per_image("resnet18", "cifar") == 6 * benchmark.forward_macs("resnet18", "cifar")
+
+
+def test_cli_writes_records(tmp_path: Path) -> None:
+    out = tmp_path / "tmp.json"
+    cmd = [
+        sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--arch", "resnet18", "--variant", "imagenet",
+        "--batch-size", "8", "--steps", "3", "--warmup", "1", "--windows", "5", "--modes", "jit,eager",
+        "--json", str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads(out.read_text())
+    seen = {(r["framework"], r["mode"], r["dtype"], r["input"]) for r in records}
+    assert {("jax", "jit", "float32", "augmented"), ("jax", "jit", "float32", "fixed"),
+            ("jax", "jit", "bfloat16", "augmented"), ("torch", "eager", "float32", "fixed")} <= seen
+    for r in records:
+        assert set(benchmark.RECORD_KEYS) <= set(r)
+        assert r["train_images_per_second"] > 0 and r["eval_images_per_second"] > 0
+        assert r["peak_memory_mb"] > 0 and r["compile_seconds"] >= 0
+        assert len(r["window_images_per_second"]) == 5
+        assert (r["arch"], r["variant"], r["batch_size"]) == ("resnet18", "imagenet", 8)
+    assert "ratio jax float32 (augmented) / torch eager float32" in proc.stdout
+
+
+def test_cli_bad_flag_is_one_line_error(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--arch", "resnet19", "--frameworks", "jax"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().count("\n") == 0 and "valid choices" in proc.stderr
