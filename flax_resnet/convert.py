@@ -86,7 +86,8 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> N
             want = tuple(row[1](np.zeros(var[...].shape, np.float32)).shape)
             mis_shaped.append(f"{key} {torch_shape} (expected {want})")
             continue
-        updates.append((var, jnp.asarray(array, dtype=var[...].dtype)))
+        # A copy: on CPU jnp.asarray may alias the caller's (e.g. torch) buffer, which torch then mutates.
+        updates.append((var, jnp.array(array, dtype=var[...].dtype, copy=True)))
     unexpected = sorted(set(state_dict) - set(expected))
     if missing or unexpected or mis_shaped:
         parts = []

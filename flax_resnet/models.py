@@ -29,7 +29,7 @@ ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
 VARIANTS: tuple[str, ...] = ("cifar", "imagenet", "article")
 WIDTHS = (64, 128, 256, 512)
 STRIDES = (1, 2, 2, 2)
-# float64 needs jax_enable_x64 and float64 parameters; the parity suite uses it where fp32 rounding is chaotic.
+# float64 needs jax_enable_x64; the parity suite uses it where fp32 rounding would hide what is compared.
 DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 

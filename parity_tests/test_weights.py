@@ -1,0 +1,46 @@
+"""Weight exchange (round trip, torchvision, no aliasing) and fresh-init statistics."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from parity_tests import harness
+from parity_tests.conftest import PAIR_PARAMS
+
+
+@pytest.mark.parametrize(("arch", "variant"), PAIR_PARAMS)
+def test_roundtrip_bitwise(arch: str, variant: str) -> None:
+    assert harness.check_roundtrip(arch, variant) == []
+
+
+@pytest.mark.parametrize(("arch", "variant"), [p for p in PAIR_PARAMS if p.values[1] == "imagenet"])
+def test_imagenet_export_loads_into_torchvision(
+    arch: str, variant: str, record_property: pytest.RecordProperty
+) -> None:
+    d = harness.check_torchvision(arch)
+    record_property("max_diff", d)
+    assert d <= harness.TOL_EVAL
+
+
+@pytest.mark.parametrize(("arch", "variant"), PAIR_PARAMS)
+def test_init_std(arch: str, variant: str, record_property: pytest.RecordProperty) -> None:
+    r = harness.check_init_std(arch, variant)
+    record_property("max_diff", r.worst)
+    assert r.included > 0 and r.bn_constant_ok
+    assert r.worst <= harness.TOL_STD, r.worst_name
+
+
+def test_loaded_weights_do_not_alias_torch_memory() -> None:
+    """Training the torch model after a load must not change the Flax model (jnp.asarray can alias numpy)."""
+    tmodel = harness.torch_model("resnet18", "cifar", randomize_bn=False)
+    fmodel = harness.flax_from_torch(tmodel)
+    before = np.array(fmodel.bn1.mean[...]), np.array(fmodel.conv1.kernel[...])
+    with torch.no_grad():
+        tmodel.bn1.running_mean.add_(1.0)
+        tmodel.conv1.weight.mul_(2.0)
+    assert np.array_equal(np.asarray(fmodel.bn1.mean[...]), before[0])
+    assert np.array_equal(np.asarray(fmodel.conv1.kernel[...]), before[1])
+    assert float(jnp.max(jnp.abs(fmodel.bn1.mean[...] - jnp.asarray(tmodel.bn1.running_mean.numpy())))) == 1.0

@@ -1,0 +1,134 @@
+"""The issue's "Bad input" list: each user error gets a clear exception whose message names the problem."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import flax_resnet
+import torch_ref
+from flax_resnet import StateDictError, WeightsFileError
+
+
+@pytest.fixture(scope="module")
+def r18() -> flax_resnet.ResNet:
+    return flax_resnet.create_model("resnet18", "cifar")
+
+
+@pytest.mark.parametrize("create", [flax_resnet.create_model, torch_ref.create_model], ids=["flax", "torch"])
+def test_unknown_arch_and_variant(create) -> None:
+    names = "resnet18, resnet34, resnet50, resnet101, resnet152"
+    with pytest.raises(ValueError, match=rf"unknown arch 'resnet20'.*{names}"):
+        create("resnet20")
+    with pytest.raises(ValueError, match=r"unknown variant 'tiny'.*cifar, imagenet, article"):
+        create("resnet18", "tiny")
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (1, 32, 32, 1), (1, 3, 32, 32)], ids=["rank3", "1-channel", "NCHW"])
+def test_wrong_input_rank_or_channels(r18: flax_resnet.ResNet, shape: tuple[int, ...]) -> None:
+    x = np.zeros(shape, np.float32)
+    for call in (lambda: flax_resnet.predict(r18, x), lambda: nnx.view(r18, use_running_average=True)(x)):
+        with pytest.raises(ValueError, match=r"\(N, H, W, 3\).*" + str(shape).replace("(", r"\(").replace(")", r"\)")):
+            call()
+
+
+def test_article_model_rejects_64px() -> None:
+    model = nnx.eval_shape(lambda: flax_resnet.create_model("resnet18", "article"))
+    graphdef, state = nnx.split(model)
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state)
+    model = nnx.merge(graphdef, zeros)
+    with pytest.raises(ValueError, match=r"32x32.*1x1|1x1.*32x32") as e:
+        flax_resnet.predict(model, np.zeros((1, 64, 64, 3), np.float32))
+    assert "64x64" in str(e.value)
+    tmodel = torch_ref.create_model("resnet18", "article").eval()
+    with pytest.raises(ValueError, match=r"1x1.*32x32"), torch.no_grad():
+        tmodel(torch.zeros(1, 3, 64, 64))
+
+
+def _snapshot(model: nnx.Module) -> list[np.ndarray]:
+    return [np.array(v) for v in jax.tree.leaves(nnx.state(model))]
+
+
+@pytest.mark.parametrize(("arch", "variant"), [("resnet34", "cifar"), ("resnet18", "article")])
+def test_state_dict_from_other_model(r18: flax_resnet.ResNet, arch: str, variant: str) -> None:
+    with torch.device("meta"):
+        other = torch_ref.create_model(arch, variant).state_dict()
+    own = set(flax_resnet.to_torch_state_dict(r18))
+    ours = {k: tuple(v.shape) for k, v in flax_resnet.to_torch_state_dict(r18).items()}
+    missing = sorted(own - set(other))
+    unexpected = sorted(set(other) - own)
+    mis_shaped = sorted(k for k in own & set(other) if tuple(other[k].shape) != ours[k])
+    assert missing or unexpected or mis_shaped
+    before = _snapshot(r18)
+    sd = {k: np.zeros(tuple(v.shape), np.float32) for k, v in other.items()}
+    with pytest.raises(StateDictError) as e:
+        flax_resnet.load_torch_state_dict(r18, sd)
+    msg = str(e.value)
+    for key in missing + unexpected + mis_shaped:
+        assert key in msg
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)):
+        if keys:
+            assert f"{len(keys)} {label}" in msg
+    after = _snapshot(r18)
+    assert len(before) == len(after) and all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_truncated_and_non_safetensors_files(r18: flax_resnet.ResNet, tmp_path: Path) -> None:
+    good = tmp_path / "good.safetensors"
+    flax_resnet.save_safetensors(flax_resnet.to_torch_state_dict(r18), good)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    text = tmp_path / "notes.safetensors"
+    text.write_text("this is not a weights file\n")
+    for path in (truncated, text):
+        with pytest.raises(WeightsFileError, match=path.name):
+            flax_resnet.load_weights_file(path)
+    with pytest.raises(WeightsFileError, match="not found"):
+        flax_resnet.load_weights_file(tmp_path / "absent.safetensors")
+
+
+class _Payload:
+    """Unpickling this calls os.system, which would create the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pt_with_code_is_refused_and_not_run(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"conv1.weight": torch.zeros(1), "x": _Payload(marker)}, path)
+    with open(path, "rb") as f:
+        assert f.read(2) == b"PK"
+    with pytest.raises(WeightsFileError, match=r"evil\.pt") as e:
+        flax_resnet.load_weights_file(path)
+    assert "refused" in str(e.value)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # proves the payload is live: the unsafe load runs it
+    assert marker.exists()
+
+
+def test_safetensors_round_trip_into_torch_ref_strict(r18: flax_resnet.ResNet, tmp_path: Path) -> None:
+    path = tmp_path / "r18.safetensors"
+    exported = flax_resnet.to_torch_state_dict(r18)
+    flax_resnet.save_safetensors(exported, path)
+    loaded = flax_resnet.load_weights_file(path)
+    tmodel = torch_ref.create_model("resnet18", "cifar")
+    tmodel.load_state_dict({k: torch.from_numpy(v) for k, v in loaded.items()}, strict=True)
+    for k, v in tmodel.state_dict().items():
+        assert v.dtype == (torch.int64 if k.endswith("num_batches_tracked") else torch.float32)
+        assert np.array_equal(v.numpy(), exported[k])
+
+
