@@ -607,13 +607,6 @@ def report_rows(pairs: tuple[tuple[str, str], ...] = PAIRS, log: Callable[[str],
     rows.append(Row("gradients vs torch float64, fp32-ill-conditioned parameters", f"the other {n_ill} parameters "
                     f"(torch's own fp32 error up to {fl:.1e})", "err(flax) <= 3 x err(torch fp32)",
                     f"{r.worst_floor_ratio:.2f}x ({a}/{v})", r.worst_floor_ratio <= GRAD_FLOOR_FACTOR))
-    ge = [(a, v, check_gradients(a, v, train=False)) for a, v in pairs]
-    log("eval-mode gradients done")
-    a, v, r = max(ge, key=lambda t: t[2].worst)
-    n_ge, n_ge_ill = sum(t[2].compared for t in ge), sum(t[2].ill_conditioned for t in ge)
-    rows.append(Row("gradients of mean cross-entropy vs torch fp32, eval-mode BN", pairs_txt + f", 32x32, all {n_ge} "
-                    "parameters", "relative L2 <= 1e-4", f"{r.worst:.2e} ({a}/{v} {r.worst_name})",
-                    r.worst <= TOL_GRAD and n_ge_ill == 0))
     zr = max(t[2].zero_bias_ratio for t in gr)
     rows.append(Row("article conv biases before BN (exact gradient 0)", "article pairs",
                     "||g_bias|| <= 1e-4 ||g_weight||", f"{zr:.2e}", zr <= 1e-4))
