@@ -268,20 +268,16 @@ def check_train_forward(arch: str, variant: str, steps: int = 3) -> TrainForward
     return TrainForward(logits, bn[1], bn[min(3, steps)], ok)
 
 
-GRAD_WELL_CONDITIONED = 1e-5  # torch fp32 vs torch fp64 relative L2 error at or below which 1e-4 is meaningful
-GRAD_FLOOR_FACTOR = 3.0  # ill-conditioned parameters: Flax fp32 no further from fp64 than this x torch fp32
 
 
 @dataclass
 class Gradients:
-    """Gradient comparison against torch fp32 (strict bound) and the torch float64 ground truth."""
+    """Float64 gradient comparison (strict bound on every parameter), with the fp32 error of torch for scale."""
 
     loss: float  # |dloss| (flax vs torch fp32)
-    worst: float  # max rel_l2(flax, torch32) over well-conditioned parameters (bound TOL_GRAD)
+    worst: float  # max rel_l2(flax fp64, torch fp64) over all parameters (bound TOL_GRAD)
     worst_name: str
     compared: int  # well-conditioned parameters
-    ill_conditioned: int  # parameters whose torch fp32 gradient is > GRAD_WELL_CONDITIONED from float64
-    worst_floor_ratio: float  # max over those of rel_l2(flax, torch64) / rel_l2(torch32, torch64)
     worst_fp32_floor: float  # max rel_l2(torch32, torch64) over all parameters
     zero_bias_ratio: float  # article: max ||grad bias|| / ||grad weight|| of the same conv, both frameworks
 
@@ -298,52 +294,55 @@ def _torch_grads(tmodel: nn.Module, x: np.ndarray, labels: np.ndarray, dtype: to
     return float(loss.detach()), {name: p.grad for name, p in tmodel.named_parameters()}
 
 
-def check_gradients(arch: str, variant: str, train: bool = True, jit: bool = True) -> Gradients:
-    """Gradients of the mean cross-entropy (`train_batch` images of 32x32) for every parameter.
+def _widen(fmodel: flax_resnet.ResNet) -> flax_resnet.ResNet:
+    """The same Flax model computing in float64 (call under float64_jax)."""
+    wide = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, nnx.state(fmodel))
+    shell = flax_resnet.create_model(fmodel.arch, fmodel.variant, fmodel.num_classes, dtype="float64")
+    return nnx.merge(nnx.split(shell)[0], wide)
 
-    Flax fp32 is compared with torch fp32 (relative L2 <= TOL_GRAD) on every parameter whose fp32 gradient
-    is determined to better than GRAD_WELL_CONDITIONED: torch's own fp32 result is within that of its float64
-    result. For the others fp32 rounding alone moves the gradient by more than 1e-5 (measured up to ~2e-2 on
-    the bottleneck nets' BN parameters, from cancellation in per-channel sums), so two correct fp32
-    implementations cannot agree to 1e-4; there Flax must be within GRAD_FLOOR_FACTOR x torch's own
-    fp32 error of the float64 gradient. `train`: BatchNorm on batch statistics, as in training.
+
+def check_gradients(arch: str, variant: str, train: bool = True, jit: bool = True) -> Gradients:
+    """Gradients of the mean cross-entropy (`train_batch` images of 32x32) for every parameter, in float64.
+
+    Why float64: the float32 gradient of a freshly initialized ResNet is not determined to 1e-4 for most
+    parameters (torch fp32 against torch fp64: up to ~3e-3 for resnet18 and ~1e-2 for resnet50 in train mode,
+    measured; BatchNorm at init amplifies and cancels gradients), so an fp32 comparison at 1e-4 would test
+    rounding, not the implementation. In float64 both frameworks must agree to 1e-4 on every parameter;
+    the fp32 error of torch itself is recorded alongside to show the size of the fp32 rounding.
+    `train`: BatchNorm on batch statistics, as in training.
     """
     _, tpair = pair(arch, variant)
     x = images(5, train_batch(variant), 32)
     labels = np.arange(len(x), dtype=np.int32) % 10
-    tloss, t32 = _torch_grads(tpair, x, labels, torch.float32, train)
-    _, t64 = _torch_grads(tpair, x, labels, torch.float64, train)
-    fmodel = flax_from_torch(tpair)
-    graphdef, params, rest = nnx.split(fmodel, nnx.Param, ...)
+    _, t32 = _torch_grads(tpair, x, labels, torch.float32, train)
+    tloss, t64 = _torch_grads(tpair, x, labels, torch.float64, train)
+    with float64_jax():
+        fmodel = _widen(flax_from_torch(tpair))
+        graphdef, params, rest = nnx.split(fmodel, nnx.Param, ...)
 
-    def loss_fn(p: nnx.State) -> jax.Array:
-        model = nnx.merge(graphdef, p, rest, copy=True)
-        model.train() if train else model.eval()
-        logits = model(jnp.asarray(x))
-        return train_lib.cross_entropy(logits, jnp.asarray(labels)).mean()
+        def loss_fn(p: nnx.State) -> jax.Array:
+            model = nnx.merge(graphdef, p, rest, copy=True)
+            model.train() if train else model.eval()
+            logits = model(jnp.asarray(x, jnp.float64))
+            return train_lib.cross_entropy(logits, jnp.asarray(labels)).mean()
 
-    grad_fn = jax.value_and_grad(loss_fn)
-    floss, fgrads = (jax.jit(grad_fn) if jit else grad_fn)(params)
-    # The converter's layout table is linear, so it maps gradients to torch names and layouts too.
-    f32 = flax_resnet.to_torch_state_dict(nnx.merge(graphdef, fgrads, rest))
+        grad_fn = jax.value_and_grad(loss_fn)
+        floss, fgrads = (jax.jit(grad_fn) if jit else grad_fn)(params)
+        # The converter's layout table is linear, so it maps gradients to torch names and layouts too.
+        f64g = flax_resnet.to_torch_state_dict(nnx.merge(graphdef, fgrads, rest))
     zero_biases = _pre_bn_biases(tpair) if variant == "article" and train else set()
-    r = Gradients(abs(float(floss) - tloss), 0.0, "", 0, 0, 0.0, 0.0, 0.0)
+    r = Gradients(abs(float(floss) - tloss), 0.0, "", 0, 0.0, 0.0)
     for name, g64 in t64.items():
+        r.worst_fp32_floor = max(r.worst_fp32_floor, rel_l2(t32[name], g64))
         if name in zero_biases:
             wname = name[: -len("bias")] + "weight"
-            for g, gw in ((f32[name], f32[wname]), (t32[name], t32[wname])):
+            for g, gw in ((f64g[name], f64g[wname]), (t64[name], t64[wname])):
                 r.zero_bias_ratio = max(r.zero_bias_ratio, float(np.linalg.norm(f64(g)) / np.linalg.norm(f64(gw))))
             continue
-        floor = rel_l2(t32[name], g64)
-        r.worst_fp32_floor = max(r.worst_fp32_floor, floor)
-        if floor <= GRAD_WELL_CONDITIONED:
-            err = rel_l2(f32[name], t32[name])
-            r.compared += 1
-            if err >= r.worst:
-                r.worst, r.worst_name = err, name
-        else:
-            r.ill_conditioned += 1
-            r.worst_floor_ratio = max(r.worst_floor_ratio, rel_l2(f32[name], g64) / floor)
+        err = rel_l2(f64g[name], g64)
+        r.compared += 1
+        if err >= r.worst:
+            r.worst, r.worst_name = err, name
     return r
 
 
@@ -598,18 +597,14 @@ def report_rows(pairs: tuple[tuple[str, str], ...] = PAIRS, log: Callable[[str],
     gr = [(a, v, check_gradients(a, v)) for a, v in pairs]
     log("gradients done")
     a, v, r = max(gr, key=lambda t: t[2].worst)
-    n_ok, n_ill = sum(t[2].compared for t in gr), sum(t[2].ill_conditioned for t in gr)
-    rows.append(Row("gradients of mean cross-entropy vs torch fp32", pairs_txt + f", train mode, 32x32, "
-                    f"batch 4 (cifar) / 16; the {n_ok} parameters whose fp32 gradient is within 1e-5 of float64",
-                    "relative L2 <= 1e-4", f"{r.worst:.2e} ({a}/{v} {r.worst_name})", r.worst <= TOL_GRAD))
-    a, v, r = max(gr, key=lambda t: t[2].worst_floor_ratio)
+    n_all = sum(t[2].compared for t in gr)
     fl = max(t[2].worst_fp32_floor for t in gr)
-    rows.append(Row("gradients vs torch float64, fp32-ill-conditioned parameters", f"the other {n_ill} parameters "
-                    f"(torch's own fp32 error up to {fl:.1e})", "err(flax) <= 3 x err(torch fp32)",
-                    f"{r.worst_floor_ratio:.2f}x ({a}/{v})", r.worst_floor_ratio <= GRAD_FLOOR_FACTOR))
+    rows.append(Row("gradients of mean cross-entropy, float64 both sides", pairs_txt + f", train mode, 32x32, "
+                    f"batch 4 (cifar) / 16, all {n_all} parameters (torch's own fp32 error: up to {fl:.1e})",
+                    "relative L2 <= 1e-4", f"{r.worst:.2e} ({a}/{v} {r.worst_name})", r.worst <= TOL_GRAD))
     zr = max(t[2].zero_bias_ratio for t in gr)
     rows.append(Row("article conv biases before BN (exact gradient 0)", "article pairs",
-                    "||g_bias|| <= 1e-4 ||g_weight||", f"{zr:.2e}", zr <= 1e-4))
+                    "||g_bias|| <= 1e-8 ||g_weight||", f"{zr:.2e}", zr <= 1e-8))
 
     opt = max(check_optimizer(n, s) for n in (False, True) for s in (False, True))
     rows.append(Row("make_optimizer vs torch SGD, 5 steps", "nesterov off/on x constant/piecewise lr",
