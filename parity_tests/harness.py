@@ -282,10 +282,10 @@ def check_train_forward(arch: str, variant: str, steps: int = 3) -> TrainForward
 class Gradients:
     """Float64 gradient comparison (strict bound on every parameter), with the fp32 error of torch for scale."""
 
-    loss: float  # |dloss| (flax vs torch fp32)
+    loss: float  # |dloss| (flax vs torch, both float64)
     worst: float  # max rel_l2(flax fp64, torch fp64) over all parameters (bound TOL_GRAD)
     worst_name: str
-    compared: int  # well-conditioned parameters
+    compared: int  # parameters compared (all but the article zero-gradient biases)
     worst_fp32_floor: float  # max rel_l2(torch32, torch64) over all parameters
     zero_bias_ratio: float  # article: max ||grad bias|| / ||grad weight|| of the same conv, both frameworks
 
