@@ -377,17 +377,17 @@ def bench_torch(
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    def first_call(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        sync(None)
+        return time.perf_counter() - start
+
     model.train()
-    start = time.perf_counter()
-    train_step()
-    sync(None)
-    first = time.perf_counter() - start
+    first = first_call(train_step)
     train_times = time_windows(train_step, sync, warmup, windows, steps)
     model.eval()
-    eval_start = time.perf_counter()
-    eval_forward_c()
-    sync(None)
-    eval_first = time.perf_counter() - eval_start
+    eval_first = first_call(eval_forward_c)
     eval_times = time_windows(eval_forward_c, sync, warmup, windows, steps)
     model.train()
     median_step = statistics.median(train_times) / steps
