@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# One lent-GPU session in a fixed time budget: versions, the same-process benchmark (alone on the GPU),
+# then the results runs side by side (3 JAX seeds of the default recipe, the torch_ref trainer on the
+# same recipe, the article recipe on the article variant), then a resnet50 benchmark if time is left.
+# Everything lands in $OUT/results.tar.gz plus $OUT/session.log; summarize with scripts/reproduce.py.
+#
+#   BUDGET=540 DATA=.gpu_data/cifar10-jpeg.tar.gz OUT=/tmp/out bash scripts/gpu_session.sh
+#
+# The epoch count of the training runs is chosen from the measured benchmark throughput so that every
+# run finishes inside the budget (at most the recipe's 40); the chosen number is logged and lands in
+# each run's config.json. SMOKE=1 shrinks everything for a CPU dry run of this script.
+set -u
+OUT=${OUT:-/tmp/gpu_out}
+DATA=${DATA:-.gpu_data/cifar10-jpeg.tar.gz}
+BUDGET=${BUDGET:-540}
+SMOKE=${SMOKE:-0}
+T0=$(date +%s)
+R=$OUT/r
+mkdir -p "$R"
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
+elapsed() { echo $(( $(date +%s) - T0 )); }
+log() { echo "[$(elapsed)s] $*" | tee -a "$OUT/session.log"; }
+left() { echo $(( BUDGET - $(elapsed) )); }
+pack() { (cd "$R" && find . -name "*.log" -o -name "*.json" -o -name "*.jsonl" -o -name "*.txt" -o -name "curves.png" | tar -czf "$OUT/results.tar.gz" -T -); }
+trap pack EXIT
+
+# Carried pure-Python wheels (the versions this repo pins), if present; fall back to the image's own.
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+VERS='import sys, jax, flax, optax, orbax.checkpoint as o, numpy, torch, torchvision
+print("python", sys.version.split()[0], "jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__,
+      "orbax", o.__version__, "numpy", numpy.__version__, "torch", torch.__version__, "torchvision", torchvision.__version__)
+print("jax devices", jax.devices(), "torch cuda", torch.cuda.is_available() and torch.cuda.get_device_name())
+import flax_resnet, numpy as np
+m = flax_resnet.create_model("resnet18")
+print("smoke logits", flax_resnet.predict(m, np.zeros((2, 32, 32, 3), np.float32)).shape)'
+if ! python3 -c "$VERS" >>"$R/versions.txt" 2>&1; then
+  log "carried wheels failed to import; using the image's packages (plus carried tensorboardX)"
+  rm -rf /tmp/site; python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/tensorboard[xX]*.whl
+  python3 -c "$VERS" >>"$R/versions.txt" 2>&1 || log "image packages failed too"
+fi
+cat "$R/versions.txt" | tee -a "$OUT/session.log"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >"$R/gpu.txt" 2>&1
+log "gpu: $(tail -n1 "$R/gpu.txt")"
+
+# Decode the JPEG tar once into the .npz cache (CPU) while the benchmark holds the GPU.
+CACHE=/tmp/cifar_cache
+python3 -c "from flax_resnet.data import load_dataset; d = load_dataset('$DATA', data_dir='$CACHE'); print('data', d.train_images.shape, d.test_images.shape)" \
+  >"$R/data_prep.log" 2>&1 &
+PREP=$!
+
+# JAX jit + torch eager first, torch.compile separately: a timeout then loses only the compile record.
+if [ "$SMOKE" = 1 ]; then BENCH_ARGS="--steps 1 --warmup 1 --windows 2 --batch-size 8 --dtypes float32"
+else BENCH_ARGS="--steps 10 --warmup 3 --windows 5 --batch-size 512 --dtypes bfloat16 --peak-tflops 989"; fi
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+log "benchmark resnet18 cifar: jax jit, torch eager"
+timeout 150 python3 scripts/benchmark.py --arch resnet18 --variant cifar $BENCH_ARGS --modes jit,eager \
+  --json "$R/bench_resnet18_cifar.json" >"$R/bench_resnet18_cifar.log" 2>&1
+log "benchmark done rc=$?"; tail -n 12 "$R/bench_resnet18_cifar.log" | tee -a "$OUT/session.log"
+log "benchmark resnet18 cifar: torch.compile"
+timeout 110 python3 scripts/benchmark.py --arch resnet18 --variant cifar $BENCH_ARGS --frameworks torch --modes compile \
+  --json "$R/bench_resnet18_cifar_compile.json" >"$R/bench_resnet18_cifar_compile.log" 2>&1
+log "benchmark done rc=$?"; tail -n 4 "$R/bench_resnet18_cifar_compile.log" | tee -a "$OUT/session.log"
+fi
+wait $PREP; log "data prep rc=$? $(tail -n1 "$R/data_prep.log")"
+
+# Epochs that fit: GPU time adds up across processes (time-sliced), so one epoch of all runs costs the sum
+# of their epoch times at the measured rates, plus 15% for evaluation; ~100 s are kept for compilation.
+EPOCHS=$(python3 - "$R/bench_resnet18_cifar.json" "$(left)" "$SMOKE" <<'EOF'
+import json, sys
+path, left, smoke = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"
+jax_ips, torch_ips = 15000.0, 8000.0
+try:
+    for r in json.load(open(path)):
+        if r["framework"] == "jax" and r.get("input") == "augmented":
+            jax_ips = r["train_images_per_second"]
+        if r["framework"] == "torch" and r["mode"] == "eager":
+            torch_ips = r["train_images_per_second"]
+except Exception as e:  # no benchmark numbers: keep the conservative guesses
+    print(f"planning without benchmark numbers ({e})", file=sys.stderr)
+per_epoch = 1.15 * (3 * 50000 / jax_ips + 50000 / torch_ips + 50000 / 40000)
+usable = left - 100 - 60  # compilation + a resnet50 benchmark slot is not reserved; 60 s margin
+print(1 if smoke else max(1, min(40, int(usable / per_epoch))))
+print(f"jax {jax_ips:.0f} img/s, torch {torch_ips:.0f} img/s, {per_epoch:.1f} s per epoch of all runs, {left:.0f} s left",
+      file=sys.stderr)
+EOF
+)
+EPOCHS=${FORCE_EPOCHS:-$EPOCHS}
+log "training epochs: $EPOCHS"
+DEADLINE=$(( $(left) - 25 ))
+EXTRA=""; [ "$SMOKE" = 1 ] && EXTRA="--max-steps 2 --batch-size 16"
+mkdir -p "$R/runs"
+for seed in 0 1 2; do
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 timeout $DEADLINE python3 scripts/train.py --arch resnet18 --variant cifar \
+    --recipe default --epochs "$EPOCHS" --seed $seed --data "$DATA" --data-dir $CACHE --no-progress \
+    --workdir "$R/runs/jax_default_r18_s$seed" $EXTRA >"$R/runs/jax_default_r18_s$seed.log" 2>&1 &
+done
+TORCH_FLAGS="--amp --channels-last"; [ "$SMOKE" = 1 ] && TORCH_FLAGS=""
+timeout $DEADLINE python3 scripts/train_torch.py --arch resnet18 --variant cifar --recipe default --epochs "$EPOCHS" \
+  --seed 0 --data "$DATA" --data-dir $CACHE --no-progress $TORCH_FLAGS \
+  --workdir "$R/runs/torch_default_r18_s0" $EXTRA >"$R/runs/torch_default_r18_s0.log" 2>&1 &
+XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout $DEADLINE python3 scripts/train.py --arch resnet18 --variant article \
+  --recipe article --epochs "$EPOCHS" --seed 0 --data "$DATA" --data-dir $CACHE --no-progress \
+  --workdir "$R/runs/jax_article_r18_s0" $EXTRA >"$R/runs/jax_article_r18_s0.log" 2>&1 &
+wait
+log "training done"
+for f in "$R"/runs/*.log; do echo "== $f: $(grep -E 'final:|error' "$f" | tail -n1)" | tee -a "$OUT/session.log"; done
+nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu --format=csv,noheader >>"$R/gpu.txt" 2>&1
+
+for f in "$R"/runs/*.log; do echo "== $f"; grep -v "^config" "$f" | tail -n 6; done
+if [ "${SKIP_BENCH:-0}" != 1 ] && [ "$(left)" -gt 100 ]; then
+  log "benchmark resnet50 cifar"
+  [ "$SMOKE" = 1 ] || BENCH_ARGS="--steps 5 --warmup 2 --windows 5 --batch-size 512 --modes jit,eager --dtypes bfloat16 --peak-tflops 989"
+  timeout $(( $(left) - 10 )) python3 scripts/benchmark.py --arch resnet50 --variant cifar $BENCH_ARGS \
+    --json "$R/bench_resnet50_cifar.json" >"$R/bench_resnet50_cifar.log" 2>&1
+  log "benchmark resnet50 rc=$?"; tail -n 8 "$R/bench_resnet50_cifar.log" | tee -a "$OUT/session.log"
+fi
+cp "$OUT/session.log" "$R/"
+log "end"
