@@ -1,0 +1,77 @@
+"""The training command line shared by scripts/train.py (JAX) and scripts/train_torch.py (PyTorch reference).
+
+One definition of the recipe flags keeps the two trainers comparable: same names, same validation, and every
+default left to the recipe (`flax_resnet.config`) unless the flag is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from flax_resnet.config import RECIPE_VALUES, RECIPES, SCHEDULES, Config
+from flax_resnet.models import ARCHS, VARIANTS
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a float >= 0 (nan rejected)."""
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
+    return value
+
+
+def smoothing(text: str) -> float:
+    """argparse type: label smoothing in [0, 1)."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def recipe_default(name: str) -> str:
+    """Help text for a recipe-controlled default: 'default: X with --recipe default, Y with --recipe article'."""
+    parts = [f"{RECIPE_VALUES[r].get(name, getattr(Config, name))} with --recipe {r}" for r in RECIPES]
+    return "default: " + ", ".join(parts)
+
+
+def add_training_flags(p: argparse.ArgumentParser) -> None:
+    """The flags both trainers share; each default is None so the recipe decides unless a flag is given."""
+    p.add_argument("--arch", choices=tuple(ARCHS), help=f"network depth (default: {Config.arch})")
+    p.add_argument("--variant", choices=VARIANTS, help=f"stem/shortcut/head variant (default: {Config.variant})")
+    p.add_argument("--recipe", choices=RECIPES, default="default", help="hyperparameter recipe (default: default)")
+    p.add_argument("--epochs", type=positive_int, help=recipe_default("epochs"))
+    p.add_argument("--batch-size", type=positive_int, help="global batch size; " + recipe_default("batch_size"))
+    p.add_argument("--lr", type=non_negative_float, help="peak learning rate; " + recipe_default("lr"))
+    p.add_argument("--momentum", type=non_negative_float, help=recipe_default("momentum"))
+    p.add_argument(
+        "--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum; " + recipe_default("nesterov")
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=non_negative_float,
+        help="added to the gradient, torch style; " + recipe_default("weight_decay"),
+    )
+    p.add_argument("--schedule", choices=SCHEDULES, help=recipe_default("schedule"))
+    p.add_argument("--label-smoothing", type=smoothing, help=recipe_default("label_smoothing"))
+    p.add_argument("--data", help="'tfds', an image-folder dir or .tar(.gz), or cifar-10-python.tar.gz (default: tfds)")
+    p.add_argument("--data-dir", help="TFDS data dir, or the decoded-dataset cache dir for paths")
+    p.add_argument("--workdir", help=f"run directory: config, metrics, plots, checkpoints (default: {Config.workdir})")
+    p.add_argument("--seed", type=int, help=f"seed for init, batch order and augmentation (default: {Config.seed})")
+    p.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps in total (smoke runs)")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no tqdm progress bars")
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed values that are Config fields (None = not given), for `make_config(args.recipe, **...)`."""
+    fields = {f.name for f in dataclasses.fields(Config)} - {"recipe"}
+    return {k: v for k, v in vars(args).items() if k in fields}
