@@ -79,6 +79,8 @@ class Reporter:
         self.stream = stream if stream is not None else sys.stdout
         self.metrics_path = self.workdir / "metrics.jsonl"
         self._tb = None
+        if write:  # fail at start, not after the first epoch's work (seen on a machine without tensorboardX)
+            import tensorboardX  # noqa: F401
 
     def print(self, text: str) -> None:
         """One console line (process 0 only)."""

@@ -315,6 +315,29 @@ def _stop_flag() -> dict[str, Any]:
     return flag
 
 
+def make_loop_step(train_step: Callable) -> Callable:
+    """The training loop's per-step call: gather the batch from the device-resident dataset, run `train_step`
+    (augmentation inside), and add loss/correct to device-side running sums (no host sync per step).
+
+    `(state, sums, images, labels, idx, rng) -> (state, sums)`, jitted, donating state and sums; sums holds
+    float32 `loss`, `correct` and int32 `first_bad` (the first step with a non-finite loss, else -1).
+    scripts/benchmark.py times this same function, so its input-pipeline numbers are the trainer's.
+    """
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def loop_step(state, sums, images, labels, idx, rng):
+        state, metrics = train_step(state, {"image": images[idx], "label": labels[idx]}, rng)
+        bad = ~jnp.isfinite(metrics["loss"])
+        sums = {
+            "loss": sums["loss"] + metrics["loss"],
+            "correct": sums["correct"] + metrics["accuracy"] * idx.shape[0],
+            "first_bad": jnp.where((sums["first_bad"] < 0) & bad, state.step, sums["first_bad"]),
+        }
+        return state, sums
+
+    return loop_step
+
+
 def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     """Run (or resume) a training run in `config.workdir`; return the final metrics.
 
@@ -360,6 +383,9 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             ]
             if changed:
                 warn(f"note: resuming with changed settings: {', '.join(changed)}")
+    devices = jax.devices()
+    kind = devices[0].device_kind
+    reporter.print(f"jax {jax.__version__} on {len(devices)} x {kind} ({jax.process_count()} process(es))")
     reporter.print("config: " + json.dumps(dataclasses.asdict(config), sort_keys=True))
 
     graphdef, state, tx, schedule = build_state(config, steps_per_epoch)
@@ -385,16 +411,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     eval_fn = make_eval_fn(graphdef)
     base_key = jax.random.key(config.seed)
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def run_step(state, sums, images, labels, idx, rng):
-        state, metrics = train_step(state, {"image": images[idx], "label": labels[idx]}, rng)
-        bad = ~jnp.isfinite(metrics["loss"])
-        sums = {
-            "loss": sums["loss"] + metrics["loss"],
-            "correct": sums["correct"] + metrics["accuracy"] * idx.shape[0],
-            "first_bad": jnp.where((sums["first_bad"] < 0) & bad, state.step, sums["first_bad"]),
-        }
-        return state, sums
+    run_step = make_loop_step(train_step)
 
     @jax.jit
     def all_finite(state):
