@@ -1,0 +1,136 @@
+"""The results table: finished runs (workdirs of scripts/train.py or scripts/train_torch.py) grouped by setting.
+
+Each row is one setting (framework, arch, variant, recipe, epochs, batch size, lr, data) over its seeds:
+the *final-epoch* test accuracy (mean and sample std over seeds, never a best epoch), and the training time
+per run (sum of the logged epoch times: evaluation, checkpoints and compilation excluded). Also the named
+run plans that `scripts/reproduce.py run` executes, so every number in the README has a command behind it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+CPU_DATA = "../shared/data/cifar10-jpeg.tar.gz"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """What one workdir says about its run."""
+
+    workdir: str
+    framework: str  # "jax" or "torch"
+    config: dict[str, Any]
+    epochs_done: int
+    final_test_acc: float | None  # None when the run stopped before its last epoch
+    train_seconds: float
+
+
+def summarize_run(workdir: str | Path) -> RunSummary:
+    """Read config.json and metrics.jsonl of one run; raise ValueError naming the file if either is unusable."""
+    workdir = Path(workdir)
+    try:
+        config = json.loads((workdir / "config.json").read_text())
+        lines = (workdir / "metrics.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{workdir}: not a finished run ({e})") from e
+    complete = [r for r in records if r.get("complete", True)]
+    done = max((r["epoch"] for r in complete), default=0)
+    finished = bool(complete) and done >= config["epochs"]
+    return RunSummary(
+        workdir=str(workdir),
+        framework="torch" if (workdir / "torch_options.json").exists() else "jax",
+        config=config,
+        epochs_done=done,
+        final_test_acc=complete[-1]["test_acc"] if finished else None,
+        train_seconds=sum(r["epoch_seconds"] for r in records),
+    )
+
+
+SETTING_KEYS = ("arch", "variant", "recipe", "epochs", "batch_size", "lr", "dtype")
+
+
+def group_runs(runs: Iterable[RunSummary]) -> list[tuple[dict[str, Any], list[RunSummary]]]:
+    """Runs grouped by framework + SETTING_KEYS + data file name, in first-seen order."""
+    groups: dict[tuple, tuple[dict[str, Any], list[RunSummary]]] = {}
+    for run in runs:
+        setting = {"framework": run.framework, **{k: run.config[k] for k in SETTING_KEYS}}
+        setting["data"] = Path(run.config["data"]).name
+        key = tuple(setting.values())
+        groups.setdefault(key, (setting, []))[1].append(run)
+    return list(groups.values())
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def results_table(runs: Sequence[RunSummary], device: str) -> str:
+    """Markdown table of the grouped runs; accuracies in percent, time per run in minutes."""
+    head = (
+        "| framework | arch | variant | recipe | epochs | batch | lr | dtype | seeds | final-epoch test acc % "
+        "| train min/run | device | data |\n" + "|---" * 13 + "|\n"
+    )
+    rows = []
+    for setting, group in group_runs(runs):
+        finished = [r for r in group if r.final_test_acc is not None]
+        acc = _mean_std([100 * r.final_test_acc for r in finished]) if finished else "did not finish"
+        if len(finished) < len(group):
+            acc += f" ({len(group) - len(finished)} of {len(group)} unfinished)"
+        seeds = ",".join(str(r.config["seed"]) for r in group)
+        minutes = statistics.mean(r.train_seconds for r in group) / 60
+        s = setting
+        rows.append(
+            f"| {s['framework']} | {s['arch']} | {s['variant']} | {s['recipe']} | {s['epochs']} | {s['batch_size']} "
+            f"| {s['lr']:g} | {s['dtype']} | {seeds} | {acc} | {minutes:.2f} | {device} | {s['data']} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+# Named plans for `scripts/reproduce.py run`: (workdir name, script, arguments). `{data}` is the data path.
+_R18_IMAGENET = ["--arch", "resnet18", "--variant", "imagenet", "--data", "{data}", "--no-progress"]
+PLANS: dict[str, list[tuple[str, str, list[str]]]] = {
+    # Issue "train": 2 epochs, batch 128, imagenet stem, on the 2-core CPU, JAX and the torch reference.
+    "cpu-realdata": [
+        ("jax_r18_imagenet_e2", "train.py", [*_R18_IMAGENET, "--epochs", "2", "--batch-size", "128"]),
+        ("torch_r18_imagenet_e2", "train_torch.py", [*_R18_IMAGENET, "--epochs", "2", "--batch-size", "128",
+                                                     "--device", "cpu"]),
+    ],
+    # Issue "results": the most epochs each framework fits in <= 20 minutes of training on the 2-core CPU
+    # (measured epoch times there: JAX ~176 s, torch ~250 s at batch 128 with the imagenet stem).
+    "cpu-budget": [
+        ("jax_r18_imagenet_budget20", "train.py", [*_R18_IMAGENET, "--epochs", "6", "--batch-size", "128"]),
+        ("torch_r18_imagenet_budget20", "train_torch.py", [*_R18_IMAGENET, "--epochs", "4", "--batch-size", "128",
+                                                          "--device", "cpu"]),
+    ],
+    # On a GPU: default recipe x 3 seeds (JAX), the torch reference on the same recipe, the article recipe.
+    "gpu": [
+        *[
+            (f"jax_default_r18_s{s}", "train.py", ["--arch", "resnet18", "--data", "{data}", "--no-progress",
+                                                   "--seed", str(s)])
+            for s in range(3)
+        ],
+        ("torch_default_r18_s0", "train_torch.py", ["--arch", "resnet18", "--data", "{data}", "--no-progress",
+                                                    "--amp", "--channels-last"]),
+        ("jax_article_r18_s0", "train.py", ["--arch", "resnet18", "--variant", "article", "--recipe", "article",
+                                            "--data", "{data}", "--no-progress"]),
+    ],
+}
+
+
+def plan_commands(plan: str, root: str | Path, data: str, extra: Sequence[str] = ()) -> list[list[str]]:
+    """The argument vectors (script path first) of a named plan, each with its own --workdir under root."""
+    if plan not in PLANS:
+        raise ValueError(f"unknown plan {plan!r}; valid choices: {', '.join(PLANS)}")
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    return [
+        [str(scripts / script), *[a.format(data=data) for a in args], "--workdir", str(Path(root) / name), *extra]
+        for name, script, args in PLANS[plan]
+    ]

@@ -1,0 +1,79 @@
+"""The results table: final-epoch accuracy over seeds, unfinished runs flagged, plans well-formed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flax_resnet import results
+from flax_resnet.config import make_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fake_run(path: Path, seed: int, accs: list[float], epochs: int, torch: bool = False) -> Path:
+    path.mkdir(parents=True)
+    config = make_config("default", epochs=epochs, seed=seed, data="/x/cifar10-jpeg.tar.gz", workdir=str(path))
+    config.save(path / "config.json")
+    lines = [
+        json.dumps({"epoch": i + 1, "step": 10 * (i + 1), "test_acc": a, "epoch_seconds": 30.0, "complete": True})
+        for i, a in enumerate(accs)
+    ]
+    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    if torch:
+        (path / "torch_options.json").write_text("{}")
+    return path
+
+
+def test_table_mean_std_of_final_epoch(tmp_path: Path) -> None:
+    # The best epoch (0.95) must not be reported: final-epoch accuracies are 0.90, 0.92, 0.94.
+    runs = [
+        _fake_run(tmp_path / "a", 0, [0.5, 0.95, 0.90], 3),
+        _fake_run(tmp_path / "b", 1, [0.5, 0.6, 0.92], 3),
+        _fake_run(tmp_path / "c", 2, [0.5, 0.6, 0.94], 3),
+        _fake_run(tmp_path / "t", 0, [0.5, 0.6, 0.91], 3, torch=True),
+        _fake_run(tmp_path / "u", 5, [0.5], 3),  # stopped after epoch 1 of 3
+    ]
+    text = results.results_table([results.summarize_run(r) for r in runs], "cpu")
+    lines = text.strip().splitlines()
+    assert len(lines) == 4  # header, rule, jax row, torch row
+    jax_row, torch_row = lines[2], lines[3]
+    # mean 92.00, sample std of (90, 92, 94) = 2.00; minutes per run: (90 + 90 + 90 + 30) s / 4 / 60 = 1.25
+    assert "| 0,1,2,5 | 92.00 ± 2.00 (1 of 4 unfinished) | 1.25 | cpu | cifar10-jpeg.tar.gz |" in jax_row
+    assert torch_row.startswith("| torch |") and "| 91.00 |" in torch_row
+
+
+def test_summarize_rejects_non_run(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a finished run"):
+        results.summarize_run(tmp_path)
+
+
+def test_plans_are_valid_cli_invocations() -> None:
+    # Every plan's command parses with the real CLI parsers (no typo'd flag can hide in a plan).
+    parsers = {}
+    for name in ("train.py", "train_torch.py"):
+        spec = importlib.util.spec_from_file_location(f"cli_{name[:-3]}", ROOT / "scripts" / name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        parsers[name] = module.build_parser()
+    for plan in results.PLANS:
+        for cmd in results.plan_commands(plan, "runs/x", "data.tar.gz"):
+            parsers[Path(cmd[0]).name].parse_args(cmd[1:])
+    with pytest.raises(ValueError, match="valid choices"):
+        results.plan_commands("nope", "r", "d")
+
+
+def test_cli_table_and_errors(tmp_path: Path) -> None:
+    _fake_run(tmp_path / "a", 0, [0.9], 1)
+    script = str(ROOT / "scripts" / "reproduce.py")
+    ok = subprocess.run([sys.executable, script, "table", str(tmp_path / "a"), "--device", "cpu"],
+                        capture_output=True, text=True, check=True)
+    assert "| 90.00 |" in ok.stdout
+    bad = subprocess.run([sys.executable, script, "table", str(tmp_path), "--device", "cpu"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "error:" in bad.stderr
