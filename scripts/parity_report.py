@@ -1,4 +1,8 @@
-"""Run the parity comparisons (parity_tests/harness.py) and write the markdown table to results/parity.md."""
+"""Write the parity table (results/parity.md) from the JUnit XML of a parity-suite run.
+
+python -m pytest -n 2 parity_tests --junitxml=results/parity.xml
+python scripts/parity_report.py results/parity.xml --command "python -m pytest -n 2 parity_tests"
+"""
 
 from __future__ import annotations
 
@@ -11,47 +15,42 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
-
-from parity_tests import harness
-
-QUICK_PAIRS = (("resnet18", "cifar"), ("resnet18", "imagenet"), ("resnet18", "article"), ("resnet50", "cifar"))
+from parity_tests import report
 
 
-def main() -> int:
-    """Parse flags, run every check, print the table and write it with command, machine and date."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help=f"only the pairs {QUICK_PAIRS} (minutes, not tens)")
-    parser.add_argument("--out", default="results/parity.md", help="markdown file to write")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    harness.configure()
-    pairs = QUICK_PAIRS if args.quick else harness.PAIRS
-    rows = harness.report_rows(pairs, log=lambda m: print(m, file=sys.stderr, flush=True))
-    lines = [
-        "| check | configurations | tolerance | largest difference measured | pass |",
-        "|---|---|---|---|---|",
-        *(f"| {r.check} | {r.configurations} | {r.tolerance} | {r.largest} | {'yes' if r.passed else 'NO'} |"
-          for r in rows),
-    ]
-    header = [
-        "# Parity: flax_resnet vs torch_ref (fp32, CPU)",
-        "",
-        f"Command: `python scripts/parity_report.py{' --quick' if args.quick else ''}`"
-        + (f" (quick subset: {', '.join('/'.join(p) for p in QUICK_PAIRS)})" if args.quick else ""),
-        f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-        f"date {datetime.date.today().isoformat()}",
-        "",
-        "Relative measures use torch as the reference: logits max|d| / max(1, max|logits|); parameters and BN "
-        "statistics max|d| / max|ref| per tensor (worst tensor shown); gradients ||d||_2 / ||ref||_2.",
-        "",
-    ]
-    text = "\n".join(header + lines) + "\n"
-    print("\n".join(lines))
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, read the JUnit file, print the table and write it with command, machine, date, wall time."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("junit", help="JUnit XML written by pytest --junitxml over parity_tests/")
+    p.add_argument("--out", default="results/parity.md", help="markdown file to write (default: results/parity.md)")
+    p.add_argument("--command", default="python -m pytest -n 2 parity_tests", help="the pytest command, as run")
+    p.add_argument("--machine", default=None, help="machine description (default: this machine's)")
+    args = p.parse_args(argv)
+    try:
+        rows, seconds, unknown = report.parse_junit(args.junit)
+    except (OSError, ValueError, report.ET.ParseError) as e:
+        print(f"error: {args.junit}: {e}", file=sys.stderr)
+        return 1
+    machine = args.machine or f"{platform.platform()}, {os.cpu_count()} CPUs"
+    when = datetime.datetime.fromtimestamp(Path(args.junit).stat().st_mtime).date().isoformat()
+    table = report.markdown(rows)
+    text = (
+        "# Parity: flax_resnet vs torch_ref (CPU)\n\n"
+        f"Command: `{args.command} --junitxml={args.junit}` then `python scripts/parity_report.py {args.junit}`.\n"
+        f"Machine: {machine}; date {when}; suite wall time {seconds / 60:.1f} min"
+        + (f"; {unknown} other tests in the file ignored" if unknown else "")
+        + ".\n\nRelative measures use torch as the reference: logits max|d| / max(1, max|logits|); parameters "
+        "and BN statistics max|d| / max|ref| per tensor (worst tensor); gradients ||d||_2 / ||ref||_2 per "
+        "parameter (worst parameter). Configurations are pytest ids (arch-variant, ...).\n\n" + table
+    )
+    print(table, end="")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    return 0 if all(r.passed for r in rows) else 1
+    failed = sum(r.ran - r.passed for r in rows)
+    if failed:
+        print(f"{failed} parity test(s) failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
