@@ -50,6 +50,7 @@ class CheckRow:
     worst: float | None = None
     worst_where: str = ""
     extra: float | None = None  # test_gradients: torch's own fp32-vs-fp64 error, for scale
+    seconds: float = 0.0  # summed test durations (worker-seconds)
 
 
 def parse_junit(path: str | Path) -> tuple[list[CheckRow], float, int]:
@@ -69,6 +70,7 @@ def parse_junit(path: str | Path) -> tuple[list[CheckRow], float, int]:
         if case.find("skipped") is not None:
             continue
         row.ran += 1
+        row.seconds += float(case.get("time", 0))
         row.passed += case.find("failure") is None and case.find("error") is None
         props = {p.get("name"): p.get("value") for p in case.iter("property")}
         if "max_diff" in props:

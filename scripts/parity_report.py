@@ -23,7 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("junit", help="JUnit XML written by pytest --junitxml over parity_tests/")
     p.add_argument("--out", default="results/parity.md", help="markdown file to write (default: results/parity.md)")
-    p.add_argument("--command", default="python -m pytest -n 2 parity_tests", help="the pytest command, as run")
+    p.add_argument(
+        "--command",
+        default="python -m pytest -n 2 parity_tests --junitxml=results/parity.xml",
+        help="the pytest command that wrote the file, as run",
+    )
     p.add_argument("--machine", default=None, help="machine description (default: this machine's)")
     args = p.parse_args(argv)
     try:
@@ -36,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     table = report.markdown(rows)
     text = (
         "# Parity: flax_resnet vs torch_ref (CPU)\n\n"
-        f"Command: `{args.command} --junitxml={args.junit}` then `python scripts/parity_report.py {args.junit}`.\n"
-        f"Machine: {machine}; date {when}; suite wall time {seconds / 60:.1f} min"
-        + (f"; {unknown} other tests in the file ignored" if unknown else "")
+        f"Command: `{args.command}`, then `python scripts/parity_report.py {args.junit}`.\n"
+        f"Machine: {machine}; date {when}; wall time of the run {seconds / 60:.1f} min"
+        + (f" (including {unknown} other tests, ignored in the table)" if unknown else "")
+        + f"; parity tests {sum(r.seconds for r in rows) / 60:.1f} worker-minutes"
         + ".\n\nRelative measures use torch as the reference: logits max|d| / max(1, max|logits|); parameters "
         "and BN statistics max|d| / max|ref| per tensor (worst tensor); gradients ||d||_2 / ||ref||_2 per "
         "parameter (worst parameter). Configurations are pytest ids (arch-variant, ...).\n\n" + table

@@ -35,7 +35,8 @@ def test_report_from_junit(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1 and "1 parity test(s) failed" in proc.stderr  # the init-std failure counts
     text = out.read_text()
-    assert "suite wall time 5.2 min; 1 other tests in the file ignored" in text
+    assert "wall time of the run 5.2 min (including 1 other tests, ignored in the table)" in text
+    assert "parity tests 0.4 worker-minutes" in text  # 10 + 10 + 1 + 1 s
     grad = next(line for line in text.splitlines() if line.startswith("| gradients"))
     assert "| 2 / 2 | 5.00e-13 (resnet50-cifar); torch fp32 vs torch fp64 itself: up to 1.3e-02 |" in grad
     init = next(line for line in text.splitlines() if line.startswith("| fresh-init"))
