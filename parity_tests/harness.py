@@ -307,8 +307,14 @@ def _torch_grads(tmodel: nn.Module, x: np.ndarray, labels: np.ndarray, dtype: to
 def _widen(fmodel: flax_resnet.ResNet) -> flax_resnet.ResNet:
     """The same Flax model computing in float64 (call under float64_jax)."""
     wide = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, nnx.state(fmodel))
-    shell = flax_resnet.create_model(fmodel.arch, fmodel.variant, fmodel.num_classes, dtype="float64")
-    return nnx.merge(nnx.split(shell)[0], wide)
+    return nnx.merge(_float64_graphdef(fmodel.arch, fmodel.variant, fmodel.num_classes), wide)
+
+
+def _float64_graphdef(arch: str, variant: str, num_classes: int) -> nnx.GraphDef:
+    """The graph of a float64 model, traced abstractly: running the initializers would compile each one
+    (about 6 s per deep model on this CPU, measured) only to be overwritten."""
+    shell = nnx.eval_shape(lambda: flax_resnet.create_model(arch, variant, num_classes, dtype="float64"))
+    return nnx.split(shell)[0]
 
 
 def check_gradients(arch: str, variant: str, train: bool = True, jit: bool = True) -> Gradients:
@@ -451,7 +457,7 @@ def check_trajectory(
         if dtype == "float64":
             tmodel.double()
             wide = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, nnx.state(fmodel))
-            fmodel = nnx.merge(nnx.split(flax_resnet.create_model(arch, "cifar", 10, dtype="float64"))[0], wide)
+            fmodel = nnx.merge(_float64_graphdef(arch, "cifar", 10), wide)
         config = Config(arch=arch, variant="cifar", lr=lr, nesterov=False, label_smoothing=0.0, dtype=dtype)
         tx = train_lib.make_optimizer(lr, momentum=0.9, nesterov=False, weight_decay=5e-4)
         graphdef, state = train_lib.init_state(fmodel, tx)
