@@ -258,7 +258,7 @@ def bench_jax(
     # --- augmented: the trainer's own per-step work (host index batch put on the device, rng folded in,
     # gather + crop/flip/normalize + step inside one compiled call, running sums on the device)
     state = jax.tree.map(jnp.copy, state0)
-    sums = {"loss": jnp.float32(0), "correct": jnp.float32(0), "first_bad": jnp.int32(-1)}
+    sums = jax.tree.map(jnp.asarray, train.loop_sums())
     start = time.perf_counter()
     compiled = loop_step.lower(state, sums, images, labels, put_batch(order[0], mesh), key).compile()
     compile_s = time.perf_counter() - start

@@ -315,6 +315,11 @@ def _stop_flag() -> dict[str, Any]:
     return flag
 
 
+def loop_sums(loss: float = 0.0, correct: float = 0.0) -> dict[str, np.ndarray]:
+    """Host-side initial running sums for `make_loop_step` (a resumed epoch starts from its saved sums)."""
+    return {"loss": np.float32(loss), "correct": np.float32(correct), "first_bad": np.int32(-1)}
+
+
 def make_loop_step(train_step: Callable) -> Callable:
     """The training loop's per-step call: gather the batch from the device-resident dataset, run `train_step`
     (augmentation inside), and add loss/correct to device-side running sums (no host sync per step).
@@ -420,9 +425,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
 
     def new_sums(loss: float, correct: float):
         """Device-side running sums of the epoch, starting from the (float32) sums of a resumed epoch."""
-        return put_replicated(
-            {"loss": np.float32(loss), "correct": np.float32(correct), "first_bad": np.int32(-1)}, mesh
-        )
+        return put_replicated(loop_sums(loss, correct), mesh)
 
     def fetch(sums, pending_steps):
         """Host view of the running sums; raises RunError at the first non-finite loss."""

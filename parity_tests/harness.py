@@ -456,8 +456,7 @@ def check_trajectory(
         fmodel = flax_from_torch(tmodel)
         if dtype == "float64":
             tmodel.double()
-            wide = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, nnx.state(fmodel))
-            fmodel = nnx.merge(_float64_graphdef(arch, "cifar", 10), wide)
+            fmodel = _widen(fmodel)
         config = Config(arch=arch, variant="cifar", lr=lr, nesterov=False, label_smoothing=0.0, dtype=dtype)
         tx = train_lib.make_optimizer(lr, momentum=0.9, nesterov=False, weight_decay=5e-4)
         graphdef, state = train_lib.init_state(fmodel, tx)
