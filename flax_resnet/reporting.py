@@ -41,10 +41,17 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def truncate_metrics(path: str | Path, max_step: int) -> list[dict[str, Any]]:
-    """Keep only complete-epoch records up to `max_step` (what a resumed run has not redone); return them."""
+def truncate_metrics(path: str | Path, max_step: int, finished: bool = False) -> list[dict[str, Any]]:
+    """Keep only complete-epoch records up to `max_step` (what a resumed run has not redone); return them.
+
+    `finished`: the checkpoint at `max_step` ends the run, so a partial-epoch record there (a run stopped by
+    --max-steps) is final and kept; otherwise the resumed run rewrites it when its epoch completes."""
     path = Path(path)
-    kept = [r for r in read_metrics(path) if r.get("complete", True) and r.get("step", 0) <= max_step]
+    kept = [
+        r
+        for r in read_metrics(path)
+        if r.get("step", 0) <= max_step and (r.get("complete", True) or (finished and r.get("step") == max_step))
+    ]
     if path.exists():
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))

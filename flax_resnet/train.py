@@ -406,7 +406,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
         reporter.print(f"resuming from checkpoint step {step} ({ckpt.step_dir(step)})")
     if is_main:
         config.save(workdir / "config.json")
-    history = truncate_metrics(workdir / "metrics.jsonl", step) if is_main else []
+    history = truncate_metrics(workdir / "metrics.jsonl", step, finished=step >= total_steps) if is_main else []
 
     images = put_replicated(dataset.train_images, mesh)
     labels = put_replicated(dataset.train_labels, mesh)
