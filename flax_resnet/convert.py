@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -46,10 +47,12 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _torch_keys(model: nnx.Module) -> dict[str, tuple[nnx.Variable, tuple[str, Layout, Layout]]]:
-    """torch key -> (variable, table row) for every variable of the model."""
+def _torch_keys(
+    model: nnx.Module, only: type[nnx.Variable] = nnx.Variable
+) -> dict[str, tuple[nnx.Variable, tuple[str, Layout, Layout]]]:
+    """torch key -> (variable, table row) for every variable of the model (of type `only`)."""
     out = {}
-    for path, var in nnx.to_flat_state(nnx.state(model)):
+    for path, var in nnx.to_flat_state(nnx.state(model, only)):
         leaf = path[-1]
         value = var[...]
         row = _LEAF_TABLE.get((leaf, value.ndim))
@@ -60,9 +63,14 @@ def _torch_keys(model: nnx.Module) -> dict[str, tuple[nnx.Variable, tuple[str, L
     return out
 
 
-def to_torch_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
-    """Export the model as a torch-named state dict of numpy arrays (loads strict into torch_ref/torchvision)."""
-    return {key: np.array(row[1](np.asarray(var[...])), order="C") for key, (var, row) in _torch_keys(model).items()}
+def to_torch_state_dict(model: nnx.Module, only: type[nnx.Variable] = nnx.Variable) -> dict[str, np.ndarray]:
+    """Export the model as a torch-named state dict of numpy arrays (loads strict into torch_ref/torchvision).
+
+    `only=nnx.BatchStat` (or `nnx.Param`) exports just those variables, e.g. to read BN running statistics.
+    """
+    return {
+        key: np.array(row[1](np.asarray(var[...])), order="C") for key, (var, row) in _torch_keys(model, only).items()
+    }
 
 
 def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> None:
@@ -86,8 +94,9 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> N
             want = tuple(row[1](np.zeros(var[...].shape, np.float32)).shape)
             mis_shaped.append(f"{key} {torch_shape} (expected {want})")
             continue
-        # A copy: on CPU jnp.asarray may alias the caller's (e.g. torch) buffer, which torch then mutates.
-        updates.append((var, jnp.array(array, dtype=var[...].dtype, copy=True)))
+        # A host copy (on CPU a device array may alias the caller's buffer, e.g. torch's, which torch then
+        # mutates), then device_put: jnp.array would compile a small program for every distinct shape.
+        updates.append((var, jax.device_put(np.array(array, dtype=var[...].dtype, copy=True))))
     unexpected = sorted(set(state_dict) - set(expected))
     if missing or unexpected or mis_shaped:
         parts = []

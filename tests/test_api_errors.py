@@ -132,3 +132,10 @@ def test_safetensors_round_trip_into_torch_ref_strict(r18: flax_resnet.ResNet, t
         assert np.array_equal(v.numpy(), exported[k])
 
 
+
+
+def test_export_of_one_variable_kind_has_torchs_keys(r18: flax_resnet.ResNet) -> None:
+    """`to_torch_state_dict(model, nnx.BatchStat)` is exactly torch's buffers; `nnx.Param` its parameters."""
+    tmodel = torch_ref.create_model("resnet18", "cifar")
+    assert set(flax_resnet.to_torch_state_dict(r18, nnx.BatchStat)) == {k for k, _ in tmodel.named_buffers()}
+    assert set(flax_resnet.to_torch_state_dict(r18, nnx.Param)) == {k for k, _ in tmodel.named_parameters()}
