@@ -1,7 +1,7 @@
 """Shared fixtures: a tiny synthetic image-folder dataset, CLI runners, and one trained run to reuse.
 
-XLA compilations are cached on disk (JAX's persistent cache) for this process and every CLI subprocess, so
-a ResNet train step is compiled once per machine rather than once per test.
+XLA compilations are cached on disk (JAX's persistent cache, set up in the root conftest.py) for this
+process and every CLI subprocess, so a ResNet train step is compiled once per machine rather than once per test.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +17,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
-JAX_CACHE = Path(tempfile.gettempdir()) / f"flax-resnet-tests-jax-cache-{os.getuid()}"
+# The persistent compilation cache is set up by the repository's root conftest.py; CLI subprocesses get
+# the same settings.
 CACHE_ENV = {
-    "JAX_COMPILATION_CACHE_DIR": str(JAX_CACHE),
-    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    k: os.environ[k]
+    for k in (
+        "JAX_COMPILATION_CACHE_DIR",
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES",
+    )
 }
-for _k, _v in CACHE_ENV.items():
-    os.environ.setdefault(_k, _v)
-
-import jax  # noqa: E402 - after the cache environment is set
-
-jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 TINY_CLASSES = ("cat", "dog", "frog")
 TINY_TRAIN_PER_CLASS = 32  # 96 images: 6 steps of 16 per epoch
