@@ -554,7 +554,7 @@ def conv_shape_report(
 
     from flax_resnet.conv import choose_lowering
 
-    lowerings = ("xla", "matmul", "mixed")
+    lowerings = ("xla", "matmul", "mixed", "chunked")
     load_before = os.getloadavg()
     rows = []
     totals = {v: {name: 0.0 for name in (*lowerings, "torch", "chosen")} for v in ("cifar", "imagenet")}
@@ -591,13 +591,14 @@ def conv_shape_report(
         f"after: {'/'.join(f'{v:.2f}' for v in load_after)}\n\n"
         "Lowerings: `xla` = lax.conv_general_dilated (forward and both gradients); `matmul` = patches + one "
         "matmul (gradients by autodiff of that); `mixed` = XLA convolution forward and input gradient, "
-        "patches-matmul kernel gradient (custom VJP). Times in ms; `speedup` = torch / chosen.\n\n"
-        "| map | channels | kernel/stride | layers | xla | matmul | mixed | torch | fastest | chosen | speedup |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "patches-matmul kernel gradient (custom VJP); `chunked` = patches + matmul a few images at a time "
+        "(lax.scan over the batch; both gradients chunked the same way). Times in ms; `speedup` = torch / chosen.\n\n"
+        f"| map | channels | kernel/stride | layers | {' | '.join(lowerings)} | torch | fastest | chosen | speedup |\n"
+        f"|{'---|' * (len(lowerings) + 8)}\n"
     )
     summary = ["", "Sum over the network's conv layers (ms per training step, convolutions only):", ""]
-    summary.append("| variant | xla | matmul | mixed | torch | chosen |")
-    summary.append("|---|---|---|---|---|---|")
+    summary.append(f"| variant | {' | '.join(lowerings)} | torch | chosen |")
+    summary.append(f"|{'---|' * (len(lowerings) + 3)}")
     for variant, tot in totals.items():
         summary.append(
             f"| {variant} | " + " | ".join(f"{tot[n] * 1e3:.0f}" for n in (*lowerings, "torch", "chosen")) + " |"
