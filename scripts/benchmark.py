@@ -20,6 +20,8 @@ def _csv(text: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, run the benchmark, print the table and optionally write JSON records."""
+    from flax_resnet.conv import LOWERINGS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--variant", default="cifar")
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the windows")
     parser.add_argument("--windows", type=int, default=5, help="timed windows; the median is reported")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak, for the fraction column")
-    parser.add_argument("--conv-lowering", default="auto", help="auto, xla or matmul (JAX convolutions)")
+    parser.add_argument("--conv-lowering", default="auto", choices=LOWERINGS, help="JAX convolution lowering")
     parser.add_argument("--json", default=None, help="write the records to this JSON file")
     parser.add_argument("--conv-table", default=None, help="instead: write the per-shape conv table (markdown)")
     parser.add_argument("--conv-repeats", type=int, default=5, help="interleaved repeats per shape (--conv-table)")

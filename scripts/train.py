@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flax_resnet import flags
+from flax_resnet.conv import LOWERINGS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "float32", "bfloat16"),
         help="compute dtype, auto: bf16 on GPU/TPU, fp32 on CPU; " + flags.recipe_default("dtype"),
     )
-    p.add_argument("--conv-lowering", choices=("auto", "xla", "matmul"), help="convolution lowering (default: auto)")
+    p.add_argument("--conv-lowering", choices=LOWERINGS, help="convolution lowering (default: auto)")
     p.add_argument(
         "--checkpoint-every", type=flags.positive_int, help="checkpoint every N steps (default: once per epoch)"
     )
