@@ -19,8 +19,9 @@ LOWERINGS: tuple[str, ...] = ("auto", "xla", "matmul", "mixed", "chunked")
 
 # On CPU (results/conv_shapes.md, ResNet-18 shapes at batch 128): XLA's convolution is slow, above all its
 # kernel gradient, and patches + one matmul over the whole batch streams a patch buffer of up to ~300 MB
-# through memory. So: 1x1 convs are a strided slice + one matmul; the 3x3 stem conv on 3 input channels
-# (a small patch matrix) is one patches-matmul; every other conv is patches-matmul a few images at a time
+# through memory. So: 1x1 convs are a strided slice + one matmul; the 7x7 stem is XLA's forward and input
+# gradient with a patches-matmul kernel gradient ("mixed"); the 3x3 stem conv on 3 input channels (a small
+# patch matrix) is one patches-matmul; every other conv is patches-matmul a few images at a time
 # ("chunked"), forward and both gradients.
 CPU_CHUNKED_MIN_CHANNELS = 16
 
@@ -34,7 +35,9 @@ def choose_lowering(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], str
     kh, kw, cin = kernel_shape[0], kernel_shape[1], kernel_shape[2]
     if kh == kw == 1:
         return "matmul"
-    if kh <= 3 and cin < CPU_CHUNKED_MIN_CHANNELS:
+    if kh >= 7:
+        return "mixed"
+    if cin < CPU_CHUNKED_MIN_CHANNELS:
         return "matmul"
     return "chunked"
 
