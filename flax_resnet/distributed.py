@@ -38,9 +38,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-    """Sharding that splits the leading (batch) axis across the `data` axis."""
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+def batch_sharded(mesh: Mesh, axis: int = 0) -> NamedSharding:
+    """Sharding that splits the batch axis (`axis`, default the leading one) across the `data` axis."""
+    return NamedSharding(mesh, PartitionSpec(*([None] * axis), DATA_AXIS))
 
 
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
@@ -49,11 +49,14 @@ def put_replicated(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x: _from_global(np.asarray(x), sharding), tree)
 
 
-def put_batch(array: np.ndarray, mesh: Mesh) -> jax.Array:
-    """Place a *global* host array (identical on every process) sharded on its leading axis."""
-    if array.shape[0] % mesh.size:
-        raise ValueError(f"batch of {array.shape[0]} does not split over {mesh.size} devices")
-    return _from_global(np.asarray(array), batch_sharded(mesh))
+def put_batch(array: np.ndarray, mesh: Mesh, axis: int = 0) -> jax.Array:
+    """Place a *global* host array (identical on every process) sharded on its batch axis `axis`.
+
+    `axis=1` places a whole epoch of (steps, batch) example indices at once, each step's row split like a batch.
+    """
+    if array.shape[axis] % mesh.size:
+        raise ValueError(f"batch of {array.shape[axis]} does not split over {mesh.size} devices")
+    return _from_global(np.asarray(array), batch_sharded(mesh, axis))
 
 
 def _from_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:

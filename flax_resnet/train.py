@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx, struct
+from jax import lax
 
 from flax_resnet import data as data_lib
 from flax_resnet.config import SCHEDULES, Config
@@ -320,17 +321,23 @@ def loop_sums(loss: float = 0.0, correct: float = 0.0) -> dict[str, np.ndarray]:
     return {"loss": np.float32(loss), "correct": np.float32(correct), "first_bad": np.int32(-1)}
 
 
-def make_loop_step(train_step: Callable) -> Callable:
-    """The training loop's per-step call: gather the batch from the device-resident dataset, run `train_step`
-    (augmentation inside), and add loss/correct to device-side running sums (no host sync per step).
+def make_loop_step(train_step: Callable, steps_per_epoch: int) -> Callable:
+    """The training loop's per-step call, with no host work per step beyond the call itself: pick this step's
+    row of the epoch's device-resident index array, gather the batch from the device-resident dataset, run
+    `train_step` (augmentation inside) and add loss/correct to device-side running sums (no host sync).
 
-    `(state, sums, images, labels, idx, rng) -> (state, sums)`, jitted, donating state and sums; sums holds
-    float32 `loss`, `correct` and int32 `first_bad` (the first step with a non-finite loss, else -1).
+    `(state, sums, images, labels, order, base_key) -> (state, sums)`, jitted, donating state and sums.
+    `order` is the epoch's (steps_per_epoch, batch) example indices (`data.train_batch_indices`); the row is
+    `state.step % steps_per_epoch` and the augmentation key `fold_in(base_key, state.step)`, both computed on
+    the device from the global step, so a resumed run continues exactly. sums holds float32 `loss`,
+    `correct` and int32 `first_bad` (the first step with a non-finite loss, else -1).
     scripts/benchmark.py times this same function, so its input-pipeline numbers are the trainer's.
     """
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def loop_step(state, sums, images, labels, idx, rng):
+    def loop_step(state, sums, images, labels, order, base_key):
+        idx = lax.dynamic_index_in_dim(order, state.step % steps_per_epoch, keepdims=False)
+        rng = jax.random.fold_in(base_key, state.step)
         state, metrics = train_step(state, {"image": images[idx], "label": labels[idx]}, rng)
         bad = ~jnp.isfinite(metrics["loss"])
         sums = {
@@ -416,7 +423,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     eval_fn = make_eval_fn(graphdef)
     base_key = jax.random.key(config.seed)
 
-    run_step = make_loop_step(train_step)
+    run_step = make_loop_step(train_step, steps_per_epoch)
 
     @jax.jit
     def all_finite(state):
@@ -467,14 +474,13 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     try:
         while step < total_steps:
             epoch = step // steps_per_epoch
-            order = data_lib.train_batch_indices(config.seed, epoch, n_train, bs)
+            order = put_batch(data_lib.train_batch_indices(config.seed, epoch, n_train, bs), mesh, axis=1)
             first = step - epoch * steps_per_epoch
             bar = reporter.epoch_bar(epoch + 1, epochs_total, steps_per_epoch, first)
             sums, pending = new_sums(acc["loss"], acc["correct"]), 0
             t0 = time.time()
             for i in range(first, steps_per_epoch):
-                rng = jax.random.fold_in(base_key, step)
-                state, sums = run_step(state, sums, images, labels, put_batch(order[i], mesh), rng)
+                state, sums = run_step(state, sums, images, labels, order, base_key)
                 if not compiled:  # keep compilation out of the epoch time and img/s
                     jax.block_until_ready(sums)
                     compiled = True

@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# One lent-GPU session in a fixed time budget: versions, the same-process benchmark (alone on the GPU),
-# then the results runs side by side (3 JAX seeds of the default recipe, the torch_ref trainer on the
-# same recipe, the article recipe on the article variant), then a resnet50 benchmark if time is left.
+# One lent-GPU session in a fixed time budget: versions, the same-process benchmarks (alone on the GPU), then
+# training runs side by side, then a resnet50 benchmark (JAX, torch eager and torch.compile) if time is left.
 # Everything lands in $OUT/results.tar.gz plus $OUT/session.log; summarize with scripts/reproduce.py.
 #
-#   BUDGET=540 DATA=.gpu_data/cifar10-jpeg.tar.gz OUT=/tmp/out bash scripts/gpu_session.sh
+#   BUDGET=560 DATA=.gpu_data/cifar10-jpeg.tar.gz OUT=/tmp/out bash scripts/gpu_session.sh
 #
-# The epoch count of the training runs is chosen from the measured benchmark throughput so that every
-# run finishes inside the budget (at most the recipe's 40); the chosen number is logged and lands in
-# each run's config.json. SMOKE=1 shrinks everything for a CPU dry run of this script.
+# Training runs (RUNS, default "torch_seeds jpeg_quality"):
+#   jax_seeds     3 seeds of the default recipe in JAX, cifar ResNet-18;
+#   torch_seeds   seeds 1 and 2 of the same recipe in the torch reference trainer (seed 0 ran on 2026-11-27);
+#   jpeg_quality  the default recipe (JAX, seed 0) on the JPEG copy re-encoded at quality 50 and 25
+#                 (scripts/write_dataset.py): how much accuracy JPEG compression costs on this recipe;
+#   article       the article recipe on the article variant.
+# The epoch count is chosen from the measured benchmark throughput so that every run finishes inside the
+# budget (at most the recipe's 40); it is logged and lands in each run's config.json. SMOKE=1 shrinks
+# everything for a CPU dry run of this script.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 DATA=${DATA:-.gpu_data/cifar10-jpeg.tar.gz}
 BUDGET=${BUDGET:-540}
 SMOKE=${SMOKE:-0}
+RUNS=${RUNS:-torch_seeds jpeg_quality}
+wants() { case " $RUNS " in *" $1 "*) return 0;; esac; return 1; }
 T0=$(date +%s)
 R=$OUT/r
 mkdir -p "$R"
@@ -45,10 +52,20 @@ cat "$R/versions.txt" | tee -a "$OUT/session.log"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >"$R/gpu.txt" 2>&1
 log "gpu: $(tail -n1 "$R/gpu.txt")"
 
-# Decode the JPEG tar once into the .npz cache (CPU) while the benchmark holds the GPU.
+# Decode the JPEG tar once into the .npz cache (CPU) while the benchmark holds the GPU; write the re-encoded
+# copies for the JPEG-quality runs and decode them too.
 CACHE=/tmp/cifar_cache
-python3 -c "from flax_resnet.data import load_dataset; d = load_dataset('$DATA', data_dir='$CACHE'); print('data', d.train_images.shape, d.test_images.shape)" \
-  >"$R/data_prep.log" 2>&1 &
+QUALITIES="50 25"
+(
+  python3 -c "from flax_resnet.data import load_dataset; d = load_dataset('$DATA', data_dir='$CACHE'); print('data', d.train_images.shape, d.test_images.shape)"
+  if wants jpeg_quality; then
+    for q in $QUALITIES; do
+      python3 scripts/write_dataset.py "$DATA" /tmp/cifar10-q$q.tar.gz --format jpeg --quality $q --data-dir $CACHE &&
+        python3 -c "from flax_resnet.data import load_dataset; load_dataset('/tmp/cifar10-q$q.tar.gz', data_dir='$CACHE')" &
+    done
+    wait
+  fi
+) >"$R/data_prep.log" 2>&1 &
 PREP=$!
 
 # JAX jit + torch eager first, torch.compile separately: a timeout then loses only the compile record.
@@ -68,9 +85,15 @@ wait $PREP; log "data prep rc=$? $(tail -n1 "$R/data_prep.log")"
 
 # Epochs that fit: GPU time adds up across processes (time-sliced), so one epoch of all runs costs the sum
 # of their epoch times at the measured rates, plus 15% for evaluation; ~100 s are kept for compilation.
-EPOCHS=$(python3 - "$R/bench_resnet18_cifar.json" "$(left)" "$SMOKE" <<'EOF'
+N_JAX=0; N_TORCH=0; N_ARTICLE=0
+wants jax_seeds && N_JAX=$((N_JAX + 3))
+wants jpeg_quality && N_JAX=$((N_JAX + $(echo $QUALITIES | wc -w)))
+wants torch_seeds && N_TORCH=2
+wants article && N_ARTICLE=1
+EPOCHS=$(python3 - "$R/bench_resnet18_cifar.json" "$(left)" "$SMOKE" $N_JAX $N_TORCH $N_ARTICLE <<'EOF'
 import json, sys
 path, left, smoke = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"
+n_jax, n_torch, n_article = map(int, sys.argv[4:7])
 jax_ips, torch_ips = 15000.0, 8000.0
 try:
     for r in json.load(open(path)):
@@ -80,42 +103,57 @@ try:
             torch_ips = r["train_images_per_second"]
 except Exception as e:  # no benchmark numbers: keep the conservative guesses
     print(f"planning without benchmark numbers ({e})", file=sys.stderr)
-per_epoch = 1.15 * (3 * 50000 / jax_ips + 50000 / torch_ips + 50000 / 40000)
-usable = left - 100 - 60  # compilation + a resnet50 benchmark slot is not reserved; 60 s margin
-print(1 if smoke else max(1, min(40, int(usable / per_epoch))))
+per_epoch = 1.15 * (n_jax * 50000 / jax_ips + n_torch * 50000 / torch_ips + n_article * 50000 / 40000)
+usable = left - 100 - 60  # compilation, and a 60 s margin; the resnet50 benchmark only gets what is left
+print(1 if smoke else max(1, min(40, int(usable / max(per_epoch, 1e-9)))))
 print(f"jax {jax_ips:.0f} img/s, torch {torch_ips:.0f} img/s, {per_epoch:.1f} s per epoch of all runs, {left:.0f} s left",
       file=sys.stderr)
 EOF
 )
 EPOCHS=${FORCE_EPOCHS:-$EPOCHS}
-log "training epochs: $EPOCHS"
+log "training epochs: $EPOCHS (runs: $RUNS)"
 DEADLINE=$(( $(left) - 25 ))
 EXTRA=""; [ "$SMOKE" = 1 ] && EXTRA="--max-steps 2 --batch-size 16"
 mkdir -p "$R/runs"
-for seed in 0 1 2; do
-  XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 timeout $DEADLINE python3 scripts/train.py --arch resnet18 --variant cifar \
-    --recipe default --epochs "$EPOCHS" --seed $seed --data "$DATA" --data-dir $CACHE --no-progress \
-    --workdir "$R/runs/jax_default_r18_s$seed" $EXTRA >"$R/runs/jax_default_r18_s$seed.log" 2>&1 &
-done
-TORCH_FLAGS="--amp --channels-last"; [ "$SMOKE" = 1 ] && TORCH_FLAGS=""
-timeout $DEADLINE python3 scripts/train_torch.py --arch resnet18 --variant cifar --recipe default --epochs "$EPOCHS" \
-  --seed 0 --data "$DATA" --data-dir $CACHE --no-progress $TORCH_FLAGS \
-  --workdir "$R/runs/torch_default_r18_s0" $EXTRA >"$R/runs/torch_default_r18_s0.log" 2>&1 &
-XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout $DEADLINE python3 scripts/train.py --arch resnet18 --variant article \
-  --recipe article --epochs "$EPOCHS" --seed 0 --data "$DATA" --data-dir $CACHE --no-progress \
-  --workdir "$R/runs/jax_article_r18_s0" $EXTRA >"$R/runs/jax_article_r18_s0.log" 2>&1 &
+jax_run() {  # name, data, seed
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.12 timeout $DEADLINE python3 scripts/train.py --arch resnet18 --variant cifar \
+    --recipe default --epochs "$EPOCHS" --seed "$3" --data "$2" --data-dir $CACHE --no-progress \
+    --workdir "$R/runs/$1" $EXTRA >"$R/runs/$1.log" 2>&1 &
+}
+if wants jax_seeds; then for seed in 0 1 2; do jax_run jax_default_r18_s$seed "$DATA" $seed; done; fi
+if wants jpeg_quality; then for q in $QUALITIES; do jax_run jax_default_r18_q${q}_s0 /tmp/cifar10-q$q.tar.gz 0; done; fi
+if wants torch_seeds; then
+  TORCH_FLAGS="--amp --channels-last"; [ "$SMOKE" = 1 ] && TORCH_FLAGS=""
+  for seed in 1 2; do
+    timeout $DEADLINE python3 scripts/train_torch.py --arch resnet18 --variant cifar --recipe default --epochs "$EPOCHS" \
+      --seed $seed --data "$DATA" --data-dir $CACHE --no-progress $TORCH_FLAGS \
+      --workdir "$R/runs/torch_default_r18_s$seed" $EXTRA >"$R/runs/torch_default_r18_s$seed.log" 2>&1 &
+  done
+fi
+if wants article; then
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout $DEADLINE python3 scripts/train.py --arch resnet18 --variant article \
+    --recipe article --epochs "$EPOCHS" --seed 0 --data "$DATA" --data-dir $CACHE --no-progress \
+    --workdir "$R/runs/jax_article_r18_s0" $EXTRA >"$R/runs/jax_article_r18_s0.log" 2>&1 &
+fi
 wait
 log "training done"
 for f in "$R"/runs/*.log; do echo "== $f: $(grep -E 'final:|error' "$f" | tail -n1)" | tee -a "$OUT/session.log"; done
 nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu --format=csv,noheader >>"$R/gpu.txt" 2>&1
+pack
 
-for f in "$R"/runs/*.log; do echo "== $f"; grep -v "^config" "$f" | tail -n 6; done
-if [ "${SKIP_BENCH:-0}" != 1 ] && [ "$(left)" -gt 100 ]; then
-  log "benchmark resnet50 cifar"
-  [ "$SMOKE" = 1 ] || BENCH_ARGS="--steps 5 --warmup 2 --windows 5 --batch-size 512 --modes jit,eager --dtypes bfloat16 --peak-tflops 989"
-  timeout $(( $(left) - 10 )) python3 scripts/benchmark.py --arch resnet50 --variant cifar $BENCH_ARGS \
+[ "$SMOKE" = 1 ] || BENCH_ARGS="--steps 5 --warmup 2 --windows 5 --batch-size 512 --dtypes bfloat16 --peak-tflops 989"
+if [ "${SKIP_BENCH:-0}" != 1 ] && [ "$(left)" -gt 60 ]; then
+  log "benchmark resnet50 cifar: jax jit, torch eager"
+  timeout $(( $(left) - 10 )) python3 scripts/benchmark.py --arch resnet50 --variant cifar $BENCH_ARGS --modes jit,eager \
     --json "$R/bench_resnet50_cifar.json" >"$R/bench_resnet50_cifar.log" 2>&1
-  log "benchmark resnet50 rc=$?"; tail -n 8 "$R/bench_resnet50_cifar.log" | tee -a "$OUT/session.log"
+  log "benchmark resnet50 rc=$?"; tail -n 12 "$R/bench_resnet50_cifar.log" | tee -a "$OUT/session.log"
+  pack
+fi
+if [ "${SKIP_BENCH:-0}" != 1 ] && [ "$(left)" -gt 60 ]; then
+  log "benchmark resnet50 cifar: torch.compile"
+  timeout $(( $(left) - 10 )) python3 scripts/benchmark.py --arch resnet50 --variant cifar $BENCH_ARGS --frameworks torch \
+    --modes compile --json "$R/bench_resnet50_cifar_compile.json" >"$R/bench_resnet50_cifar_compile.log" 2>&1
+  log "benchmark resnet50 compile rc=$?"; tail -n 4 "$R/bench_resnet50_cifar_compile.log" | tee -a "$OUT/session.log"
 fi
 cp "$OUT/session.log" "$R/"
 log "end"

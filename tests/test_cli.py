@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import REPO, SHARED_DATA, TINY_CLASSES, TINY_FLAGS, run_cli
 
+from conftest import REPO, SHARED_DATA, TINY_CLASSES, TINY_FLAGS, run_cli
 from flax_resnet import data as data_lib
 from flax_resnet.reporting import METRIC_KEYS
 from torch_ref.models import create_model as create_torch_model
@@ -168,6 +168,17 @@ def test_data_and_checkpoint_errors_are_one_line(tiny_data: Path, tmp_path: Path
     ):
         proc = run_cli(script, str(tmp_path / "no_run"), *extra)
         assert proc.returncode == 1 and "no_run" in _one_error_line(proc), script
+
+    proc = run_cli("write_dataset.py", str(missing), str(tmp_path / "copy.tar.gz"))
+    assert proc.returncode == 1 and str(missing) in _one_error_line(proc)
+    proc = run_cli("write_dataset.py", str(tiny_data), str(tmp_path / "copy.tar.gz"), "--format", "jpeg",
+                   "--quality", "0", "--data-dir", str(tmp_path / "c2"))
+    assert proc.returncode == 1 and "quality" in _one_error_line(proc)
+    run_cli("write_dataset.py", str(tiny_data), str(tmp_path / "copy.tar.gz"), "--data-dir", str(tmp_path / "c2"),
+            check=True)
+    copy = data_lib.load_dataset(tmp_path / "copy.tar.gz", tmp_path / "c3")
+    want = data_lib.load_dataset(tiny_data, tmp_path / "c2")
+    np.testing.assert_array_equal(copy.train_images, want.train_images)  # PNG copy: lossless
 
 
 @pytest.mark.realdata

@@ -30,6 +30,7 @@ from flax_resnet.data import (
     load_dataset,
     normalize,
     train_batch_indices,
+    write_image_folder,
 )
 
 REAL_TAR = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
@@ -101,6 +102,37 @@ def _error(source: os.PathLike | str, data_dir: Path) -> str:
     message = str(excinfo.value)
     assert "\n" not in message and message
     return message
+
+
+# ----------------------------------------------------------------------------------- writing a copy
+
+
+def test_write_image_folder_png_is_lossless_and_jpeg_follows_pil(tmp_path: Path) -> None:
+    want = _make_folder(tmp_path / "src")
+    out = write_image_folder(want, tmp_path / "copy.tar.gz")
+    _assert_same(load_dataset(out, data_dir=tmp_path / "cache"), want)  # PNG: bit for bit, labels in order
+
+    errors = {}
+    for quality in (25, 95):
+        jpeg = load_dataset(write_image_folder(want, tmp_path / f"q{quality}.tar.gz", "jpeg", quality),
+                            data_dir=tmp_path / "cache")
+        # PIL's own encode + decode of the first training image at that quality is the reference
+        buffer = io.BytesIO()
+        Image.fromarray(want.train_images[0]).save(buffer, format="JPEG", quality=quality, subsampling="4:2:0")
+        np.testing.assert_array_equal(jpeg.train_images[0], np.asarray(Image.open(buffer).convert("RGB")))
+        np.testing.assert_array_equal(jpeg.train_labels, want.train_labels)
+        errors[quality] = np.abs(jpeg.test_images.astype(int) - want.test_images).mean()
+    assert 0 < errors[95] < errors[25]
+
+
+def test_write_image_folder_refuses_bad_settings(tmp_path: Path) -> None:
+    want = _make_folder(tmp_path / "src")
+    for fmt, quality in (("gif", 75), ("jpeg", 0), ("jpeg", 100)):
+        with pytest.raises(DataError):
+            write_image_folder(want, tmp_path / "x.tar.gz", fmt, quality)
+    with pytest.raises(DataError, match="cannot write"):
+        write_image_folder(want, tmp_path / "missing-dir" / "x.tar.gz")
+    assert not list(tmp_path.glob("x.tar.gz*"))
 
 
 # ------------------------------------------------------------------------------------ image folders

@@ -1,0 +1,40 @@
+"""Write a dataset (any source `--data` accepts) as an image-folder tar, lossless PNG or JPEG at a quality.
+
+`python scripts/write_dataset.py ../shared/data/cifar10-jpeg.tar.gz /tmp/cifar10-q50.tar.gz --format jpeg
+--quality 50`: what the JPEG-quality check of the results trains on (see results/gpu_2026-11-28/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, load the source, write the tar; bad data or paths print one line and return 1."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("source", help="dataset source: image folder, its tar, cifar-10-python.tar.gz, or tfds")
+    p.add_argument("dest", help="output .tar.gz")
+    p.add_argument("--format", choices=("png", "jpeg"), default="png", help="image format (default: png)")
+    p.add_argument("--quality", type=int, default=75, help="JPEG quality 1..95 (default: 75)")
+    p.add_argument("--data-dir", help="decoded-dataset cache dir (default: ~/.cache/flax_resnet)")
+    args = p.parse_args(argv)
+
+    from flax_resnet import data as data_lib
+
+    try:
+        dataset = data_lib.load_dataset(args.source, args.data_dir)
+        out = data_lib.write_image_folder(dataset, args.dest, args.format, args.quality)
+    except data_lib.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}: {len(dataset.train_labels)} train and {len(dataset.test_labels)} test images "
+          f"({args.format}{f' quality {args.quality}' if args.format == 'jpeg' else ''})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
