@@ -570,26 +570,29 @@ def conv_shape_report(
 
     import torch
 
-    from flax_resnet.conv import choose_lowering
+    from flax_resnet.conv import choose_lowering, winograd_applies
 
-    lowerings = ("xla", "matmul", "mixed", "chunked")
+    lowerings = ("xla", "matmul", "mixed", "chunked", "winograd")
     load_before = os.getloadavg()
     rows = []
     totals = {v: {name: 0.0 for name in (*lowerings, "torch", "chosen")} for v in ("cifar", "imagenet")}
     for shape, counts in conv_shapes(arch).items():
-        t = conv_shape_times(shape, batch_size, repeats, lowerings)
         h, w, cin, cout, k, stride = shape
         p = k // 2
-        chosen = choose_lowering((batch_size, h, w, cin), (k, k, cin, cout), stride, ((p, p), (p, p)))
-        best = min(lowerings, key=lambda name: t[name])
+        x_shape, k_shape, padding = (batch_size, h, w, cin), (k, k, cin, cout), ((p, p), (p, p))
+        usable = [lo for lo in lowerings if lo != "winograd" or winograd_applies(x_shape, k_shape, stride, padding)]
+        t = conv_shape_times(shape, batch_size, repeats, usable)
+        chosen = choose_lowering(x_shape, k_shape, stride, padding)
+        best = min(usable, key=lambda name: t[name])
         for variant, count in counts.items():
             for name in (*lowerings, "torch"):
-                totals[variant][name] += count * t[name]
+                # a lowering that does not apply to a shape counts that shape at chunked's time in its total
+                totals[variant][name] += count * t.get(name, t["chunked"])
             totals[variant]["chosen"] += count * t[chosen]
         used = ", ".join(f"{v} x{c}" for v, c in counts.items())
         row = (
             f"| {h}x{w} | {cin}->{cout} | {k}x{k}/{stride} | {used} | "
-            + " | ".join(f"{t[name] * 1e3:.1f}" for name in (*lowerings, "torch"))
+            + " | ".join(f"{t[name] * 1e3:.1f}" if name in t else "-" for name in (*lowerings, "torch"))
             + f" | {best} | {chosen} | {t['torch'] / t[chosen]:.2f} |"
         )
         rows.append(row)
@@ -610,7 +613,9 @@ def conv_shape_report(
         "Lowerings: `xla` = lax.conv_general_dilated (forward and both gradients); `matmul` = patches + one "
         "matmul (gradients by autodiff of that); `mixed` = XLA convolution forward and input gradient, "
         "patches-matmul kernel gradient (custom VJP); `chunked` = patches + matmul a few images at a time "
-        "(lax.scan over the batch; both gradients chunked the same way). Times in ms; `speedup` = torch / chosen.\n\n"
+        "(lax.scan over the batch; both gradients chunked the same way); `winograd` = Winograd F(2x2, 3x3) a few "
+        "images at a time (3x3 stride-1 convs padded by 1 on even maps only; `-` elsewhere, and its column total "
+        "counts those shapes at chunked's time). Times in ms; `speedup` = torch / chosen.\n\n"
         f"| map | channels | kernel/stride | layers | {' | '.join(lowerings)} | torch | fastest | chosen | speedup |\n"
         f"|{'---|' * (len(lowerings) + 8)}\n"
     )

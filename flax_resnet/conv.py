@@ -8,28 +8,33 @@ XLA's convolution is the right choice (see DESIGN.md, "Convolution lowering").
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-Lowering = Literal["auto", "xla", "matmul", "mixed", "chunked"]
-LOWERINGS: tuple[str, ...] = ("auto", "xla", "matmul", "mixed", "chunked")
+Lowering = Literal["auto", "xla", "matmul", "mixed", "chunked", "winograd"]
+LOWERINGS: tuple[str, ...] = ("auto", "xla", "matmul", "mixed", "chunked", "winograd")
 
 # On CPU (results/conv_shapes.md, ResNet-18 shapes at batch 128): XLA's convolution is slow, above all its
 # kernel gradient, and patches + one matmul over the whole batch streams a patch buffer of up to ~300 MB
 # through memory. So: 1x1 convs are a strided slice + one matmul; the 7x7 stem is XLA's forward and input
 # gradient with a patches-matmul kernel gradient ("mixed"); the 3x3 stem conv on 3 input channels (a small
-# patch matrix) is one patches-matmul; every other conv is patches-matmul a few images at a time
-# ("chunked"), forward and both gradients.
+# patch matrix) is one patches-matmul; float32 3x3 stride-1 "same" convs on even maps (most of a ResNet's
+# work) are Winograd F(2x2, 3x3) a few images at a time ("winograd", 2.25x fewer multiplies); every other conv
+# is patches-matmul a few images at a time ("chunked"), forward and both gradients. Winograd only for float32:
+# in float64 (the parity suite) it measured slower at small batches and compiles ~2x slower per shape, and
+# in bfloat16 its tile transforms would add rounding that a direct conv does not have.
 CPU_CHUNKED_MIN_CHANNELS = 16
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
-def choose_lowering(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int, padding: Padding) -> str:
-    """Pick the lowering for one convolution from the backend, kernel size and input channels."""
+def choose_lowering(
+    x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int, padding: Padding, dtype: Any = jnp.float32
+) -> str:
+    """Pick the lowering for one convolution from the backend, kernel size, input channels, geometry and dtype."""
     if jax.default_backend() != "cpu":
         return "xla"
     kh, kw, cin = kernel_shape[0], kernel_shape[1], kernel_shape[2]
@@ -39,6 +44,8 @@ def choose_lowering(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], str
         return "mixed"
     if cin < CPU_CHUNKED_MIN_CHANNELS:
         return "matmul"
+    if jnp.dtype(dtype) == jnp.float32 and winograd_applies(x_shape, kernel_shape, stride, padding):
+        return "winograd"
     return "chunked"
 
 
@@ -142,16 +149,135 @@ def _conv_chunked_bwd(stride: int, padding: Padding, residuals, g: jax.Array):
 _conv_chunked.defvjp(_conv_chunked_fwd, _conv_chunked_bwd)
 
 
+# `winograd`: F(2x2, 3x3) (Lavin & Gray, 2016) for 3x3 stride-1 convs padded by 1 on even maps. Each 4x4
+# input tile (stride 2) is transformed (B^T d B), the 3x3 kernel too (G g G^T), the 16 transformed positions
+# are 16 matmuls over (tiles, cin) x (cin, cout), and each result maps back to a 2x2 output tile (A^T m A):
+# 16 multiplies per 4 outputs instead of 36. The input gradient is the same routine on the output gradient
+# with the flipped, transposed kernel; the kernel gradient is accumulated in the transformed domain. A few
+# images at a time, so the transformed tiles (4x the input) stay in cache.
+WINOGRAD_CHUNK_BYTES = 8 * 2**20
+_WINO_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+
+
+def winograd_applies(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int, padding: Padding) -> bool:
+    """Whether the `winograd` lowering handles this conv: 3x3, stride 1, padding 1 all round, even h and w."""
+    kh, kw = kernel_shape[0], kernel_shape[1]
+    same = tuple(map(tuple, padding)) == ((1, 1), (1, 1))
+    return kh == kw == 3 and stride == 1 and same and x_shape[1] % 2 == 0 and x_shape[2] % 2 == 0
+
+
+def _winograd_images(x_shape: tuple[int, ...], channels: int) -> int:
+    """Images per chunk: the largest divisor of the batch whose transformed tiles fit in WINOGRAD_CHUNK_BYTES."""
+    n, h, w = x_shape[:3]
+    per_image = max(1, 4 * h * w * channels * 4)  # 16 values per 2x2 tile
+    m = max(1, min(n, WINOGRAD_CHUNK_BYTES // per_image))
+    while n % m:
+        m -= 1
+    return m
+
+
+def _b_t(d: list[jax.Array]) -> list[jax.Array]:
+    """B^T applied along one axis to its 4 strided views."""
+    d0, d1, d2, d3 = d
+    return [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
+
+
+def _wino_input(x: jax.Array) -> jax.Array:
+    """(m, h, w, c) -> (16, m*h/2*w/2, c): B^T d B of every 4x4 tile (stride 2) of the input padded by 1."""
+    m, h, w, c = x.shape
+    t, s = h // 2, w // 2
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    v = []
+    for r in _b_t([xp[:, a : a + 2 * t : 2] for a in range(4)]):
+        v += _b_t([r[:, :, b : b + 2 * s : 2] for b in range(4)])
+    return jnp.stack(v).reshape(16, m * t * s, c)
+
+
+def _wino_kernel(kernel: jax.Array) -> jax.Array:
+    """(3, 3, cin, cout) -> (16, cin, cout): G g G^T."""
+    g = jnp.asarray(_WINO_G, kernel.dtype)
+    return jnp.einsum("ai,ijck,bj->abck", g, kernel, g).reshape(16, *kernel.shape[2:])
+
+
+def _wino_output(mm: jax.Array, m: int, t: int, s: int) -> jax.Array:
+    """(16, m*t*s, k) -> (m, 2t, 2s, k): A^T M A for every tile."""
+    mm = mm.reshape(4, 4, m, t, s, mm.shape[-1])
+    rows = (mm[0] + mm[1] + mm[2], mm[1] - mm[2] - mm[3])
+    out = [jnp.stack([r[0] + r[1] + r[2], r[1] - r[2] - r[3]], axis=3) for r in rows]  # (m, t, s, 2, k)
+    return jnp.stack(out, axis=2).reshape(m, 2 * t, 2 * s, mm.shape[-1])
+
+
+def _wino_output_grad(g: jax.Array) -> jax.Array:
+    """(m, 2t, 2s, k) -> (16, m*t*s, k): A g A^T per 2x2 tile, the transpose of `_wino_output`."""
+    m, h, w, k = g.shape
+    g = g.reshape(m, h // 2, 2, w // 2, 2, k)
+
+    def a(y0: jax.Array, y1: jax.Array) -> list[jax.Array]:
+        return [y0, y0 + y1, y0 - y1, -y1]
+
+    v = []
+    for r in a(g[:, :, 0], g[:, :, 1]):
+        v += a(r[:, :, :, 0], r[:, :, :, 1])
+    return jnp.stack(v).reshape(16, m * (h // 2) * (w // 2), k)
+
+
+def _wino_chunk(x: jax.Array, u: jax.Array) -> jax.Array:
+    m, h, w, _ = x.shape
+    return _wino_output(jnp.einsum("pnc,pck->pnk", _wino_input(x), u), m, h // 2, w // 2)
+
+
+def _wino_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    u = _wino_kernel(kernel)
+    ys = lax.map(lambda xc: _wino_chunk(xc, u), _chunks(x, _winograd_images(x.shape, max(kernel.shape[2:]))))
+    return ys.reshape(x.shape[0], *ys.shape[2:])
+
+
+@jax.custom_vjp
+def _conv_winograd(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """3x3, stride 1, padding 1, even h and w: Winograd F(2x2, 3x3), chunked; gradients likewise."""
+    return _wino_conv(x, kernel)
+
+
+def _conv_winograd_fwd(x: jax.Array, kernel: jax.Array):
+    return _wino_conv(x, kernel), (x, kernel)
+
+
+def _conv_winograd_bwd(residuals, g: jax.Array):
+    x, kernel = residuals
+    m = _winograd_images(x.shape, max(kernel.shape[2:]))
+    u_t = _wino_kernel(jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))  # input gradient = conv with this kernel
+
+    def chunk(du: jax.Array, xg: tuple[jax.Array, jax.Array]):
+        xc, gc = xg
+        du = du + jnp.einsum("pnc,pnk->pck", _wino_input(xc), _wino_output_grad(gc))
+        return du, _wino_chunk(gc, u_t)
+
+    du0 = jnp.zeros((16, *kernel.shape[2:]), kernel.dtype)
+    du, dxs = lax.scan(chunk, du0, (_chunks(x, m), _chunks(g, m)))
+    dk = jax.vjp(_wino_kernel, kernel)[1](du)[0]  # G^T dU G
+    return dxs.reshape(x.shape), dk
+
+
+_conv_winograd.defvjp(_conv_winograd_fwd, _conv_winograd_bwd)
+
+
 def conv2d(
     x: jax.Array, kernel: jax.Array, stride: int, padding: Padding, lowering: Lowering = "auto"
 ) -> jax.Array:
     """NHWC x HWIO convolution with explicit (symmetric or not) padding, lowered as chosen."""
     if lowering == "auto":
-        lowering = choose_lowering(x.shape, kernel.shape, stride, padding)  # type: ignore[assignment]
+        lowering = choose_lowering(x.shape, kernel.shape, stride, padding, x.dtype)  # type: ignore[assignment]
     if lowering == "xla":
         return _conv_xla(x, kernel, stride, padding)
     if lowering == "matmul":
         return _conv_matmul(x, kernel, stride, padding)
+    if lowering == "winograd":
+        if not winograd_applies(x.shape, kernel.shape, stride, padding):
+            raise ValueError(
+                f"the winograd lowering needs a 3x3 kernel, stride 1, padding 1 and even height and width; got "
+                f"kernel {kernel.shape[:2]}, stride {stride}, padding {padding}, input {x.shape}"
+            )
+        return _conv_winograd(x, kernel)
     if lowering in ("mixed", "chunked"):
         padding = (tuple(padding[0]), tuple(padding[1]))  # hashable: it is a static argument of the custom VJP
         return (_conv_mixed if lowering == "mixed" else _conv_chunked)(x, kernel, stride, padding)

@@ -5,14 +5,17 @@ from __future__ import annotations
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
+from flax_resnet import conv
 from flax_resnet.conv import LOWERINGS, choose_lowering, conv2d
 
 SIZES = (1, 2, 5, 32, 33)
 CONCRETE = tuple(lo for lo in LOWERINGS if lo != "auto")
+GENERAL = tuple(lo for lo in CONCRETE if lo != "winograd")  # winograd: 3x3 stride-1 "same" convs only
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -45,16 +48,16 @@ def _forward_and_grads(xs, ws, gs, strides, paddings, lowering):
     return out
 
 
-def _check(lowering, cases):
-    """cases: (size, k, stride, padding, cin, cout); n = 2 images each."""
+def _check(lowering, cases, n=2, dtype=np.float32, tol=1e-5):
+    """cases: (size, k, stride, padding, cin, cout); n images each; max error relative to the largest value."""
     xs, ws, gs = [], [], []
     for size, k, stride, padding, cin, cout in cases:
         rng = np.random.default_rng(size * 100 + k * 10 + stride)
-        xs.append(rng.standard_normal((2, size, size, cin)).astype(np.float32))
-        ws.append(rng.standard_normal((k, k, cin, cout)).astype(np.float32))
+        xs.append(rng.standard_normal((n, size, size, cin)).astype(dtype))
+        ws.append(rng.standard_normal((k, k, cin, cout)).astype(dtype))
         ho = (size + sum(padding[0]) - k) // stride + 1
         wo = (size + sum(padding[1]) - k) // stride + 1
-        gs.append(rng.standard_normal((2, ho, wo, cout)).astype(np.float32))
+        gs.append(rng.standard_normal((n, ho, wo, cout)).astype(dtype))
     strides = tuple(c[2] for c in cases)
     paddings = tuple(c[3] for c in cases)
     results = _forward_and_grads(xs, ws, gs, strides, paddings, lowering)
@@ -63,10 +66,10 @@ def _check(lowering, cases):
         assert ours[0].shape == refs[0].shape, case
         for name, a, b in zip(("y", "dx", "dw"), ours, refs, strict=True):
             err = _rel(np.asarray(a), b)
-            assert err <= 1e-5, (lowering, case, name, err)
+            assert err <= tol, (lowering, case, name, err)
 
 
-@pytest.mark.parametrize("lowering", CONCRETE)
+@pytest.mark.parametrize("lowering", GENERAL)
 @pytest.mark.parametrize("k", (1, 3, 7))
 @pytest.mark.parametrize("stride", (1, 2))
 def test_lowering_matches_torch(lowering: str, k: int, stride: int) -> None:
@@ -74,11 +77,48 @@ def test_lowering_matches_torch(lowering: str, k: int, stride: int) -> None:
     _check(lowering, [(size, k, stride, p, 3, 5) for size in SIZES])
 
 
-@pytest.mark.parametrize("lowering", CONCRETE)
+@pytest.mark.parametrize("lowering", GENERAL)
 def test_asymmetric_padding_and_wide_channels(lowering: str) -> None:
     # Asymmetric explicit padding (the 'SAME'-with-stride-2 trap) and channel counts as in the net's deep stages.
     cases = [(5, 3, 2, ((0, 1), (1, 0)), 3, 5), (4, 3, 1, ((1, 1),) * 2, 64, 32), (2, 1, 2, ((0, 0),) * 2, 48, 16)]
     _check(lowering, cases)
+
+
+@pytest.mark.parametrize("chunk_bytes", (None, 1))
+def test_winograd_matches_torch(chunk_bytes: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Even maps from 2x2 (one tile) to 32x32, narrow and wide channels; chunk_bytes=1 forces one image per
+    # chunk, so the scan over chunks and the kernel-gradient accumulation across chunks are exercised.
+    if chunk_bytes is not None:
+        monkeypatch.setattr(conv, "WINOGRAD_CHUNK_BYTES", chunk_bytes)
+    same = ((1, 1), (1, 1))
+    cases = [(2, 3, 1, same, 3, 5), (4, 3, 1, same, 64, 32), (8, 3, 1, same, 16, 48), (32, 3, 1, same, 3, 5)]
+    _check("winograd", cases, n=3 if chunk_bytes is None else 4)
+
+
+def test_winograd_is_exact_math_in_float64() -> None:
+    # The transforms are exact identities, so in float64 Winograd agrees with torch's direct conv to roundoff.
+    same = ((1, 1), (1, 1))
+    with jax.enable_x64(True):
+        _check("winograd", [(4, 3, 1, same, 8, 16), (16, 3, 1, same, 32, 8)], dtype=np.float64, tol=1e-12)
+
+
+def test_auto_picks_winograd_for_float32_same_convs_only() -> None:
+    same = ((1, 1), (1, 1))
+    big, k = (128, 32, 32, 64), (3, 3, 64, 64)
+    if jax.default_backend() == "cpu":
+        assert choose_lowering(big, k, 1, same, np.float32) == "winograd"
+        for dtype in (np.float64, jnp.bfloat16):
+            assert choose_lowering(big, k, 1, same, dtype) == "chunked"
+        assert choose_lowering(big, k, 2, same, np.float32) == "chunked"
+        assert choose_lowering((128, 5, 5, 64), k, 1, same, np.float32) == "chunked"
+
+
+def test_winograd_refuses_other_geometries() -> None:
+    for size, k, stride, padding in ((5, 3, 1, ((1, 1),) * 2), (4, 3, 2, ((1, 1),) * 2), (4, 1, 1, ((0, 0),) * 2),
+                                     (4, 3, 1, ((0, 1), (1, 0)))):
+        with pytest.raises(ValueError, match="winograd lowering needs"):
+            conv2d(np.zeros((1, size, size, 2), np.float32), np.zeros((k, k, 2, 2), np.float32), stride, padding,
+                   "winograd")
 
 
 def test_auto_resolves_to_a_concrete_lowering() -> None:
