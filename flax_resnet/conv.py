@@ -21,9 +21,10 @@ LOWERINGS: tuple[str, ...] = ("auto", "xla", "matmul", "mixed", "chunked", "wino
 # kernel gradient, and patches + one matmul over the whole batch streams a patch buffer of up to ~300 MB
 # through memory. So: 1x1 convs are a strided slice + one matmul; the 7x7 stem is XLA's forward and input
 # gradient with a patches-matmul kernel gradient ("mixed"); the 3x3 stem conv on 3 input channels (a small
-# patch matrix) is one patches-matmul; float32 3x3 stride-1 "same" convs on even maps (most of a ResNet's
-# work) are Winograd F(2x2, 3x3) a few images at a time ("winograd", 2.25x fewer multiplies); every other conv
-# is patches-matmul a few images at a time ("chunked"), forward and both gradients. Winograd only for float32:
+# patch matrix) is one patches-matmul; float32 3x3 stride-1 "same" convs on even maps of at least 4x4 (most
+# of a ResNet's work) are Winograd F(2x2, 3x3) a few images at a time ("winograd", 2.25x fewer multiplies);
+# every other conv is patches-matmul a few images at a time ("chunked"), forward and both gradients. Winograd
+# only for float32:
 # in float64 (the parity suite) it measured slower at small batches and compiles ~2x slower per shape, and
 # in bfloat16 its tile transforms would add rounding that a direct conv does not have.
 CPU_CHUNKED_MIN_CHANNELS = 16
@@ -44,7 +45,8 @@ def choose_lowering(
         return "mixed"
     if cin < CPU_CHUNKED_MIN_CHANNELS:
         return "matmul"
-    if jnp.dtype(dtype) == jnp.float32 and winograd_applies(x_shape, kernel_shape, stride, padding):
+    big_enough = x_shape[1] >= 4 and x_shape[2] >= 4  # at 2x2, one tile: the transforms cost more than they save
+    if jnp.dtype(dtype) == jnp.float32 and big_enough and winograd_applies(x_shape, kernel_shape, stride, padding):
         return "winograd"
     return "chunked"
 

@@ -25,7 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "float32", "bfloat16"),
         help="compute dtype, auto: bf16 on GPU/TPU, fp32 on CPU; " + flags.recipe_default("dtype"),
     )
-    p.add_argument("--conv-lowering", choices=LOWERINGS, help="convolution lowering (default: auto)")
+    p.add_argument(
+        "--conv-lowering",
+        choices=LOWERINGS,
+        help="convolution lowering (default: auto; winograd: where the geometry allows, auto elsewhere)",
+    )
     p.add_argument(
         "--checkpoint-every", type=flags.positive_int, help="checkpoint every N steps (default: once per epoch)"
     )

@@ -111,6 +111,8 @@ def test_auto_picks_winograd_for_float32_same_convs_only() -> None:
             assert choose_lowering(big, k, 1, same, dtype) == "chunked"
         assert choose_lowering(big, k, 2, same, np.float32) == "chunked"
         assert choose_lowering((128, 5, 5, 64), k, 1, same, np.float32) == "chunked"
+        assert choose_lowering((128, 2, 2, 64), k, 1, same, np.float32) == "chunked"
+        assert choose_lowering((128, 4, 4, 64), k, 1, same, np.float32) == "winograd"
 
 
 def test_winograd_refuses_other_geometries() -> None:
@@ -129,3 +131,15 @@ def test_auto_resolves_to_a_concrete_lowering() -> None:
 def test_unknown_lowering_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="valid choices"):
         conv2d(np.zeros((1, 4, 4, 1), np.float32), np.zeros((3, 3, 1, 1), np.float32), 1, ((1, 1), (1, 1)), "fft")
+
+
+def test_model_wide_winograd_falls_back_where_it_cannot_apply() -> None:
+    # resnet18 cifar has stride-2 3x3 and 1x1 convs: with conv_lowering="winograd" those use auto's choice, and
+    # the logits equal the all-chunked model's (same seed, same weights) to float32 roundoff.
+    from flax_resnet import create_model, predict
+
+    x = np.random.default_rng(0).standard_normal((2, 16, 16, 3)).astype(np.float32)
+    wino = np.asarray(predict(create_model("resnet18", "cifar", conv_lowering="winograd"), x))
+    chunked = np.asarray(predict(create_model("resnet18", "cifar", conv_lowering="chunked"), x))
+    assert wino.shape == (2, 10)
+    assert _rel(wino, chunked) <= 1e-5
