@@ -73,6 +73,11 @@ def test_cli_writes_records(tmp_path: Path) -> None:
         assert len(r["window_images_per_second"]) == 5
         assert (r["arch"], r["variant"], r["batch_size"]) == ("resnet18", "imagenet", 8)
     assert "ratio jax float32 (augmented) / torch eager float32" in proc.stdout
+    for r in records:
+        if r["input"] == "augmented":  # the input work alone is part of the augmented step, so it is shorter
+            step_ms = 1000 * r["batch_size"] / r["train_images_per_second"]
+            assert 0 < r["input_ms_per_step"] < step_ms, (r["input_ms_per_step"], step_ms)
+    assert "input work alone:" in proc.stdout
 
 
 def test_cli_bad_flag_is_one_line_error(tmp_path: Path) -> None:
