@@ -24,9 +24,8 @@ LOWERINGS: tuple[str, ...] = ("auto", "xla", "matmul", "mixed", "chunked", "wino
 # patch matrix) is one patches-matmul; float32 3x3 stride-1 "same" convs on even maps of at least 4x4 (most
 # of a ResNet's work) are Winograd F(2x2, 3x3) a few images at a time ("winograd", 2.25x fewer multiplies);
 # every other conv is patches-matmul a few images at a time ("chunked"), forward and both gradients. Winograd
-# only for float32:
-# in float64 (the parity suite) it measured slower at small batches and compiles ~2x slower per shape, and
-# in bfloat16 its tile transforms would add rounding that a direct conv does not have.
+# only for float32: in float64 (the parity suite) it measured slower at small batches and compiles ~2x slower
+# per shape, and in bfloat16 its tile transforms would add rounding that a direct conv does not have.
 CPU_CHUNKED_MIN_CHANNELS = 16
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
@@ -105,17 +104,21 @@ _conv_mixed.defvjp(_conv_mixed_fwd, _conv_mixed_bwd)
 CHUNK_BYTES = 6 * 2**20
 
 
+def _images_per_chunk(n: int, bytes_per_image: int, budget: int) -> int:
+    """The largest divisor of the batch `n` whose chunk fits in `budget` bytes (at least 1)."""
+    m = max(1, min(n, budget // max(1, bytes_per_image)))
+    while n % m:
+        m -= 1
+    return m
+
+
 def _chunk_images(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int, padding: Padding) -> int:
-    """Images per chunk: the largest divisor of the batch whose patch buffer fits in CHUNK_BYTES (>= 1)."""
+    """Images per chunk of the `chunked` lowering: its patch buffer fits in CHUNK_BYTES."""
     n, h, w, cin = x_shape
     kh, kw = kernel_shape[0], kernel_shape[1]
     ho = (h + sum(padding[0]) - kh) // stride + 1
     wo = (w + sum(padding[1]) - kw) // stride + 1
-    per_image = max(1, ho * wo * kh * kw * cin * 4)
-    m = max(1, min(n, CHUNK_BYTES // per_image))
-    while n % m:
-        m -= 1
-    return m
+    return _images_per_chunk(n, ho * wo * kh * kw * cin * 4, CHUNK_BYTES)
 
 
 def _chunks(a: jax.Array, m: int) -> jax.Array:
@@ -169,13 +172,9 @@ def winograd_applies(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], st
 
 
 def _winograd_images(x_shape: tuple[int, ...], channels: int) -> int:
-    """Images per chunk: the largest divisor of the batch whose transformed tiles fit in WINOGRAD_CHUNK_BYTES."""
+    """Images per chunk of the `winograd` lowering: its transformed tiles fit in WINOGRAD_CHUNK_BYTES."""
     n, h, w = x_shape[:3]
-    per_image = max(1, 4 * h * w * channels * 4)  # 16 values per 2x2 tile
-    m = max(1, min(n, WINOGRAD_CHUNK_BYTES // per_image))
-    while n % m:
-        m -= 1
-    return m
+    return _images_per_chunk(n, 4 * h * w * channels * 4, WINOGRAD_CHUNK_BYTES)  # 16 values per 2x2 tile
 
 
 def _b_t(d: list[jax.Array]) -> list[jax.Array]:
