@@ -168,8 +168,9 @@ class RunError(Exception):
 
 # Fields that must match to resume a workdir: a different model cannot continue from these checkpoints.
 RESUME_KEYS = ("arch", "variant", "num_classes", "dtype")
-# Host fetches of the running metrics (progress bar, NaN check) happen every this many steps.
-FETCH_EVERY = 10
+# Host fetches of the running metrics (progress bar, NaN check) happen at most this often, besides epoch ends
+# and checkpoints: each one makes the host wait for the device to drain its queue of steps.
+FETCH_SECONDS = 1.0
 
 
 def check_workdir(workdir: str | Path, config: Config, keys: tuple[str, ...] = RESUME_KEYS) -> Config | None:
@@ -259,13 +260,16 @@ def load_run(path: str | Path, warn: Callable[[str], None] | None = None) -> Loa
     return LoadedRun(config, names, graphdef, state, int(meta["step"]), directory / str(meta["step"]))
 
 
-def make_eval_fn(graphdef: nnx.GraphDef) -> Callable[..., dict[str, jax.Array]]:
-    """Jitted `(state, images, labels, idx, mask) -> sums`: gathers the batch on device, then make_eval_step."""
+def make_eval_fn(graphdef: nnx.GraphDef, treedef: Any) -> Callable[..., dict[str, jax.Array]]:
+    """Jitted `(leaves, images, labels, idx, mask) -> sums` for states of `treedef` (`jax.tree.structure` of
+    the TrainState): gathers the batch on device, then make_eval_step. It takes the state's leaves, not the
+    state, for the host overhead per call (see `make_loop_step`)."""
     eval_step = make_eval_step(graphdef)
 
     @jax.jit
-    def run(state, images, labels, idx, mask):
-        return eval_step(state, {"image": images[idx], "label": labels[idx], "mask": mask})
+    def run(leaves, images, labels, idx, mask):
+        batch = {"image": images[idx], "label": labels[idx], "mask": mask}
+        return eval_step(jax.tree.unflatten(treedef, leaves), batch)
 
     return run
 
@@ -282,13 +286,15 @@ def evaluate(
 ) -> dict[str, Any]:
     """Test loss/accuracy over every image exactly once (padded last batch, one compiled shape).
 
-    With `keep_logits`, also returns the (n, classes) float32 logits in dataset order.
+    `eval_fn` is `make_eval_fn(graphdef, jax.tree.structure(state))`. With `keep_logits`, also returns the
+    (n, classes) float32 logits in dataset order.
     """
+    leaves = jax.tree.leaves(state)
     n = int(labels.shape[0])
     idx, mask = data_lib.eval_batches(n, batch_size)
     sums, logits = [], []
     for i in range(len(idx)):
-        out = eval_fn(state, images, labels, put_batch(idx[i], mesh), put_batch(mask[i], mesh))
+        out = eval_fn(leaves, images, labels, put_batch(idx[i], mesh), put_batch(mask[i], mesh))
         sums.append((out["loss_sum"], out["correct"], out["count"]))
         if keep_logits or i == 0:
             logits.append(out["logits"])
@@ -321,12 +327,17 @@ def loop_sums(loss: float = 0.0, correct: float = 0.0) -> dict[str, np.ndarray]:
     return {"loss": np.float32(loss), "correct": np.float32(correct), "first_bad": np.int32(-1)}
 
 
-def make_loop_step(train_step: Callable, steps_per_epoch: int) -> Callable:
+def make_loop_step(train_step: Callable, steps_per_epoch: int, treedef: Any) -> Callable:
     """The training loop's per-step call, with no host work per step beyond the call itself: pick this step's
     row of the epoch's device-resident index array, gather the batch from the device-resident dataset, run
     `train_step` (augmentation inside) and add loss/correct to device-side running sums (no host sync).
 
-    `(state, sums, images, labels, order, base_key) -> (state, sums)`, jitted, donating state and sums.
+    `(leaves, sums, images, labels, order, base_key) -> (leaves, sums)`, jitted, donating leaves and sums;
+    `leaves` is `jax.tree.leaves(state)` of a TrainState of structure `treedef`. Passing the flat list
+    instead of the state is what keeps the call cheap: jit's host work to flatten and rebuild the TrainState
+    pytree of nnx.State dicts is ~2-3 ms per call (a ResNet-18's 186 arrays, 2-core CPU), a list of the same
+    arrays well under 1 ms (`scripts/benchmark.py` reports both), and a small GPU step (the article recipe's
+    batch of 128) takes about as long as the former.
     `order` is the epoch's (steps_per_epoch, batch) example indices (`data.train_batch_indices`); the row is
     `state.step % steps_per_epoch` and the augmentation key `fold_in(base_key, state.step)`, both computed on
     the device from the global step, so a resumed run continues exactly. sums holds float32 `loss`,
@@ -335,7 +346,8 @@ def make_loop_step(train_step: Callable, steps_per_epoch: int) -> Callable:
     """
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def loop_step(state, sums, images, labels, order, base_key):
+    def loop_step(leaves, sums, images, labels, order, base_key):
+        state = jax.tree.unflatten(treedef, leaves)
         idx = lax.dynamic_index_in_dim(order, state.step % steps_per_epoch, keepdims=False)
         rng = jax.random.fold_in(base_key, state.step)
         state, metrics = train_step(state, {"image": images[idx], "label": labels[idx]}, rng)
@@ -345,7 +357,7 @@ def make_loop_step(train_step: Callable, steps_per_epoch: int) -> Callable:
             "correct": sums["correct"] + metrics["accuracy"] * idx.shape[0],
             "first_bad": jnp.where((sums["first_bad"] < 0) & bad, state.step, sums["first_bad"]),
         }
-        return state, sums
+        return jax.tree.leaves(state), sums
 
     return loop_step
 
@@ -420,10 +432,11 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     test_images = put_replicated(dataset.test_images, mesh)
     test_labels = put_replicated(dataset.test_labels, mesh)
     train_step = make_train_step(graphdef, tx, config)
-    eval_fn = make_eval_fn(graphdef)
+    treedef = jax.tree.structure(state)
+    eval_fn = make_eval_fn(graphdef, treedef)
     base_key = jax.random.key(config.seed)
 
-    run_step = make_loop_step(train_step, steps_per_epoch)
+    run_step = make_loop_step(train_step, steps_per_epoch, treedef)
 
     @jax.jit
     def all_finite(state):
@@ -451,7 +464,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             "count": acc["count"] + pending_steps * bs,
         }
 
-    def save(step, epoch_sums):
+    def save(step, state, epoch_sums):
         if not bool(all_finite(state)):
             last = ckpt.latest_step()
             raise RunError(
@@ -478,9 +491,11 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             first = step - epoch * steps_per_epoch
             bar = reporter.epoch_bar(epoch + 1, epochs_total, steps_per_epoch, first)
             sums, pending = new_sums(acc["loss"], acc["correct"]), 0
-            t0 = time.time()
+            t0 = last_fetch = time.time()
+            leaves = jax.tree.leaves(state)  # the loop carries the flat state (make_loop_step); `state` is
+            del state  # rebuilt from it after the loop, its own arrays being donated by the first call
             for i in range(first, steps_per_epoch):
-                state, sums = run_step(state, sums, images, labels, order, base_key)
+                leaves, sums = run_step(leaves, sums, images, labels, order, base_key)
                 if not compiled:  # keep compilation out of the epoch time and img/s
                     jax.block_until_ready(sums)
                     compiled = True
@@ -492,8 +507,9 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                 # The final checkpoint of a run is written after its metrics line (below), never before it.
                 stopping = step >= total_steps or stop["signal"] is not None
                 due = step % every == 0 and not stopping
-                if step % FETCH_EVERY == 0 or due or end_epoch or stopping:
+                if time.time() - last_fetch >= FETCH_SECONDS or due or end_epoch or stopping:
                     now = fetch(sums, pending)
+                    last_fetch = time.time()
                     bar.update(step - epoch * steps_per_epoch - bar.n)
                     seconds = acc["seconds"] + time.time() - t0
                     bar.set_postfix(
@@ -502,11 +518,12 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                         img_s=f"{(now['count'] - acc['count']) / max(1e-9, time.time() - t0):.0f}",
                     )
                     if due and not end_epoch and step != last_saved:
-                        save(step, dict(now, seconds=seconds))
+                        save(step, jax.tree.unflatten(treedef, leaves), dict(now, seconds=seconds))
                         last_saved = step
                 if step >= total_steps or stop["signal"] is not None:
                     break
             bar.close()
+            state = jax.tree.unflatten(treedef, leaves)
             now = fetch(sums, pending)
             seconds = acc["seconds"] + time.time() - t0
             complete = step % steps_per_epoch == 0
@@ -532,18 +549,18 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             if complete:
                 acc = {"loss": 0.0, "correct": 0.0, "count": 0, "seconds": 0.0}
                 if step != last_saved:
-                    save(step, acc)
+                    save(step, state, acc)
                     last_saved = step
             else:
                 acc = dict(now, seconds=seconds)
                 if step != last_saved:
-                    save(step, acc)
+                    save(step, state, acc)
                     last_saved = step
             if stop["signal"] is not None:
                 stopped = f"signal {stop['signal']}"
                 break
         if step != last_saved:  # nothing left to run (e.g. resumed a finished run with larger max-steps)
-            save(step, acc)
+            save(step, state, acc)
             last_saved = step
     finally:
         ckpt.close()

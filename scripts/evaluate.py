@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size <= 0:
         p.error(f"--batch-size must be positive, got {args.batch_size}")
 
+    import jax
     import numpy as np
 
     from flax_resnet import data as data_lib
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         state = put_replicated(run.state, mesh)
         images = put_replicated(dataset.test_images, mesh)
         labels = put_replicated(dataset.test_labels, mesh)
-        ev = evaluate(make_eval_fn(run.graphdef), state, images, labels, batch, mesh, keep_logits=True)
+        eval_fn = make_eval_fn(run.graphdef, jax.tree.structure(state))
+        ev = evaluate(eval_fn, state, images, labels, batch, mesh, keep_logits=True)
     except (CheckpointError, data_lib.DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -8,8 +8,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import TINY_TEST_PER_CLASS
 
+from conftest import TINY_TEST_PER_CLASS
 from flax_resnet import data as data_lib
 from flax_resnet.checkpoint import Checkpointer
 from flax_resnet.config import make_config
@@ -42,7 +42,7 @@ def test_eval_counts_every_test_image_once(tiny_data: Path, tmp_path: Path) -> N
     graphdef, state, _, _ = build_state(config)
     mesh = make_mesh()
     ev = evaluate(
-        make_eval_fn(graphdef),
+        make_eval_fn(graphdef, jax.tree.structure(state)),
         put_replicated(state, mesh),
         put_replicated(dataset.test_images, mesh),
         put_replicated(dataset.test_labels, mesh),
