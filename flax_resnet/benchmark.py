@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_resnet import data as data_lib
-from flax_resnet import models
+from flax_resnet import models, profiling
 from flax_resnet.distributed import make_mesh, put_batch
 
 FRAMEWORKS: tuple[str, ...] = ("jax", "torch")
@@ -247,6 +248,7 @@ def bench_jax(
     peak_tflops: float | None = None,
     conv_lowering: str = "auto",
     dataset_size: int | None = None,
+    profile_dir: str | None = None,
 ) -> list[dict[str, Any]]:
     """Two records for the real jitted train step: augmented batches gathered from a device-resident dataset,
     and one fixed device batch (no gather, no augmentation); eval throughput on the same batch size."""
@@ -319,6 +321,8 @@ def bench_jax(
     # an upper bound: one small program per call, so on a GPU this includes its launch cost
     augmented["input_ms_per_step"] = input_ms
     augmented["host_ms_per_call"] = host_ms
+    if profile_dir:
+        augmented["profile"] = profiling.profile_jax(run_gathered, steps, Path(profile_dir) / f"jax_{dtype}")
     records.append(augmented)
 
     # --- one fixed batch already on the device: the step without the input pipeline
@@ -356,6 +360,7 @@ def bench_torch(
     warmup: int,
     windows: int,
     peak_tflops: float | None = None,
+    profile_dir: str | None = None,
 ) -> dict[str, Any]:
     """The torch_ref model with torch.optim.SGD (article settings) on one fixed normalized batch.
 
@@ -437,8 +442,11 @@ def bench_torch(
     else:
         mem, source = cpu_peak_rss_mb(), "process maxrss (cumulative in this process)"
         device = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    return _record("torch", mode, dtype, arch, variant, batch_size, device, "fixed", train_times, eval_times, steps,
-                   compile_s, mem, source, peak_tflops)
+    record = _record("torch", mode, dtype, arch, variant, batch_size, device, "fixed", train_times, eval_times, steps,
+                     compile_s, mem, source, peak_tflops)
+    if profile_dir:
+        record["profile"] = profiling.profile_torch(train_step, steps, profile_dir, f"torch_{mode}_{dtype}")
+    return record
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -457,6 +465,7 @@ def run_benchmark(
     windows: int = 5,
     peak_tflops: float | None = None,
     conv_lowering: str = "auto",
+    profile_dir: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Every requested (framework, mode, dtype) combination on the same model, batch and device."""
@@ -468,7 +477,7 @@ def run_benchmark(
     models.check_names(arch, variant)
     if steps < 1 or windows < 1 or warmup < 0 or batch_size < 2:
         raise ValueError("need --steps >= 1, --windows >= 1, --warmup >= 0 and --batch-size >= 2")
-    kw = dict(steps=steps, warmup=warmup, windows=windows, peak_tflops=peak_tflops)
+    kw = dict(steps=steps, warmup=warmup, windows=windows, peak_tflops=peak_tflops, profile_dir=profile_dir)
     records: list[dict[str, Any]] = []
     if "jax" in frameworks and "jit" in modes:
         for dtype in dtypes:
@@ -527,6 +536,10 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
                 f"state as a list of arrays), {pair['fixed']['host_ms_per_call']:.3f} ms (train step, TrainState "
                 "pytree)"
             )
+    for r in records:
+        if "profile" in r:
+            lines.append(profiling.format_profile(f"{r['framework']} {r['mode']} {r['dtype']} ({r['input']})",
+                                                  r["profile"]))
     return "\n".join(lines)
 
 

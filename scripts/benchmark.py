@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak, for the fraction column")
     parser.add_argument("--conv-lowering", default="auto", choices=LOWERINGS, help="JAX convolution lowering")
     parser.add_argument("--json", default=None, help="write the records to this JSON file")
+    parser.add_argument(
+        "--profile", default=None, metavar="DIR",
+        help="also trace --steps train steps of each torch run and of the trainer's JAX call (jax.profiler / "
+             "torch.profiler) into DIR and print where "
+             "the device time goes (top kernels); the summaries go into the JSON records",
+    )
     parser.add_argument("--conv-table", default=None, help="instead: write the per-shape conv table (markdown)")
     parser.add_argument("--conv-repeats", type=int, default=5, help="interleaved repeats per shape (--conv-table)")
     args = parser.parse_args(argv)
@@ -61,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             windows=args.windows,
             peak_tflops=args.peak_tflops,
             conv_lowering=args.conv_lowering,
+            profile_dir=args.profile,
             log=lambda s: print(s, file=sys.stderr, flush=True),
         )
     except ValueError as e:

@@ -58,7 +58,7 @@ def test_cli_writes_records(tmp_path: Path) -> None:
     cmd = [
         sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--arch", "resnet18", "--variant", "imagenet",
         "--batch-size", "8", "--steps", "3", "--warmup", "1", "--windows", "5", "--modes", "jit,eager",
-        "--json", str(out),
+        "--json", str(out), "--profile", str(tmp_path / "profile"),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -84,6 +84,14 @@ def test_cli_writes_records(tmp_path: Path) -> None:
     assert all(ms > 0 for ms in host.values()), host
     assert host[("float32", "augmented")] < host[("float32", "fixed")], host
     assert "host time per call jax float32:" in proc.stdout
+    profiled = [r for r in records if r["framework"] == "torch" or r["input"] == "augmented"]
+    assert all("profile" not in r for r in records if r not in profiled)
+    for r in profiled:  # --profile: each torch run and the trainer's JAX call traced and summarized
+        prof = r["profile"]
+        assert prof["steps"] == 3 and prof["wall_ms_per_step"] > 0 and prof["top"], prof
+        assert Path(prof["trace"]).is_file()
+    assert "profile jax jit float32 (augmented): wall" in proc.stdout
+    assert "profile torch eager float32 (fixed): wall" in proc.stdout
 
 
 def test_cli_bad_flag_is_one_line_error(tmp_path: Path) -> None:
