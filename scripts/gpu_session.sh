@@ -10,10 +10,15 @@
 #   torch_seeds   seeds 1 and 2 of the same recipe in the torch reference trainer (seed 0 ran on 2026-11-27);
 #   jpeg_quality  the default recipe (JAX, seed 0) on the JPEG copy re-encoded at quality 50 and 25
 #                 (scripts/write_dataset.py): how much accuracy JPEG compression costs on this recipe;
-#   article       the article recipe on the article variant.
-# The epoch count is chosen from the measured benchmark throughput so that every run finishes inside the
-# budget (at most the recipe's 40); it is logged and lands in each run's config.json. SMOKE=1 shrinks
-# everything for a CPU dry run of this script.
+#   article       the article recipe on the article variant, up to its full 270 epochs (fewer, with the
+#                 schedule shortened proportionally, when the budget needs it; ARTICLE_EPOCHS forces a count);
+#   profile       before training, where the time goes (`scripts/benchmark.py --profile`): the article
+#                 configuration (JAX, fp32, batch 128: host-, launch- or compute-bound?) and resnet50 (bf16,
+#                 batch 512: JAX, torch eager, torch.compile); traces stay in /tmp, summaries in the JSON/logs.
+# The epoch count of the default-recipe runs is chosen from the measured benchmark throughput so that every
+# run finishes inside the budget (at most the recipe's 40), the article's from the article benchmark (or a
+# 24,000 img/s guess); both are logged and land in each run's config.json. SMOKE=1 shrinks everything for a
+# CPU dry run of this script.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 DATA=${DATA:-.gpu_data/cifar10-jpeg.tar.gz}
@@ -81,6 +86,31 @@ timeout 110 python3 scripts/benchmark.py --arch resnet18 --variant cifar $BENCH_
   --json "$R/bench_resnet18_cifar_compile.json" >"$R/bench_resnet18_cifar_compile.log" 2>&1
 log "benchmark done rc=$?"; tail -n 4 "$R/bench_resnet18_cifar_compile.log" | tee -a "$OUT/session.log"
 fi
+if wants profile || wants article; then
+  if [ "$SMOKE" = 1 ]; then A_ARGS="--steps 1 --warmup 1 --windows 2 --batch-size 8"
+  else A_ARGS="--steps 20 --warmup 5 --windows 5 --batch-size 128"; fi
+  PROF=""; wants profile && PROF="--profile /tmp/profile_article"
+  log "benchmark resnet18 article fp32 (the article recipe's step): jax jit $PROF"
+  timeout 120 python3 scripts/benchmark.py --arch resnet18 --variant article $A_ARGS --dtypes float32 --frameworks jax \
+    --modes jit $PROF --json "$R/bench_resnet18_article.json" >"$R/bench_resnet18_article.log" 2>&1
+  log "benchmark done rc=$?"; grep -A 14 "^host time" "$R/bench_resnet18_article.log" | tee -a "$OUT/session.log"
+fi
+if wants profile; then  # SKIP_BENCH does not skip it: it is asked for by name
+  if [ "$SMOKE" = 1 ]; then P_ARGS="--steps 1 --warmup 1 --windows 2 --batch-size 8 --dtypes float32"
+  else P_ARGS="--steps 5 --warmup 2 --windows 5 --batch-size 512 --dtypes bfloat16 --peak-tflops 989"; fi
+  log "profile resnet50 cifar: jax jit, torch eager"
+  timeout 150 python3 scripts/benchmark.py --arch resnet50 --variant cifar $P_ARGS --modes jit,eager \
+    --profile /tmp/profile_r50 --json "$R/bench_resnet50_cifar_profile.json" >"$R/bench_resnet50_cifar_profile.log" 2>&1
+  log "profile done rc=$?"; grep -A 14 "^profile" "$R/bench_resnet50_cifar_profile.log" | tee -a "$OUT/session.log"
+  if [ "$SMOKE" != 1 ]; then
+    log "profile resnet50 cifar: torch.compile"
+    timeout 170 python3 scripts/benchmark.py --arch resnet50 --variant cifar $P_ARGS --frameworks torch --modes compile \
+      --profile /tmp/profile_r50 --json "$R/bench_resnet50_cifar_compile_profile.json" \
+      >"$R/bench_resnet50_cifar_compile_profile.log" 2>&1
+    log "profile done rc=$?"; grep -A 14 "^profile" "$R/bench_resnet50_cifar_compile_profile.log" | tee -a "$OUT/session.log"
+  fi
+  pack
+fi
 wait $PREP; log "data prep rc=$? $(tail -n1 "$R/data_prep.log")"
 
 # Epochs that fit: GPU time adds up across processes (time-sliced), so one epoch of all runs costs the sum
@@ -112,6 +142,28 @@ EOF
 )
 EPOCHS=${FORCE_EPOCHS:-$EPOCHS}
 log "training epochs: $EPOCHS (runs: $RUNS)"
+if wants article; then  # its epochs from the article benchmark and the time left, when it has the GPU alone
+  ARTICLE_PLAN=$(python3 - "$R/bench_resnet18_article.json" "$(left)" "$SMOKE" "$EPOCHS" "$N_JAX$N_TORCH" <<'EOF'
+import json, sys
+path, left, smoke, epochs, others = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4]), sys.argv[5]
+ips = 24000.0  # the trainer's own rate on an H200, 2026-11-28, before the per-call host work was cut
+try:
+    ips = next(r["train_images_per_second"] for r in json.load(open(path)) if r.get("input") == "augmented")
+except Exception as e:
+    print(f"planning the article run without its benchmark ({e})", file=sys.stderr)
+per_epoch = 50000 / ips + 0.15  # plus the epoch's evaluation
+if smoke:
+    print(1)
+elif others != "00":
+    print(epochs)  # sharing the GPU with other runs: the shared plan above decides
+else:
+    print(max(1, min(270, int((left - 60 - 40) / per_epoch))))  # compilation, and a 60 s margin
+print(f"article: {ips:.0f} img/s, {per_epoch:.2f} s per epoch, {left:.0f} s left", file=sys.stderr)
+EOF
+)
+  ARTICLE_EPOCHS=${ARTICLE_EPOCHS:-$ARTICLE_PLAN}
+  log "article epochs: $ARTICLE_EPOCHS of 270 (its lr boundaries are fractions of the run)"
+fi
 DEADLINE=$(( $(left) - 25 ))
 EXTRA=""; [ "$SMOKE" = 1 ] && EXTRA="--max-steps 2 --batch-size 16"
 mkdir -p "$R/runs"
@@ -132,7 +184,7 @@ if wants torch_seeds; then
 fi
 if wants article; then
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout $DEADLINE python3 scripts/train.py --arch resnet18 --variant article \
-    --recipe article --epochs "$EPOCHS" --seed 0 --data "$DATA" --data-dir $CACHE --no-progress \
+    --recipe article --epochs "$ARTICLE_EPOCHS" --seed 0 --data "$DATA" --data-dir $CACHE --no-progress \
     --workdir "$R/runs/jax_article_r18_s0" $EXTRA >"$R/runs/jax_article_r18_s0.log" 2>&1 &
 fi
 wait
@@ -142,14 +194,15 @@ nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu --format=csv,noheader >>"$
 pack
 
 [ "$SMOKE" = 1 ] || BENCH_ARGS="--steps 5 --warmup 2 --windows 5 --batch-size 512 --dtypes bfloat16 --peak-tflops 989"
-if [ "${SKIP_BENCH:-0}" != 1 ] && [ "$(left)" -gt 60 ]; then
+R50_BENCH=1; { [ "${SKIP_BENCH:-0}" = 1 ] || wants profile; } && R50_BENCH=0  # profile measured resnet50 already
+if [ $R50_BENCH = 1 ] && [ "$(left)" -gt 60 ]; then
   log "benchmark resnet50 cifar: jax jit, torch eager"
   timeout $(( $(left) - 10 )) python3 scripts/benchmark.py --arch resnet50 --variant cifar $BENCH_ARGS --modes jit,eager \
     --json "$R/bench_resnet50_cifar.json" >"$R/bench_resnet50_cifar.log" 2>&1
   log "benchmark resnet50 rc=$?"; tail -n 12 "$R/bench_resnet50_cifar.log" | tee -a "$OUT/session.log"
   pack
 fi
-if [ "${SKIP_BENCH:-0}" != 1 ] && [ "$(left)" -gt 60 ]; then
+if [ $R50_BENCH = 1 ] && [ "$(left)" -gt 60 ]; then
   log "benchmark resnet50 cifar: torch.compile"
   timeout $(( $(left) - 10 )) python3 scripts/benchmark.py --arch resnet50 --variant cifar $BENCH_ARGS --frameworks torch \
     --modes compile --json "$R/bench_resnet50_cifar_compile.json" >"$R/bench_resnet50_cifar_compile.log" 2>&1
