@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", default=None, metavar="DIR",
         help="also trace --steps train steps of each torch run and of the trainer's JAX call (jax.profiler / "
-             "torch.profiler) into DIR and print where "
-             "the device time goes (top kernels); the summaries go into the JSON records",
+             "torch.profiler) into DIR and print where the device time goes (top kernels); the summaries go "
+             "into the JSON records",
     )
     parser.add_argument("--conv-table", default=None, help="instead: write the per-shape conv table (markdown)")
     parser.add_argument("--conv-repeats", type=int, default=5, help="interleaved repeats per shape (--conv-table)")
