@@ -19,6 +19,11 @@
 # run finishes inside the budget (at most the recipe's 40), the article's from the article benchmark (or a
 # 24,000 img/s guess); both are logged and land in each run's config.json. SMOKE=1 shrinks everything for a
 # CPU dry run of this script.
+#
+# Suggested for the next session (one command may run 600 s; the device lends ~900 s in all, start included):
+#   1. BUDGET=330 SKIP_BENCH=1 RUNS=profile bash scripts/gpu_session.sh      (~5 min: both profiles)
+#   2. on the still-warm machine, BUDGET=<what is left - 30> SKIP_BENCH=1 RUNS=article (the rest: the article
+#      recipe, as many of its 270 epochs as fit, its schedule shortened proportionally if they do not).
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 DATA=${DATA:-.gpu_data/cifar10-jpeg.tar.gz}
