@@ -247,6 +247,7 @@ def bench_jax(
     windows: int,
     peak_tflops: float | None = None,
     conv_lowering: str = "auto",
+    batch_norm: str = "autodiff",
     dataset_size: int | None = None,
     profile_dir: str | None = None,
 ) -> list[dict[str, Any]]:
@@ -256,7 +257,9 @@ def bench_jax(
     from flax_resnet import train
 
     config = config_lib.make_config("article", arch=arch, variant=variant, batch_size=batch_size, dtype=dtype)
-    model = models.create_model(arch, variant, dtype=dtype, conv_lowering=conv_lowering)  # type: ignore[arg-type]
+    model = models.create_model(
+        arch, variant, dtype=dtype, conv_lowering=conv_lowering, batch_norm=batch_norm  # type: ignore[arg-type]
+    )
     tx = train.make_optimizer(config.lr, config.momentum, config.nesterov, config.weight_decay)
     graphdef, state0 = train.init_state(model, tx)
     n = dataset_size or max(4 * batch_size, 512)
@@ -343,6 +346,8 @@ def bench_jax(
                     compile_s, mem, source, peak_tflops)
     fixed["host_ms_per_call"] = 1000 * statistics.median(call_seconds[warmup:])
     records.append(fixed)
+    for r in records:  # the model options the JAX numbers were measured with
+        r.update(conv_lowering=conv_lowering, batch_norm=batch_norm)
     return records
 
 
@@ -465,6 +470,7 @@ def run_benchmark(
     windows: int = 5,
     peak_tflops: float | None = None,
     conv_lowering: str = "auto",
+    batch_norm: str = "autodiff",
     profile_dir: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -483,7 +489,9 @@ def run_benchmark(
         for dtype in dtypes:
             if log:
                 log(f"jax jit {dtype} ...")
-            records += bench_jax(arch, variant, batch_size, dtype, conv_lowering=conv_lowering, **kw)
+            records += bench_jax(
+                arch, variant, batch_size, dtype, conv_lowering=conv_lowering, batch_norm=batch_norm, **kw
+            )
     if "torch" in frameworks:
         import torch
 

@@ -37,6 +37,7 @@ class Config:
     label_smoothing: float = 0.1
     dtype: str = "auto"  # auto: bfloat16 on GPU/TPU, float32 on CPU
     conv_lowering: str = "auto"
+    batch_norm: str = "autodiff"  # how train-mode BatchNorm computes statistics and gradient (models.BATCH_NORMS)
     data: str = "tfds"
     data_dir: str | None = None
     workdir: str = "runs/resnet18"

@@ -89,14 +89,77 @@ class Conv(nnx.Module):
         return y
 
 
+# How train-mode BatchNorm computes its statistics and gradient (same function, different memory passes):
+#   autodiff  mean, then the mean square of the centred values (two passes over x); gradient by autodiff;
+#   fused     the same forward; a hand-written backward: both per-channel sums of the gradient in one pass
+#             over (dy, x), then dx in a second (autodiff's backward also reduces the centred values for the
+#             mean's path through the variance);
+#   onepass   `fused`, with the statistics in one pass: mean and mean square of x minus the running mean
+#             (a shift that keeps the variance free of cancellation once the running mean tracks the data).
+# On a GPU, BatchNorm is memory-bound and each pass over a ResNet-50's activations costs time; the choice
+# is measured there (scripts/benchmark.py --batch-norm), `autodiff` being the default until it is.
+BATCH_NORMS: tuple[str, ...] = ("autodiff", "fused", "onepass")
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def batch_norm_train(
+    x: jax.Array, scale: jax.Array, bias: jax.Array, shift: jax.Array, epsilon: float, one_pass: bool
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Train-mode BatchNorm over NHWC: `(y, batch mean, biased batch variance)`, statistics in at least
+    float32, y in x's dtype. `shift` (the running mean) only conditions the one-pass statistics."""
+    return _batch_norm_train_fwd(x, scale, bias, shift, epsilon, one_pass)[0]
+
+
+def _batch_stats(x32: jax.Array, shift: jax.Array, one_pass: bool) -> tuple[jax.Array, jax.Array]:
+    axes = (0, 1, 2)
+    if one_pass:
+        xc = x32 - shift.astype(x32.dtype)
+        m1, m2 = jnp.mean(xc, axis=axes), jnp.mean(jnp.square(xc), axis=axes)
+        return shift + m1, jnp.maximum(m2 - jnp.square(m1), 0.0)
+    mean = jnp.mean(x32, axis=axes)
+    return mean, jnp.mean(jnp.square(x32 - mean), axis=axes)
+
+
+def _batch_norm_train_fwd(x, scale, bias, shift, epsilon, one_pass):
+    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    mean, var = _batch_stats(x32, shift, one_pass)
+    rstd = lax.rsqrt(var + epsilon)
+    s = scale * rstd
+    y = (x32 * s + (bias - mean * s)).astype(x.dtype)
+    return (y, mean, var), (x, scale, mean, rstd, shift)
+
+
+def _batch_norm_train_bwd(epsilon, one_pass, residuals, cotangents):
+    x, scale, mean, rstd, shift = residuals
+    dy, dmean, dvar = cotangents
+    n = x.shape[0] * x.shape[1] * x.shape[2]
+    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    xhat = (x32 - mean) * rstd
+    dy32 = dy.astype(x32.dtype)
+    sum_dy = jnp.sum(dy32, axis=(0, 1, 2))
+    sum_dy_xhat = jnp.sum(dy32 * xhat, axis=(0, 1, 2))
+    # d/dx of y = xhat * scale + bias, through xhat's own dependence on the batch mean and variance, plus the
+    # (usually zero) cotangents of the returned statistics: d mean/dx = 1/n, d var/dx = 2 (x - mean) / n.
+    dx = (scale * rstd / n) * (n * dy32 - sum_dy - xhat * sum_dy_xhat)
+    dx = dx + dmean / n + dvar * (2.0 / n) * xhat / rstd
+    return dx.astype(x.dtype), sum_dy_xhat.astype(scale.dtype), sum_dy, jnp.zeros_like(shift)
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
 class BatchNorm(nnx.Module):
     """BatchNorm over NHWC identical to torch.nn.BatchNorm2d, in at least float32 whatever the compute dtype.
 
     Train mode normalizes with the biased batch variance and updates the running variance with the
     unbiased one (as torch does); `num_batches_tracked` counts train-mode calls, as torch's buffer does.
+    `impl` is one of BATCH_NORMS (same function; how the statistics and gradient are computed).
     """
 
-    def __init__(self, num_features: int, *, momentum: float = 0.1, epsilon: float = 1e-5):
+    def __init__(self, num_features: int, *, momentum: float = 0.1, epsilon: float = 1e-5, impl: str = "autodiff"):
+        if impl not in BATCH_NORMS:
+            raise ValueError(f"unknown batch norm {impl!r}; valid choices: {', '.join(BATCH_NORMS)}")
+        self.impl = impl
         self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
         self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
         self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
@@ -119,14 +182,20 @@ class BatchNorm(nnx.Module):
             n = x.shape[0] * x.shape[1] * x.shape[2]
             if n < 2:
                 raise ValueError(f"BatchNorm in train mode needs more than 1 value per channel; got input {x.shape}")
-            mean = jnp.mean(x32, axis=(0, 1, 2))
-            var = jnp.mean(jnp.square(x32 - mean), axis=(0, 1, 2))
+            if self.impl == "autodiff":
+                mean, var = _batch_stats(x32, self.mean[...], one_pass=False)
+            else:
+                shift = lax.stop_gradient(self.mean[...])
+                y, mean, var = batch_norm_train(x, self.scale[...], self.bias[...], shift, self.epsilon,
+                                                self.impl == "onepass")
             m = self.momentum
             # set_value, not `[...] =`: the indexed form probes each tracer's sharding, whose error message
             # costs ~10 ms per variable to build when traced (a third of a ResNet-50 train-step trace).
             self.mean.set_value((1 - m) * self.mean[...] + m * lax.stop_gradient(mean))
             self.var.set_value((1 - m) * self.var[...] + m * lax.stop_gradient(var) * (n / (n - 1)))
             self.num_batches_tracked.set_value(self.num_batches_tracked[...] + 1)
+            if self.impl != "autodiff":
+                return y
         scale = self.scale[...] * lax.rsqrt(var + self.epsilon)
         y = x32 * scale + (self.bias[...] - mean * scale)
         return y.astype(x.dtype)
@@ -202,6 +271,7 @@ class ResNet(nnx.Module):
         *,
         dtype: Any = jnp.float32,
         conv_lowering: Lowering = "auto",
+        batch_norm: str = "autodiff",
         rngs: nnx.Rngs,
     ):
         check_names(arch, variant)
@@ -212,7 +282,9 @@ class ResNet(nnx.Module):
         self.dtype = dtype
         article = variant == "article"
         conv = partial(Conv, dtype=dtype, lowering=conv_lowering, rngs=rngs, bias=article)
-        norm = BatchNorm
+        if batch_norm not in BATCH_NORMS:
+            raise ValueError(f"unknown batch norm {batch_norm!r}; valid choices: {', '.join(BATCH_NORMS)}")
+        norm = partial(BatchNorm, impl=batch_norm)
         block_cls = BasicBlock if kind == "basic" else Bottleneck
         if variant == "cifar":
             self.conv1 = conv(3, 64, 3, 1, bias=False)
@@ -279,12 +351,14 @@ def create_model(
     *,
     dtype: str = "float32",
     conv_lowering: Lowering = "auto",
+    batch_norm: str = "autodiff",
 ) -> ResNet:
     """Build a freshly initialized ResNet; unknown names raise ValueError naming the valid choices."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid choices: {', '.join(DTYPES)}")
     return ResNet(
-        arch, variant, num_classes, dtype=DTYPES[dtype], conv_lowering=conv_lowering, rngs=nnx.Rngs(seed)
+        arch, variant, num_classes, dtype=DTYPES[dtype], conv_lowering=conv_lowering, batch_norm=batch_norm,
+        rngs=nnx.Rngs(seed),
     )
 
 

@@ -208,6 +208,7 @@ def build_state(
         config.seed,
         dtype=resolve_dtype(config.dtype),
         conv_lowering=config.conv_lowering,  # type: ignore[arg-type]
+        batch_norm=config.batch_norm,
     )
     schedule = make_schedule(config, steps_per_epoch)
     tx = make_optimizer(schedule, config.momentum, config.nesterov, config.weight_decay)

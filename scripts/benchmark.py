@@ -21,6 +21,7 @@ def _csv(text: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, run the benchmark, print the table and optionally write JSON records."""
     from flax_resnet.conv import LOWERINGS
+    from flax_resnet.models import BATCH_NORMS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet18")
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=5, help="timed windows; the median is reported")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak, for the fraction column")
     parser.add_argument("--conv-lowering", default="auto", choices=LOWERINGS, help="JAX convolution lowering")
+    parser.add_argument(
+        "--batch-norm", default="autodiff", choices=BATCH_NORMS, help="JAX train-mode BatchNorm (flax_resnet/models.py)"
+    )
     parser.add_argument("--json", default=None, help="write the records to this JSON file")
     parser.add_argument(
         "--profile", default=None, metavar="DIR",
@@ -67,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             windows=args.windows,
             peak_tflops=args.peak_tflops,
             conv_lowering=args.conv_lowering,
+            batch_norm=args.batch_norm,
             profile_dir=args.profile,
             log=lambda s: print(s, file=sys.stderr, flush=True),
         )

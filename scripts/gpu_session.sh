@@ -14,14 +14,15 @@
 #                 schedule shortened proportionally, when the budget needs it; ARTICLE_EPOCHS forces a count);
 #   profile       before training, where the time goes (`scripts/benchmark.py --profile`): the article
 #                 configuration (JAX, fp32, batch 128: host-, launch- or compute-bound?) and resnet50 (bf16,
-#                 batch 512: JAX, torch eager, torch.compile); traces stay in /tmp, summaries in the JSON/logs.
+#                 batch 512: JAX, torch eager, torch.compile); traces stay in /tmp, summaries in the JSON/logs;
+#                 then the JAX resnet50 step with `--batch-norm fused` and `onepass` (fewer memory passes).
 # The epoch count of the default-recipe runs is chosen from the measured benchmark throughput so that every
 # run finishes inside the budget (at most the recipe's 40), the article's from the article benchmark (or a
 # 24,000 img/s guess); both are logged and land in each run's config.json. SMOKE=1 shrinks everything for a
 # CPU dry run of this script.
 #
 # Suggested for the next session (one command may run 600 s; the device lends ~900 s in all, start included):
-#   1. BUDGET=330 SKIP_BENCH=1 RUNS=profile bash scripts/gpu_session.sh      (~5 min: both profiles)
+#   1. BUDGET=420 SKIP_BENCH=1 RUNS=profile bash scripts/gpu_session.sh  (~7 min: profiles, BatchNorm A/B)
 #   2. on the still-warm machine, BUDGET=<what is left - 30> SKIP_BENCH=1 RUNS=article (the rest: the article
 #      recipe, as many of its 270 epochs as fit, its schedule shortened proportionally if they do not).
 set -u
@@ -114,6 +115,12 @@ if wants profile; then  # SKIP_BENCH does not skip it: it is asked for by name
       >"$R/bench_resnet50_cifar_compile_profile.log" 2>&1
     log "profile done rc=$?"; grep -A 14 "^profile" "$R/bench_resnet50_cifar_compile_profile.log" | tee -a "$OUT/session.log"
   fi
+  for bn in fused onepass; do  # the other train-mode BatchNorm implementations, same JAX step otherwise
+    log "benchmark resnet50 cifar: jax jit --batch-norm $bn"
+    timeout 90 python3 scripts/benchmark.py --arch resnet50 --variant cifar $P_ARGS --frameworks jax --modes jit \
+      --batch-norm $bn --json "$R/bench_resnet50_cifar_bn_$bn.json" >"$R/bench_resnet50_cifar_bn_$bn.log" 2>&1
+    log "benchmark done rc=$?"; grep -E "^jax " "$R/bench_resnet50_cifar_bn_$bn.log" | tee -a "$OUT/session.log"
+  done
   pack
 fi
 wait $PREP; log "data prep rc=$? $(tail -n1 "$R/data_prep.log")"

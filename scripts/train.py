@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flax_resnet import flags
 from flax_resnet.conv import LOWERINGS
+from flax_resnet.models import BATCH_NORMS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--conv-lowering",
         choices=LOWERINGS,
         help="convolution lowering (default: auto; winograd: where the geometry allows, auto elsewhere)",
+    )
+    p.add_argument(
+        "--batch-norm",
+        choices=BATCH_NORMS,
+        help="train-mode BatchNorm: autodiff (default), fused (hand-written backward), onepass (fused + one-pass "
+        "statistics); same function, different memory passes (flax_resnet/models.py)",
     )
     p.add_argument(
         "--checkpoint-every", type=flags.positive_int, help="checkpoint every N steps (default: once per epoch)"
