@@ -282,9 +282,7 @@ class ResNet(nnx.Module):
         self.dtype = dtype
         article = variant == "article"
         conv = partial(Conv, dtype=dtype, lowering=conv_lowering, rngs=rngs, bias=article)
-        if batch_norm not in BATCH_NORMS:
-            raise ValueError(f"unknown batch norm {batch_norm!r}; valid choices: {', '.join(BATCH_NORMS)}")
-        norm = partial(BatchNorm, impl=batch_norm)
+        norm = partial(BatchNorm, impl=batch_norm)  # BatchNorm names the valid choices for an unknown one
         block_cls = BasicBlock if kind == "basic" else Bottleneck
         if variant == "cifar":
             self.conv1 = conv(3, 64, 3, 1, bias=False)
