@@ -201,7 +201,7 @@ if wants article; then
 fi
 wait
 log "training done"
-for f in "$R"/runs/*.log; do echo "== $f: $(grep -E 'final:|error' "$f" | tail -n1)" | tee -a "$OUT/session.log"; done
+for f in "$R"/runs/*.log; do [ -e "$f" ] || continue; echo "== $f: $(grep -E 'final:|error' "$f" | tail -n1)" | tee -a "$OUT/session.log"; done
 nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu --format=csv,noheader >>"$R/gpu.txt" 2>&1
 pack
 
