@@ -269,12 +269,11 @@ def bench_jax(
     records = []
 
     order_np = np.random.default_rng(1).integers(0, n, (steps * (windows + warmup) + 1, batch_size), dtype=np.int32)
-    loop_step = train.make_loop_step(
-        train.make_train_step(graphdef, tx, config, augment=True), len(order_np), jax.tree.structure(state0)
-    )
+    treedef = jax.tree.structure(state0)
+    loop_step = train.make_loop_step(train.make_train_step(graphdef, tx, config, augment=True), len(order_np), treedef)
     fixed_step = train.make_train_step(graphdef, tx, config, augment=False)
     fixed_batch = {"image": images[:batch_size], "label": labels[:batch_size]}
-    eval_fn = train.make_eval_fn(graphdef, jax.tree.structure(state0))  # the trainer's eval call
+    eval_fn = train.make_eval_fn(graphdef, treedef)  # the trainer's eval call
 
     key = jax.random.key(0)
     mesh = make_mesh(jax.devices()[:1])  # one device, like the rest of the benchmark
