@@ -35,11 +35,13 @@ class Config:
     piecewise_boundaries: tuple[float, ...] = (150 / 270, 210 / 270)  # fractions of the run
     piecewise_factor: float = 0.1
     label_smoothing: float = 0.1
+    cutout: int = 0  # side of the square erased from each training image after crop and flip; 0: none
     dtype: str = "auto"  # auto: bfloat16 on GPU/TPU, float32 on CPU
     conv_lowering: str = "auto"
     batch_norm: str = "autodiff"  # how train-mode BatchNorm computes statistics and gradient (models.BATCH_NORMS)
     data: str = "tfds"
     data_dir: str | None = None
+    holdout: int = 0  # training images held out to evaluate on instead of the test set (recipe selection)
     workdir: str = "runs/resnet18"
     seed: int = 0
     max_steps: int | None = None

@@ -492,6 +492,44 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+HOLDOUT_SEED = 20261128  # one fixed split for every run, so runs of a sweep are compared on the same images
+
+
+def hold_out(dataset: Dataset, n: int) -> Dataset:
+    """A copy whose test split is `n` training images (stratified by class) and whose train split is the rest.
+
+    n == 0 returns `dataset` itself.
+    For choosing a recipe without looking at the test set: evaluation then measures the held-out images.
+    The choice depends only on the labels and HOLDOUT_SEED, never on the run's seed; both keep their order.
+    """
+    if n < 0:
+        raise ValueError(f"holdout must be >= 0, got {n}")
+    if n == 0:
+        return dataset
+    labels = dataset.train_labels
+    k = len(dataset.class_names)
+    shuffled = np.random.default_rng(HOLDOUT_SEED).permutation(len(labels))
+    chosen = []
+    for c in range(k):
+        members = shuffled[labels[shuffled] == c]
+        quota = n // k + (1 if c < n % k else 0)
+        if quota >= len(members):
+            raise DataError(
+                f"holdout {n} takes {quota} of the {len(members)} training images of class "
+                f"{dataset.class_names[c]!r}; hold out fewer"
+            )
+        chosen.append(members[:quota])
+    mask = np.zeros(len(labels), bool)
+    mask[np.concatenate(chosen)] = True
+    return dataclasses.replace(
+        dataset,
+        train_images=dataset.train_images[~mask],
+        train_labels=labels[~mask],
+        test_images=dataset.train_images[mask],
+        test_labels=labels[mask],
+    )
+
+
 # --------------------------------------------------------------------------------------- device side
 
 
@@ -522,6 +560,24 @@ def augment(rng: jax.Array, images: jax.Array, pad: int = 4, flip: bool = True) 
         flips = jax.random.bernoulli(flip_key, 0.5, (n,))
         out = jnp.where(flips[:, None, None, None], out[:, :, ::-1, :], out)
     return out
+
+
+def cutout(rng: jax.Array, x: jax.Array, size: int) -> jax.Array:
+    """Zero a size x size square at a uniformly random center in each NHWC image (clipped at the border).
+
+    Applied to normalized images, so the square takes the dataset's mean colour (DeVries & Taylor 2017).
+    """
+    n, h, w, _ = x.shape
+    centers = jax.random.randint(rng, (n, 2), 0, jnp.array([h, w]))
+    return x * cutout_keep(centers, size, h, w)[..., None].astype(x.dtype)
+
+
+def cutout_keep(centers: jax.Array, size: int, h: int, w: int) -> jax.Array:
+    """(n, h, w) bool: False inside rows/columns [center - size//2, center - size//2 + size) of each image."""
+    start = centers - size // 2
+    rows = (jnp.arange(h) >= start[:, :1]) & (jnp.arange(h) < start[:, :1] + size)
+    cols = (jnp.arange(w) >= start[:, 1:]) & (jnp.arange(w) < start[:, 1:] + size)
+    return ~(rows[:, :, None] & cols[:, None, :])
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

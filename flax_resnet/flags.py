@@ -22,6 +22,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     """argparse type: a float >= 0 (nan rejected)."""
     value = float(text)
@@ -63,7 +71,19 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--schedule", choices=SCHEDULES, help=recipe_default("schedule"))
     p.add_argument("--label-smoothing", type=smoothing, help=recipe_default("label_smoothing"))
+    p.add_argument(
+        "--cutout",
+        type=non_negative_int,
+        help="erase a random square of this side (clipped at the border) from each training image, after "
+        "crop and flip (DeVries & Taylor 2017); " + recipe_default("cutout"),
+    )
     p.add_argument("--data", help="'tfds', an image-folder dir or .tar(.gz), or cifar-10-python.tar.gz (default: tfds)")
+    p.add_argument(
+        "--holdout",
+        type=non_negative_int,
+        help="hold out this many training images (stratified, one fixed split) and evaluate on them instead of "
+        "the test set: for choosing a recipe without looking at the test set (default: 0, none)",
+    )
     p.add_argument("--data-dir", help="TFDS data dir, or the decoded-dataset cache dir for paths")
     p.add_argument("--workdir", help=f"run directory: config, metrics, plots, checkpoints (default: {Config.workdir})")
     p.add_argument("--seed", type=int, help=f"seed for init, batch order and augmentation (default: {Config.seed})")

@@ -1,6 +1,6 @@
 """The results table: finished runs (workdirs of scripts/train.py or scripts/train_torch.py) grouped by setting.
 
-Each row is one setting (framework, arch, variant, recipe, epochs, batch size, lr, data) over its seeds:
+Each row is one setting (framework and every config field that can change the result) over its seeds:
 the *final-epoch* test accuracy (mean and sample std over seeds, never a best epoch), and the training time
 per run (sum of the logged epoch times: evaluation, checkpoints and compilation excluded). Also the named
 run plans that `scripts/reproduce.py run` executes, so every number in the README has a command behind it.
@@ -14,6 +14,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from flax_resnet.config import Config, make_config
 
 CPU_DATA = "../shared/data/cifar10-jpeg.tar.gz"
 
@@ -34,7 +36,8 @@ def summarize_run(workdir: str | Path) -> RunSummary:
     """Read config.json and metrics.jsonl of one run; raise ValueError naming the file if either is unusable."""
     workdir = Path(workdir)
     try:
-        config = json.loads((workdir / "config.json").read_text())
+        # Fields added to Config after a run was made take their defaults, which is what that run used.
+        config = {**dataclasses.asdict(Config()), **json.loads((workdir / "config.json").read_text())}
         lines = (workdir / "metrics.jsonl").read_text().splitlines()
         records = [json.loads(line) for line in lines if line.strip()]
     except (OSError, json.JSONDecodeError) as e:
@@ -53,15 +56,43 @@ def summarize_run(workdir: str | Path) -> RunSummary:
 
 
 SETTING_KEYS = ("arch", "variant", "recipe", "epochs", "batch_size", "lr", "dtype")
+# Config fields that cannot change what a run learns (seed: the runs of one setting differ only in it; the
+# lowering and BatchNorm options compute the same function) or only say where things are.
+NOT_SETTING_KEYS = ("seed", "workdir", "data", "data_dir", "progress", "checkpoint_every", "conv_lowering",
+                    "batch_norm")
+
+
+def _other_settings(config: dict[str, Any]) -> str:
+    """The fields outside the table's columns whose values differ from the run's recipe, as 'name=value'."""
+    recipe = dataclasses.asdict(make_config(config["recipe"]))
+    shown = {*SETTING_KEYS, *NOT_SETTING_KEYS, "num_classes", "holdout"}
+    diffs = []
+    for key, value in sorted(config.items()):
+        if key in shown or key not in recipe:
+            continue
+        expected = recipe[key]
+        if isinstance(expected, tuple):
+            expected = list(expected)
+        if value != expected:
+            diffs.append(f"{key}={value}")
+    return " ".join(diffs) or "-"
+
+
+def _data_name(config: dict[str, Any]) -> str:
+    name = Path(config["data"]).name
+    holdout = config.get("holdout", 0)
+    return f"{name}, evaluated on {holdout} held-out train images" if holdout else name
 
 
 def group_runs(runs: Iterable[RunSummary]) -> list[tuple[dict[str, Any], list[RunSummary]]]:
-    """Runs grouped by framework + SETTING_KEYS + data file name, in first-seen order."""
+    """Runs grouped by framework and every setting that can change the result (all but NOT_SETTING_KEYS)."""
     groups: dict[tuple, tuple[dict[str, Any], list[RunSummary]]] = {}
     for run in runs:
         setting = {"framework": run.framework, **{k: run.config[k] for k in SETTING_KEYS}}
-        setting["data"] = Path(run.config["data"]).name
-        key = tuple(setting.values())
+        setting["other"] = _other_settings(run.config)
+        setting["data"] = _data_name(run.config)
+        rest = {k: v for k, v in run.config.items() if k not in {*SETTING_KEYS, *NOT_SETTING_KEYS}}
+        key = json.dumps([setting, rest], sort_keys=True)
         groups.setdefault(key, (setting, []))[1].append(run)
     return list(groups.values())
 
@@ -73,10 +104,14 @@ def _mean_std(values: Sequence[float]) -> str:
 
 
 def results_table(runs: Sequence[RunSummary], device: str) -> str:
-    """Markdown table of the grouped runs; accuracies in percent, time per run in minutes."""
+    """Markdown table of the grouped runs; accuracies in percent, time per run in minutes.
+
+    "other" lists the settings that differ from the run's recipe; a run evaluated on held-out training
+    images (`--holdout`) says so in the data column, and its accuracy is that of those images, not the test set.
+    """
     head = (
-        "| framework | arch | variant | recipe | epochs | batch | lr | dtype | seeds | final-epoch test acc % "
-        "| train min/run | device | data |\n" + "|---" * 13 + "|\n"
+        "| framework | arch | variant | recipe | epochs | batch | lr | dtype | other | seeds | final-epoch acc % "
+        "| train min/run | device | data |\n" + "|---" * 14 + "|\n"
     )
     rows = []
     for setting, group in group_runs(runs):
@@ -89,7 +124,8 @@ def results_table(runs: Sequence[RunSummary], device: str) -> str:
         s = setting
         rows.append(
             f"| {s['framework']} | {s['arch']} | {s['variant']} | {s['recipe']} | {s['epochs']} | {s['batch_size']} "
-            f"| {s['lr']:g} | {s['dtype']} | {seeds} | {acc} | {minutes:.2f} | {device} | {s['data']} |"
+            f"| {s['lr']:g} | {s['dtype']} | {s['other']} | {seeds} | {acc} | {minutes:.2f} | {device} "
+            f"| {s['data']} |"
         )
     return head + "\n".join(rows) + "\n"
 

@@ -88,6 +88,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return optax.softmax_cross_entropy(logits, targets)
 
 
+CUTOUT_STREAM = 1  # fold_in tag of the cutout key: crop and flip keep their keys whether cutout is on or off
+
+
 def make_train_step(
     graphdef: nnx.GraphDef, tx: optax.GradientTransformation, config: Config, *, augment: bool = True
 ) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
@@ -101,6 +104,8 @@ def make_train_step(
         if augment:
             images = data_lib.augment(rng, images)
         x = data_lib.normalize(images)
+        if augment and config.cutout:
+            x = data_lib.cutout(jax.random.fold_in(rng, CUTOUT_STREAM), x, config.cutout)
 
         def loss_fn(params):
             # copy=True: fresh Variables at this trace level, so BatchNorm may update its statistics here.
@@ -379,7 +384,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     workdir = Path(config.workdir)
     config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype))
     check_workdir(workdir, config, ("arch", "variant", "dtype"))  # cheap checks before loading any data
-    dataset = data_lib.load_dataset(config.data, config.data_dir)
+    dataset = data_lib.hold_out(data_lib.load_dataset(config.data, config.data_dir), config.holdout)
     config = dataclasses.replace(config, num_classes=len(dataset.class_names))
     saved = check_workdir(workdir, config)
 
@@ -574,7 +579,9 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     result = {"step": step, "stopped": stopped, "workdir": str(workdir), "seconds": time.time() - t_start}
     if record is not None:
         result.update({k: record[k] for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")})
-        reporter.print(f"final: step {step}, test accuracy {100 * record['test_acc']:.2f}% (final epoch, not best-of)")
+        split = f"holdout ({config.holdout} training images)" if config.holdout else "test"
+        acc = 100 * record["test_acc"]
+        reporter.print(f"final: step {step}, {split} accuracy {acc:.2f}% (final epoch, not best-of)")
     return result
 
 

@@ -25,8 +25,11 @@ from flax_resnet.data import (
     DataError,
     Dataset,
     augment,
+    cutout,
+    cutout_keep,
     epoch_order,
     eval_batches,
+    hold_out,
     load_dataset,
     normalize,
     train_batch_indices,
@@ -537,3 +540,81 @@ def test_real_data_second_load_comes_from_cache(real_data: Dataset, real_cache: 
     assert again.class_names == real_data.class_names
     for field in ("train_images", "train_labels", "test_images", "test_labels"):
         assert np.array_equal(getattr(again, field), getattr(real_data, field)), field
+
+
+# ------------------------------------------------------------------------------------- cutout, hold-out
+
+
+def cutout_keep_reference(centers: np.ndarray, size: int, h: int, w: int) -> np.ndarray:
+    """Pixel by pixel: erased iff its row and its column lie in [center - size//2, center - size//2 + size)."""
+    keep = np.ones((len(centers), h, w), bool)
+    for k, (cy, cx) in enumerate(centers):
+        for i in range(h):
+            for j in range(w):
+                if cy - size // 2 <= i < cy - size // 2 + size and cx - size // 2 <= j < cx - size // 2 + size:
+                    keep[k, i, j] = False
+    return keep
+
+
+CUTOUT_CENTERS = np.array([[0, 0], [31, 31], [16, 16], [3, 28], [8, 8], [20, 0]])
+
+
+@pytest.mark.parametrize("size", [16, 8, 7, 1])
+def test_cutout_keep_matches_pixelwise_reference(size: int) -> None:
+    got = np.asarray(cutout_keep(CUTOUT_CENTERS, size, 32, 32))
+    np.testing.assert_array_equal(got, cutout_keep_reference(CUTOUT_CENTERS, size, 32, 32))
+    # Hand counts for size 16: center 0 keeps rows 0..7 of the square (8), center 31 rows 23..31 (9), 3 -> 0..10.
+    if size == 16:
+        assert [int((~k).sum()) for k in got] == [8 * 8, 9 * 9, 16 * 16, 11 * 12, 16 * 16, 16 * 8]
+
+
+def test_cutout_zeroes_normalized_pixels_at_uniform_centers() -> None:
+    x = jax.numpy.ones((20000, 32, 32, 3))
+    out = np.asarray(jax.jit(cutout, static_argnums=2)(jax.random.key(0), x, 16))
+    assert set(np.unique(out)) == {0.0, 1.0}
+    erased = out[..., 0] == 0
+    assert (erased == (out == 0).all(-1)).all()  # all channels together
+    # Expected erased share with centers uniform on 0..31: E[rows] * E[cols] / 32^2, rows(c) = |[c-8, c+8) n [0, 32)|.
+    rows = np.mean([min(c + 8, 32) - max(c - 8, 0) for c in range(32)])
+    assert rows == 14.0
+    np.testing.assert_allclose(erased.mean(), rows**2 / 1024, rtol=0.01)
+    # Each image's square is where its own center says: recover centers from the erased boxes' rows and columns.
+    any_rows, any_cols = erased.any(2), erased.any(1)
+    first_row = np.argmax(any_rows, 1)
+    assert set(first_row[any_rows[:, 0] == 0]) <= set(range(1, 24))  # unclipped tops: center - 8 in 1..23
+    assert {int(c) for c in np.argmax(any_cols, 1)} == set(range(24))  # every left edge 0..23 occurs
+
+
+def _labelled(n_per_class: list[int]) -> Dataset:
+    labels = np.concatenate([np.full(n, c, np.int32) for c, n in enumerate(n_per_class)])
+    labels = np.random.default_rng(3).permutation(labels)
+    images = np.zeros((len(labels), 2, 2, 3), np.uint8)
+    images[:, 0, 0, 0] = np.arange(len(labels)) % 256  # the image remembers its index
+    images[:, 0, 0, 1] = np.arange(len(labels)) // 256
+    test = np.full((5, 2, 2, 3), 7, np.uint8)
+    names = tuple(f"c{c}" for c in range(len(n_per_class)))
+    return Dataset(images, labels, test, np.zeros(5, np.int32), names)
+
+
+def _index(images: np.ndarray) -> np.ndarray:
+    return images[:, 0, 0, 0].astype(int) + 256 * images[:, 0, 0, 1].astype(int)
+
+
+@pytest.mark.parametrize("n, quotas", [(500, [50] * 10), (13, [2, 2, 2] + [1] * 7)])
+def test_hold_out_is_stratified_disjoint_and_fixed(n: int, quotas: list[int]) -> None:
+    full = _labelled([300] * 10)
+    split = hold_out(full, n)
+    assert np.bincount(split.test_labels, minlength=10).tolist() == quotas
+    held, kept = _index(split.test_images), _index(split.train_images)
+    assert len(held) == n and len(kept) == 3000 - n
+    assert sorted([*held, *kept]) == list(range(3000))  # a partition of the training images
+    assert (np.diff(held) > 0).all() and (np.diff(kept) > 0).all()  # both keep the original order
+    np.testing.assert_array_equal(split.test_labels, full.train_labels[held])
+    np.testing.assert_array_equal(split.train_labels, full.train_labels[kept])
+    np.testing.assert_array_equal(_index(hold_out(full, n).test_images), held)  # the same split every time
+    assert hold_out(full, 0) is full
+
+
+def test_hold_out_refuses_to_take_a_whole_class() -> None:
+    with pytest.raises(DataError, match="takes 3 of the 3 training images of class 'c1'"):
+        hold_out(_labelled([10, 3]), 6)

@@ -16,9 +16,9 @@ from flax_resnet.config import make_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _fake_run(path: Path, seed: int, accs: list[float], epochs: int, torch: bool = False) -> Path:
+def _fake_run(path: Path, seed: int, accs: list[float], epochs: int, torch: bool = False, **kw) -> Path:
     path.mkdir(parents=True)
-    config = make_config("default", epochs=epochs, seed=seed, data="/x/cifar10-jpeg.tar.gz", workdir=str(path))
+    config = make_config("default", epochs=epochs, seed=seed, data="/x/cifar10-jpeg.tar.gz", workdir=str(path), **kw)
     config.save(path / "config.json")
     lines = [
         json.dumps({"epoch": i + 1, "step": 10 * (i + 1), "test_acc": a, "epoch_seconds": 30.0, "complete": True})
@@ -46,6 +46,31 @@ def test_table_mean_std_of_final_epoch(tmp_path: Path) -> None:
     # mean 92.00, sample std of (90, 92, 94) = 2.00; minutes per run: (90 + 90 + 90 + 30) s / 4 / 60 = 1.25
     assert "| 0,1,2,5 | 92.00 ± 2.00 (1 of 4 unfinished) | 1.25 | cpu | cifar10-jpeg.tar.gz |" in jax_row
     assert torch_row.startswith("| torch |") and "| 91.00 |" in torch_row
+
+
+def test_table_separates_every_setting_that_changes_the_result(tmp_path: Path) -> None:
+    runs = [
+        _fake_run(tmp_path / "a", 0, [0.90], 1),
+        _fake_run(tmp_path / "b", 1, [0.92], 1, conv_lowering="xla", progress=True),  # same setting
+        _fake_run(tmp_path / "c", 0, [0.80], 1, cutout=16, weight_decay=1e-3),
+        _fake_run(tmp_path / "d", 0, [0.70], 1, holdout=5000),
+        _fake_run(tmp_path / "e", 0, [0.60], 1, warmup_fraction=0.3),
+    ]
+    # A run made before Config had `cutout`, `holdout` and `batch_norm` used their defaults: same setting as "a".
+    old = json.loads((tmp_path / "a" / "config.json").read_text())
+    for key in ("cutout", "holdout", "batch_norm"):
+        del old[key]
+    old["seed"] = 2
+    _fake_run(tmp_path / "f", 2, [0.94], 1)
+    (tmp_path / "f" / "config.json").write_text(json.dumps(old))
+    runs.append(tmp_path / "f")
+    rows = results.results_table([results.summarize_run(r) for r in runs], "cpu").strip().splitlines()[2:]
+    assert len(rows) == 4
+    assert "| - | 0,1,2 | 92.00 ± 2.00 |" in rows[0]
+    assert "| cutout=16 weight_decay=0.001 | 0 | 80.00 |" in rows[1]
+    held = "cifar10-jpeg.tar.gz, evaluated on 5000 held-out train images"
+    assert rows[2].endswith(f"| - | 0 | 70.00 | 0.50 | cpu | {held} |")
+    assert "| warmup_fraction=0.3 | 0 | 60.00 |" in rows[3]
 
 
 def test_summarize_rejects_non_run(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The training loop in-process: evaluation counts every image once, workdir mismatch, non-finite loss."""
+"""The training loop in-process: evaluation counts every image once, workdir mismatch, non-finite loss,
+evaluation on held-out training images, cutout inside the step."""
 
 from __future__ import annotations
 
@@ -9,13 +10,22 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import TINY_TEST_PER_CLASS
+from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS
 from flax_resnet import data as data_lib
 from flax_resnet.checkpoint import Checkpointer
 from flax_resnet.config import make_config
 from flax_resnet.distributed import make_mesh, put_replicated
 from flax_resnet.models import predict
-from flax_resnet.train import RunError, build_state, evaluate, make_eval_fn, merge_model, train
+from flax_resnet.train import (
+    RunError,
+    build_state,
+    evaluate,
+    load_run,
+    make_eval_fn,
+    make_train_step,
+    merge_model,
+    train,
+)
 
 
 def _config(tiny_data: Path, tmp_path: Path, **kw):
@@ -102,3 +112,44 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.params))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["step"] <= 4 for r in records)  # nothing was logged from the non-finite steps
+
+
+def test_holdout_trains_on_the_rest_and_evaluates_on_the_held_out_images(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    n_train = 3 * TINY_TRAIN_PER_CLASS
+    result = train(_config(tiny_data, tmp_path, epochs=1, holdout=30))
+    # 96 - 30 = 66 training images: 4 steps of 16 (the 96 images alone would give 6).
+    assert n_train == 96 and result["step"] == 66 // 16
+    assert "final: step 4, holdout (30 training images) accuracy" in capsys.readouterr().out
+    held = data_lib.hold_out(data_lib.load_dataset(tiny_data, tmp_path / "cache"), 30)
+    run = load_run(tmp_path / "run")
+    logits = np.asarray(predict(run.model(), data_lib.normalize(held.test_images), jit=False))
+    assert len(held.test_labels) == 30
+    assert result["test_acc"] == np.mean(np.argmax(logits, -1) == held.test_labels)
+
+
+def test_cutout_covering_the_whole_image_makes_the_step_blind_to_pixels(tiny_data: Path, tmp_path: Path) -> None:
+    # A 64-pixel square erases all of a 32x32 image wherever its center falls, so the step's input is all
+    # zeros: two batches with the same labels and different pixels must give the same new state.
+    config = _config(tiny_data, tmp_path, num_classes=3, cutout=64)
+    graphdef, state, tx, _ = build_state(config)
+    step = make_train_step(graphdef, tx, config)
+    rng = np.random.default_rng(0)
+    labels = jax.numpy.asarray(rng.integers(0, 3, 16), jax.numpy.int32)
+    outs = []
+    for seed in (1, 2):
+        images = np.random.default_rng(seed).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+        new, metrics = step(jax.tree.map(jax.numpy.copy, state), {"image": images, "label": labels}, jax.random.key(0))
+        outs.append((jax.tree.leaves(new), metrics["loss"]))
+    for a, b in zip(outs[0][0], outs[1][0], strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(outs[0][1]) == float(outs[1][1])
+    # Without cutout the same two batches give different losses (the check above can fail).
+    plain = make_train_step(graphdef, tx, _config(tiny_data, tmp_path, num_classes=3))
+    losses = [
+        float(plain(jax.tree.map(jax.numpy.copy, state), {"image": np.random.default_rng(s).integers(
+            0, 256, (16, 32, 32, 3), dtype=np.uint8), "label": labels}, jax.random.key(0))[1]["loss"])
+        for s in (1, 2)
+    ]
+    assert losses[0] != losses[1]

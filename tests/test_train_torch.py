@@ -4,6 +4,7 @@ and scripts/train_torch.py trains end to end into a checkpoint that both framewo
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -20,15 +21,18 @@ import torchvision.transforms.functional as TF
 from flax import nnx
 from PIL import Image
 from safetensors.torch import load_file
+from test_data import CUTOUT_CENTERS, cutout_keep_reference
 
 import flax_resnet
+from flax_resnet import data as data_lib
 from flax_resnet.config import Config, make_config
 from flax_resnet.data import CIFAR10_MEAN, CIFAR10_STD
 from flax_resnet.reporting import METRIC_KEYS
 from flax_resnet.train import make_schedule
 from torch_ref import data as tdata
 from torch_ref.models import create_model
-from torch_ref.train import lr_at, total_steps
+from torch_ref.train import TorchOptions, lr_at, total_steps
+from torch_ref.train import train as torch_train
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_torch.py"
@@ -108,6 +112,23 @@ def test_normalize_matches_torchvision() -> None:
     ours = tdata.normalize(tdata.to_device(images, "cpu"))
     ref = torch.stack([TF.normalize(TF.to_tensor(im), CIFAR10_MEAN, CIFAR10_STD) for im in images])
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [16, 7])
+def test_cutout_keep_matches_pixelwise_reference(size: int) -> None:  # the reference the JAX mask also meets
+    got = tdata.cutout_keep(torch.from_numpy(CUTOUT_CENTERS), size, 32, 32).numpy()
+    np.testing.assert_array_equal(got, cutout_keep_reference(CUTOUT_CENTERS, size, 32, 32))
+
+
+def test_cutout_erases_one_clipped_square_per_image_at_uniform_centers() -> None:
+    x = torch.ones((20000, 3, 32, 32))
+    out = tdata.cutout(x, torch.Generator().manual_seed(0), 16).numpy()
+    assert set(np.unique(out)) == {0.0, 1.0}
+    erased = out[:, 0] == 0
+    assert (erased == (out == 0).all(1)).all()
+    # As for the JAX cutout (tests/test_data.py): E[erased rows]^2 / 32^2 with E = 14 for centers uniform on 0..31.
+    np.testing.assert_allclose(erased.mean(), 14.0**2 / 1024, rtol=0.01)
+    assert {int(c) for c in np.argmax(erased.any(1), 1)} == set(range(24))
 
 
 # ------------------------------------------------------------------------------------------ the script
@@ -197,6 +218,28 @@ def test_script_trains_and_writes_a_checkpoint_both_frameworks_load(tmp_path: Pa
     flax_resnet.load_torch_state_dict(flax_model, flax_resnet.load_weights_file(workdir / "model.safetensors"))
     flax_logits = flax_resnet.predict(flax_model, x[:4].permute(0, 2, 3, 1).numpy(), jit=False)
     np.testing.assert_allclose(np.asarray(flax_logits), logits[:4].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_holdout_trains_on_the_rest_and_evaluates_on_the_held_out_images(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _make_image_folder(data)  # 80 training images, 8 per class
+    config = make_config(
+        "default", arch="resnet18", variant="imagenet", batch_size=16, epochs=1, lr=0.01, holdout=20, cutout=8,
+        progress=False, data=str(data), data_dir=str(tmp_path / "cache"), workdir=str(tmp_path / "run"),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    (row,) = torch_train(config, TorchOptions(device="cpu"), out=io.StringIO())
+    assert row["step"] == (80 - 20) // 16  # 3 steps; the 80 images alone would give 5
+
+    held = data_lib.hold_out(data_lib.load_dataset(data, tmp_path / "cache"), 20)
+    assert np.bincount(held.test_labels).tolist() == [2] * 10
+    model = create_model("resnet18", "imagenet", 10)
+    model.load_state_dict(load_file(str(tmp_path / "run" / "model.safetensors")), strict=True)
+    model.eval()
+    x = torch.stack([TF.normalize(TF.to_tensor(im), CIFAR10_MEAN, CIFAR10_STD) for im in held.test_images])
+    with torch.no_grad():
+        logits = model(x)
+    assert row["test_acc"] == pytest.approx(float((logits.argmax(1).numpy() == held.test_labels).mean()), abs=1e-9)
 
 
 @pytest.mark.parametrize("flags", [["--arch", "resnet19"], ["--batch-size", "0"], ["--lr", "fast"]])

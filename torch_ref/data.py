@@ -54,3 +54,25 @@ def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4, flip
     batch = torch.arange(n, device=dev).view(n, 1, 1, 1)
     chan = torch.arange(c, device=dev).view(1, c, 1, 1)
     return padded[batch, chan, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+
+
+def cutout(x: torch.Tensor, generator: torch.Generator, size: int) -> torch.Tensor:
+    """Zero a size x size square at a uniformly random center in each NCHW image (clipped at the border).
+
+    Applied to normalized images, so the square takes the dataset's mean colour (DeVries & Taylor 2017).
+    """
+    n, _, h, w = x.shape
+    centers = torch.stack(
+        [torch.randint(0, m, (n,), generator=generator, device=x.device) for m in (h, w)], dim=1
+    )
+    return x * cutout_keep(centers, size, h, w)[:, None].to(x.dtype)
+
+
+def cutout_keep(centers: torch.Tensor, size: int, h: int, w: int) -> torch.Tensor:
+    """(n, h, w) bool: False inside rows/columns [center - size//2, center - size//2 + size) of each image."""
+    start = centers - size // 2
+    r = torch.arange(h, device=centers.device)
+    c = torch.arange(w, device=centers.device)
+    rows = (r >= start[:, :1]) & (r < start[:, :1] + size)
+    cols = (c >= start[:, 1:]) & (c < start[:, 1:] + size)
+    return ~(rows[:, :, None] & cols[:, None, :])

@@ -169,7 +169,7 @@ def train(config: Config, options: TorchOptions, *, out: TextIO | None = None) -
     workdir = Path(config.workdir)
     if (workdir / "checkpoints").is_dir():  # cheap checks before loading any data
         raise TrainError(f"{workdir} holds a JAX run (checkpoints/); give the torch run its own --workdir")
-    dataset = data_lib.load_dataset(config.data, config.data_dir)
+    dataset = data_lib.hold_out(data_lib.load_dataset(config.data, config.data_dir), config.holdout)
     # The model's output size follows the dataset; the amp flag is what "dtype" means for this trainer.
     config = dataclasses.replace(
         config, num_classes=len(dataset.class_names), dtype="bfloat16" if options.amp else "float32"
@@ -202,7 +202,8 @@ def train(config: Config, options: TorchOptions, *, out: TextIO | None = None) -
     reporter = Reporter(workdir, progress=config.progress, stream=out)
     reporter.print(
         f"torch {torch.__version__} on {device}: {config.arch}/{config.variant}, {n_train} train / "
-        f"{len(test_images)} test images, {steps_per_epoch} steps/epoch, recipe {config.recipe}"
+        f"{len(test_images)} {'held-out' if config.holdout else 'test'} images, {steps_per_epoch} steps/epoch, "
+        f"recipe {config.recipe}"
     )
     reporter.print("config: " + json.dumps(dataclasses.asdict(config), sort_keys=True))
     (workdir / "metrics.jsonl").write_text("")  # no resume: a new run starts a new metrics file
@@ -228,7 +229,10 @@ def train(config: Config, options: TorchOptions, *, out: TextIO | None = None) -
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 idx = order_dev[i]
-                x = _prepare(tdata.normalize(tdata.augment(train_images[idx], generator)), options)
+                x = tdata.normalize(tdata.augment(train_images[idx], generator))
+                if config.cutout:
+                    x = tdata.cutout(x, generator, config.cutout)
+                x = _prepare(x, options)
                 y = train_labels[idx]
                 with _autocast(options, device):
                     logits = forward(x)
