@@ -20,8 +20,9 @@ def initialize(coordinator_address: str | None, num_processes: int, process_id: 
     """Join a multi-host run (GPU cluster, TPU pod, or several CPU processes); no-op for one process."""
     if num_processes <= 1:
         return
-    if jax.default_backend() == "cpu" or not jax.devices():
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU processes need gloo for their collectives (it only concerns the CPU client, so it is harmless on
+    # GPU/TPU). Nothing here may ask for the backend first: jax.distributed.initialize must come before that.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
     )
@@ -57,6 +58,15 @@ def put_batch(array: np.ndarray, mesh: Mesh, axis: int = 0) -> jax.Array:
     if array.shape[axis] % mesh.size:
         raise ValueError(f"batch of {array.shape[axis]} does not split over {mesh.size} devices")
     return _from_global(np.asarray(array), batch_sharded(mesh, axis))
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole of a (possibly sharded) array as numpy on every process, also when other processes hold parts."""
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _from_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:

@@ -26,7 +26,7 @@ from jax import lax
 
 from flax_resnet import data as data_lib
 from flax_resnet.config import SCHEDULES, Config
-from flax_resnet.distributed import put_batch
+from flax_resnet.distributed import put_batch, to_host
 
 
 def make_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
@@ -306,7 +306,7 @@ def evaluate(
             logits.append(out["logits"])
     loss_sum, correct, count = (float(sum(np.asarray(s[j], np.float64) for s in sums)) for j in range(3))
     result: dict[str, Any] = {"loss": loss_sum / count, "accuracy": correct / count, "count": int(count)}
-    host_logits = [np.asarray(jax.device_get(x)) for x in logits]
+    host_logits = [to_host(x) for x in logits]  # on many hosts, each holds only its part of the batch
     result["first_logits"] = host_logits[0]
     if keep_logits:
         result["logits"] = np.concatenate(host_logits)[:n]
