@@ -12,6 +12,9 @@
 #                 (scripts/write_dataset.py): how much accuracy JPEG compression costs on this recipe;
 #   article       the article recipe on the article variant, up to its full 270 epochs (fewer, with the
 #                 schedule shortened proportionally, when the budget needs it; ARTICLE_EPOCHS forces a count);
+#   sweep         recipe candidates for the default recipe (JAX, cifar ResNet-18, seed 0), each evaluated on
+#                 5,000 held-out training images (--holdout), never on the test set: SWEEP lists them as
+#                 name=flags (flags joined with commas); the best one then earns 3 seeds on the test set;
 #   profile       before training, where the time goes (`scripts/benchmark.py --profile`): the article
 #                 configuration (JAX, fp32, batch 128: host-, launch- or compute-bound?) and resnet50 (bf16,
 #                 batch 512: JAX, torch eager, torch.compile); traces stay in /tmp, summaries in the JSON/logs;
@@ -22,15 +25,17 @@
 # CPU dry run of this script.
 #
 # Suggested for the next session (one command may run 600 s; the device lends ~900 s in all, start included):
-#   1. BUDGET=420 SKIP_BENCH=1 RUNS=profile bash scripts/gpu_session.sh  (~7 min: profiles, BatchNorm A/B)
-#   2. on the still-warm machine, BUDGET=<what is left - 30> SKIP_BENCH=1 RUNS=article (the rest: the article
-#      recipe, as many of its 270 epochs as fit, its schedule shortened proportionally if they do not).
+#   1. BUDGET=540 SKIP_BENCH=1 RUNS=article bash scripts/gpu_session.sh  (the article recipe alone on the GPU:
+#      as many of its 270 epochs as fit, its schedule shortened proportionally if they do not);
+#   2. on the still-warm machine, BUDGET=<what is left - 30> SKIP_BENCH=1 RUNS=sweep (recipe candidates on
+#      held-out training images). RUNS=profile (~7 min: where resnet50's time goes, BatchNorm A/B) next time.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 DATA=${DATA:-.gpu_data/cifar10-jpeg.tar.gz}
 BUDGET=${BUDGET:-540}
 SMOKE=${SMOKE:-0}
 RUNS=${RUNS:-torch_seeds jpeg_quality}
+SWEEP=${SWEEP:-"base= cutout8=--cutout,8 cutout16=--cutout,16 wd1e-3=--weight-decay,1e-3 b256=--batch-size,256 lr0.4=--lr,0.4"}
 wants() { case " $RUNS " in *" $1 "*) return 0;; esac; return 1; }
 T0=$(date +%s)
 R=$OUT/r
@@ -130,6 +135,7 @@ wait $PREP; log "data prep rc=$? $(tail -n1 "$R/data_prep.log")"
 N_JAX=0; N_TORCH=0; N_ARTICLE=0
 wants jax_seeds && N_JAX=$((N_JAX + 3))
 wants jpeg_quality && N_JAX=$((N_JAX + $(echo $QUALITIES | wc -w)))
+wants sweep && N_JAX=$((N_JAX + $(echo $SWEEP | wc -w)))
 wants torch_seeds && N_TORCH=2
 wants article && N_ARTICLE=1
 EPOCHS=$(python3 - "$R/bench_resnet18_cifar.json" "$(left)" "$SMOKE" $N_JAX $N_TORCH $N_ARTICLE <<'EOF'
@@ -179,13 +185,20 @@ fi
 DEADLINE=$(( $(left) - 25 ))
 EXTRA=""; [ "$SMOKE" = 1 ] && EXTRA="--max-steps 2 --batch-size 16"
 mkdir -p "$R/runs"
-jax_run() {  # name, data, seed
-  XLA_PYTHON_CLIENT_MEM_FRACTION=0.12 timeout $DEADLINE python3 scripts/train.py --arch resnet18 --variant cifar \
-    --recipe default --epochs "$EPOCHS" --seed "$3" --data "$2" --data-dir $CACHE --no-progress \
-    --workdir "$R/runs/$1" $EXTRA >"$R/runs/$1.log" 2>&1 &
+jax_run() {  # name, data, seed, more flags...
+  local name=$1 data=$2 seed=$3; shift 3
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout $DEADLINE python3 scripts/train.py --arch resnet18 --variant cifar \
+    --recipe default --epochs "$EPOCHS" --seed "$seed" --data "$data" --data-dir $CACHE --no-progress \
+    --workdir "$R/runs/$name" $EXTRA "$@" >"$R/runs/$name.log" 2>&1 &
 }
 if wants jax_seeds; then for seed in 0 1 2; do jax_run jax_default_r18_s$seed "$DATA" $seed; done; fi
 if wants jpeg_quality; then for q in $QUALITIES; do jax_run jax_default_r18_q${q}_s0 /tmp/cifar10-q$q.tar.gz 0; done; fi
+if wants sweep; then
+  for item in $SWEEP; do  # name=flag,value,...: the flags follow the later ones of jax_run, so they win
+    IFS=, read -r -a flags <<<"${item#*=}"
+    jax_run "sweep_${item%%=*}_holdout5000_s0" "$DATA" 0 --holdout 5000 "${flags[@]}"
+  done
+fi
 if wants torch_seeds; then
   TORCH_FLAGS="--amp --channels-last"; [ "$SMOKE" = 1 ] && TORCH_FLAGS=""
   for seed in 1 2; do
