@@ -29,6 +29,10 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be written or read; str(e) is one line naming the path."""
 
 
+class CheckpointMismatchError(CheckpointError):
+    """A sound checkpoint of another state layout than the run's (changed settings): never quarantined."""
+
+
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     if len(text) > 300:
@@ -53,6 +57,12 @@ def tree_digest(tree: Any) -> str:
     return f"{crc:08x}"
 
 
+def tree_layout(tree: Any) -> list[str]:
+    """'path shape dtype' of every leaf, in tree order: what a restore target must match (no values read)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [f"{jax.tree_util.keystr(path)} {tuple(np.shape(x))} {np.dtype(x.dtype)}" for path, x in leaves]
+
+
 def abstract_like(tree: Any) -> Any:
     """ShapeDtypeStructs (with shardings) of a concrete pytree: the restore target for orbax."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
@@ -68,18 +78,18 @@ class Checkpointer:
             self.directory.mkdir(parents=True, exist_ok=True)
         elif not self.directory.is_dir():
             raise CheckpointError(f"{self.directory}: no such checkpoint directory")
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
-            enable_async_checkpointing=False,  # a save is complete (renamed into place) when save() returns
-            cleanup_tmp_directories=not read_only,  # leftovers of a run killed mid-save
-            read_only=read_only,
-            create=not read_only,
-        )
         absl_logger = logging.getLogger("absl")
         level = absl_logger.level
         if read_only:  # orbax warns that a read-only manager will not save: expected here
             absl_logger.setLevel(logging.ERROR)
         try:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep,
+                enable_async_checkpointing=False,  # a save is complete (renamed into place) when save() returns
+                cleanup_tmp_directories=not read_only,  # leftovers of a run killed mid-save
+                read_only=read_only,
+                create=not read_only,
+            )
             self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
         except Exception as e:
             raise CheckpointError(f"{self.directory}: cannot open checkpoint directory ({_one_line(e)})") from None
@@ -105,7 +115,7 @@ class Checkpointer:
 
         Raises CheckpointError (e.g. disk full) naming the directory; any partial temporary directory is removed.
         """
-        meta = dict(meta, step=int(step), digest=tree_digest(state), format=META_FORMAT)
+        meta = dict(meta, step=int(step), digest=tree_digest(state), layout=tree_layout(state), format=META_FORMAT)
         try:
             self._manager.save(
                 int(step),
@@ -146,6 +156,16 @@ class Checkpointer:
     def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
         """Restore checkpoint `step` into the structure/shardings of `target`; verify its digest."""
         meta = self.read_meta(step)
+        if "layout" in meta:  # older checkpoints have none; their mismatches surface as restore errors below
+            want = tree_layout(target)
+            if meta["layout"] != want:
+                diff = next((f"{a} vs {b}" for a, b in zip(meta["layout"], want, strict=False) if a != b), "")
+                raise CheckpointMismatchError(
+                    f"{self.step_dir(step)}: holds a state of another layout ({len(meta['layout'])} arrays) than "
+                    f"this run builds ({len(want)}{'; first difference: ' + diff if diff else ''}): "
+                    "settings that shape the state changed (e.g. --momentum 0 has no momentum buffers); resume "
+                    "with the run's own settings (its config.json) or use another --workdir"
+                )
         try:
             restored = self._manager.restore(
                 step,
@@ -163,18 +183,26 @@ class Checkpointer:
         return restored, meta
 
     def restore_latest(
-        self, target: Any, warn: Callable[[str], None], *, quarantine: Path | None = None
+        self,
+        target: Any | Callable[[dict[str, Any]], Any],
+        warn: Callable[[str], None],
+        *,
+        quarantine: Path | None = None,
     ) -> tuple[Any, dict[str, Any]] | None:
         """Restore the newest readable checkpoint, or None if there is none.
 
-        An unreadable newer step is reported through `warn` (one line) and skipped; with `quarantine`, it is
-        moved there so a resumed run can save that step number again. If every step is unreadable, raise.
+        `target` is the restore target, or a function of a step's metadata that builds it (a run loaded from
+        its checkpoint alone); it may raise CheckpointError. An unreadable newer step (metadata or arrays) is
+        reported through `warn` (one line) and skipped; with `quarantine`, it is moved there so a resumed run
+        can save that step number again. If every step is unreadable, raise.
         """
         steps = self.all_steps()
         errors = []
         for step in reversed(steps):
             try:
-                result = self.restore(step, target)
+                result = self.restore(step, target(self.read_meta(step)) if callable(target) else target)
+            except CheckpointMismatchError:
+                raise  # sound but made with other settings: nothing to quarantine or fall back from
             except CheckpointError as e:
                 errors.append(str(e))
                 moved = ""

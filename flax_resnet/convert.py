@@ -7,6 +7,8 @@ transposed, BatchNorm names). Numpy in, numpy out; loading is strict and all-or-
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -145,10 +147,29 @@ def load_weights_file(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def save_safetensors(state_dict: Mapping[str, np.ndarray], path: str | Path) -> None:
-    """Write a numpy state dict as `.safetensors` atomically (temp file, then rename)."""
+    """Write a numpy state dict as `.safetensors` atomically (temp file, then rename), with the umask's mode.
+
+    Raises OSError naming the path when it cannot be written; no temporary file is left behind.
+    """
     from safetensors.numpy import save_file
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: np.array(v, order="C") for k, v in state_dict.items()}, str(tmp))
-    tmp.replace(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such directory", str(path.parent))
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file({k: np.array(v, order="C") for k, v in state_dict.items()}, str(tmp))
+        tmp.chmod(0o666 & ~_umask())  # safetensors creates its files 0600; weights are meant to be shared
+        tmp.replace(path)
+    except OSError as e:
+        raise OSError(f"{path}: cannot write ({e.strerror or e})") from None
+    except Exception as e:  # safetensors reports its I/O failures as SafetensorError
+        raise OSError(f"{path}: cannot write ({e})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -86,7 +86,9 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--data-dir", help="TFDS data dir, or the decoded-dataset cache dir for paths")
     p.add_argument("--workdir", help=f"run directory: config, metrics, plots, checkpoints (default: {Config.workdir})")
-    p.add_argument("--seed", type=int, help=f"seed for init, batch order and augmentation (default: {Config.seed})")
+    p.add_argument(
+        "--seed", type=non_negative_int, help=f"seed for init, batch order and augmentation (default: {Config.seed})"
+    )
     p.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps in total (smoke runs)")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no tqdm progress bars")
 

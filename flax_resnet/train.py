@@ -13,7 +13,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,8 @@ FETCH_SECONDS = 1.0
 
 def check_workdir(workdir: str | Path, config: Config, keys: tuple[str, ...] = RESUME_KEYS) -> Config | None:
     """The config saved in `workdir`, or None; RunError if it describes another model than `config`."""
+    if (Path(workdir) / "torch_options.json").is_file():
+        raise RunError(f"{workdir} holds a torch run (torch_options.json); give the JAX run its own --workdir")
     path = Path(workdir) / "config.json"
     if not path.is_file():
         return None
@@ -249,19 +251,30 @@ def load_run(path: str | Path, warn: Callable[[str], None] | None = None) -> Loa
         raise CheckpointError(f"{directory}: no finalized checkpoints")
     if step is not None and step not in steps:
         raise CheckpointError(f"{directory / str(step)}: not a finalized checkpoint")
-    meta = ckpt.read_meta(step if step is not None else steps[-1])
+    built: dict[str, tuple[Config, nnx.GraphDef, TrainState]] = {}
+
+    def target_for(meta: dict[str, Any]) -> TrainState:
+        """The restore target of the config recorded in a step's metadata (built once per config)."""
+        try:
+            config = Config.from_json(json.dumps(meta["config"]))
+        except (KeyError, ValueError, TypeError) as e:
+            where = directory / str(meta.get("step"))
+            raise CheckpointError(f"{where}: metadata holds no valid config ({e})") from None
+        key = config.to_json()
+        if key not in built:
+            built[key] = (config, *build_state(config)[:2])
+        return built[key][2]
+
     try:
-        config = Config.from_json(json.dumps(meta["config"]))
-    except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{directory}: checkpoint metadata holds no valid config ({e})") from None
-    graphdef, state, _, _ = build_state(config)
-    if step is None:
-        result = ckpt.restore_latest(state, warn)
-        assert result is not None
-        state, meta = result
-    else:
-        state, meta = ckpt.restore(step, state)
-    ckpt.close()
+        if step is None:  # the latest readable step: damaged newer ones (metadata or arrays) are skipped
+            result = ckpt.restore_latest(target_for, warn)
+            assert result is not None
+            state, meta = result
+        else:
+            state, meta = ckpt.restore(step, target_for(ckpt.read_meta(step)))
+    finally:
+        ckpt.close()
+    config, graphdef, _ = built[Config.from_json(json.dumps(meta["config"])).to_json()]
     names = tuple(meta.get("class_names") or [str(i) for i in range(config.num_classes)])
     return LoadedRun(config, names, graphdef, state, int(meta["step"]), directory / str(meta["step"]))
 
@@ -313,19 +326,32 @@ def evaluate(
     return result
 
 
-def _stop_flag() -> dict[str, Any]:
-    """SIGINT/SIGTERM set a flag the loop checks between steps, so it stops with a checkpoint."""
-    flag: dict[str, Any] = {"signal": None}
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[dict[str, Any]]:
+    """SIGINT/SIGTERM set a flag the loop checks between steps, so it stops with a checkpoint.
+
+    A second signal gives up at once (KeyboardInterrupt), except while a checkpoint is being written
+    (`flag["saving"]`): that save finishes first. The previous handlers come back on exit.
+    """
+    flag: dict[str, Any] = {"signal": None, "saving": False}
 
     def handler(signum, frame):
-        if flag["signal"] is not None:  # second signal: give up at once
+        if flag["signal"] is not None and not flag["saving"]:
             raise KeyboardInterrupt
+        if flag["signal"] is None:
+            print(f"signal {signum}: stopping after this step with a checkpoint (again: stop at once)",
+                  file=sys.stderr, flush=True)  # fmt: skip
         flag["signal"] = signum
 
+    previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError):  # not the main thread: no handler, the loop just runs
-            signal.signal(sig, handler)
-    return flag
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def loop_sums(loss: float = 0.0, correct: float = 0.0) -> dict[str, np.ndarray]:
@@ -482,9 +508,14 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             "class_names": list(dataset.class_names),
             "epoch_sums": epoch_sums,
         }
-        ckpt.save(step, state, meta)
+        stop["saving"] = True
+        try:
+            ckpt.save(step, state, meta)
+        finally:
+            stop["saving"] = False
 
-    stop = _stop_flag()
+    signals = contextlib.ExitStack()
+    stop = signals.enter_context(_stop_on_signals())
     compiled = False
     last_saved = step
     record: dict[str, Any] | None = None
@@ -563,12 +594,14 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                     save(step, state, acc)
                     last_saved = step
             if stop["signal"] is not None:
-                stopped = f"signal {stop['signal']}"
+                if step < total_steps:  # a signal after the last step changes nothing
+                    stopped = f"signal {stop['signal']}"
                 break
         if step != last_saved:  # nothing left to run (e.g. resumed a finished run with larger max-steps)
             save(step, state, acc)
             last_saved = step
     finally:
+        signals.close()
         ckpt.close()
         reporter.close()
     if config.max_steps is not None and step >= config.max_steps and step < config.epochs * steps_per_epoch:
@@ -579,6 +612,10 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     result = {"step": step, "stopped": stopped, "workdir": str(workdir), "seconds": time.time() - t_start}
     if record is not None:
         result.update({k: record[k] for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")})
+    if stopped.startswith("signal"):
+        reporter.print(f"stopped by {stopped} at step {step} of {total_steps}, checkpoint saved; "
+                       "the same command resumes")  # fmt: skip
+    elif record is not None:
         split = f"holdout ({config.holdout} training images)" if config.holdout else "test"
         acc = 100 * record["test_acc"]
         reporter.print(f"final: step {step}, {split} accuracy {acc:.2f}% (final epoch, not best-of)")

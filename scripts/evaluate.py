@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.batch_size <= 0:
         p.error(f"--batch-size must be positive, got {args.batch_size}")
+    if args.out and not Path(args.out).parent.is_dir():
+        p.error(f"--out {args.out}: no such directory {str(Path(args.out).parent)!r}")
 
     import jax
     import numpy as np
@@ -63,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         acc = 100 * matrix[c, c] / total if total else float("nan")
         print(f"  {name:<{width}}  {acc:6.2f}%  ({int(matrix[c, c])}/{total})")
     out = Path(args.out) if args.out else run.path.parent.parent / "confusion_matrix.png"
-    plot_confusion(matrix, run.class_names, out)
+    try:
+        plot_confusion(matrix, run.class_names, out)
+    except OSError as e:
+        print(f"error: {out}: cannot write the confusion matrix ({e.strerror or e})", file=sys.stderr)
+        return 1
     print(f"confusion matrix: {out}")
     return 0
 

@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         p.error(f"output must end in .safetensors, got {out.name!r}")
+    if not out.parent.is_dir():
+        p.error(f"{out}: no such directory {str(out.parent)!r}")
 
     from flax_resnet.checkpoint import CheckpointError
     from flax_resnet.convert import save_safetensors, to_torch_state_dict

@@ -62,10 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         initialize(args.coordinator, args.num_processes, args.process_id)
         config = make_config(args.recipe, **flags.config_overrides(args))
-        train(config)
+        result = train(config)
     except (DataError, CheckpointError, RunError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before the loop's own handler, or a second signal: the last checkpoint stands
+        print("error: interrupted; the same command resumes from the last checkpoint", file=sys.stderr)
+        return 130
+    if result["stopped"].startswith("signal"):  # stopped early on request: not a finished run
+        return 128 + int(result["stopped"].split()[1])
     return 0
 
 

@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # e.g. a workdir that cannot be written
         print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # no resume in the reference trainer; model.safetensors holds the last epoch
+        print("error: interrupted (this trainer does not resume; model.safetensors, once written, holds the last "
+              "finished epoch)", file=sys.stderr)  # fmt: skip
+        return 130
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Checkpointer: round trip, last-2 retention, half-written and corrupt steps, disk full while saving."""
+"""Checkpointer: round trip, last-2 retention, half-written and corrupt steps, disk full while saving, a sound
+checkpoint of another layout (refused, never quarantined), damaged metadata."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import numpy as np
 import pytest
 from orbax.checkpoint._src.handlers import json_checkpoint_handler
 
-from flax_resnet.checkpoint import Checkpointer, CheckpointError, find_checkpoint, tree_digest
+from flax_resnet.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    CheckpointMismatchError,
+    find_checkpoint,
+    tree_digest,
+)
 
 
 def _state(seed: int) -> dict:
@@ -114,3 +121,43 @@ def test_bad_paths_are_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(CheckpointError, match="not a run directory"):
         find_checkpoint(tmp_path / "file")
+
+
+def test_another_layout_is_refused_and_nothing_is_moved(tmp_path: Path) -> None:
+    # As after resuming with --momentum 0: the target lacks the momentum buffers the checkpoint holds.
+    ckpt = Checkpointer(tmp_path / "ck")
+    ckpt.save(2, _state(2), {})
+    ckpt.save(4, _state(4), {})
+    fewer = {"params": {"w": _state(0)["params"]["w"]}, "step": _state(0)["step"]}
+    warnings: list[str] = []
+    with pytest.raises(CheckpointMismatchError, match=r"ck/4: holds a state of another layout \(3 arrays\).*\(2;"):
+        ckpt.restore_latest(fewer, warnings.append, quarantine=tmp_path / "bad")
+    reshaped = dict(_state(0), step=jnp.zeros(2, jnp.int32))
+    with pytest.raises(CheckpointMismatchError, match=r"first difference: \['step'\] \(\) int32 vs \['step'\] \(2,\)"):
+        ckpt.restore_latest(reshaped, warnings.append, quarantine=tmp_path / "bad")
+    assert warnings == [] and ckpt.all_steps() == [2, 4] and not (tmp_path / "bad").exists()
+    assert _equal(ckpt.restore_latest(_state(0), warnings.append)[0], _state(4))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty step"])
+def test_damaged_metadata_falls_back_also_when_the_target_comes_from_it(tmp_path: Path, damage: str) -> None:
+    ckpt = Checkpointer(tmp_path / "ck")
+    ckpt.save(2, _state(2), {"shape": 64})
+    ckpt.save(4, _state(4), {"shape": 64})
+    if damage == "garbage":
+        (ckpt.step_dir(4) / "meta" / "metadata").write_text("{x")
+    else:
+        shutil.rmtree(ckpt.step_dir(4))
+        ckpt.step_dir(4).mkdir()
+    seen: list[int] = []
+
+    def target_for(meta: dict) -> dict:  # as load_run builds its target from the recorded config
+        seen.append(meta["step"])
+        return _state(0)
+
+    reader = Checkpointer(tmp_path / "ck", read_only=True)
+    warnings: list[str] = []
+    restored, meta = reader.restore_latest(target_for, warnings.append)
+    assert meta["step"] == 2 and _equal(restored, _state(2)) and seen == [2]
+    assert reader.all_steps() == [2, 4]  # an empty step directory counts as a step for orbax
+    assert len(warnings) == 1 and "ck/4" in warnings[0] and "falling back to step 2" in warnings[0]

@@ -48,6 +48,8 @@ def test_help_and_bad_flags() -> None:
         "--coordinator",
         "--num-processes",
         "--process-id",
+        "--holdout",
+        "--cutout",
     ):
         assert flag in proc.stdout
     for script in ("evaluate.py", "predict.py", "export.py"):
@@ -55,7 +57,8 @@ def test_help_and_bad_flags() -> None:
     proc = run_cli("train.py", "--arch", "resnet19")
     assert proc.returncode == 2 and "invalid choice: 'resnet19'" in proc.stderr and "usage:" in proc.stderr
     parser = _script("train").build_parser()
-    for bad in (["--bogus"], ["--variant", "tiny"], ["--schedule", "linear"], ["--dtype", "fp16"], ["--recipe", "x"]):
+    for bad in (["--bogus"], ["--variant", "tiny"], ["--schedule", "linear"], ["--dtype", "fp16"], ["--recipe", "x"],
+                ["--seed", "-1"], ["--holdout", "-5"], ["--cutout", "x"]):  # fmt: skip
         with pytest.raises(SystemExit) as info:
             parser.parse_args(bad)
         assert info.value.code == 2
@@ -179,6 +182,52 @@ def test_data_and_checkpoint_errors_are_one_line(tiny_data: Path, tmp_path: Path
     copy = data_lib.load_dataset(tmp_path / "copy.tar.gz", tmp_path / "c3")
     want = data_lib.load_dataset(tiny_data, tmp_path / "c2")
     np.testing.assert_array_equal(copy.train_images, want.train_images)  # PNG copy: lossless
+
+
+def test_mistakes_around_a_finished_run_keep_it_intact(tiny_data: Path, tmp_path: Path, trained_run: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir())
+    # Resuming with settings that change the state's layout is refused; no checkpoint is touched.
+    proc = run_cli("train.py", *TINY_FLAGS, "--data", str(tiny_data), "--data-dir", str(tmp_path / "c"),
+                   "--epochs", "3", "--lr", "0.05", "--momentum", "0", "--workdir", str(run))  # fmt: skip
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "another layout" in errors[0] and "momentum" in errors[0]
+    assert "momentum 0.9 -> 0.0" in proc.stderr  # the note naming what changed
+    assert sorted(int(p.name) for p in (run / "checkpoints").iterdir()) == steps
+    assert not (run / "checkpoints-corrupt").exists()
+    assert json.loads((run / "config.json").read_text())["momentum"] == 0.9
+
+    # A torch run's workdir is not taken over.
+    torch_run = tmp_path / "torch_run"
+    torch_run.mkdir()
+    (torch_run / "torch_options.json").write_text("{}")
+    proc = run_cli("train.py", *TINY_FLAGS, "--data", str(tiny_data), "--workdir", str(torch_run))
+    assert proc.returncode == 1 and "holds a torch run" in _one_error_line(proc)
+
+    # Damaged metadata of the newest step: the companion CLIs fall back to the step before.
+    newest, older = steps[-1], steps[-2]
+    (run / "checkpoints" / str(newest) / "meta" / "metadata").write_text("{x")
+    proc = run_cli("evaluate.py", str(run), check=True)
+    assert f"falling back to step {older}" in proc.stderr and f"(step {older}," in proc.stdout
+
+    # Output paths: a missing folder is one line; an export is readable as the umask allows, with no temp left.
+    proc = run_cli("export.py", str(run), str(tmp_path / "missing" / "w.safetensors"))
+    assert proc.returncode == 2 and "no such directory" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("evaluate.py", str(run), "--out", str(tmp_path / "missing" / "cm.png"))
+    assert proc.returncode == 2 and "no such directory" in proc.stderr and "Traceback" not in proc.stderr
+    run_cli("export.py", str(run), str(tmp_path / "w.safetensors"), check=True)
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("w.")] == ["w.safetensors"]
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @pytest.mark.realdata

@@ -1,11 +1,12 @@
-"""Kill a training run with SIGKILL (after a checkpoint, and at a random moment), resume it with the same
-command, and require the final state to be bitwise equal to an uninterrupted run's."""
+"""Kill a training run with SIGKILL (after a checkpoint, and at a random moment) or stop it with SIGINT, resume
+it with the same command, and require the final state to be bitwise equal to an uninterrupted run's."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -15,8 +16,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, TINY_FLAGS, cli_env, run_cli
 
+from conftest import REPO, TINY_FLAGS, cli_env, run_cli
 from flax_resnet.train import load_run
 
 pytestmark = pytest.mark.slow
@@ -106,7 +107,25 @@ def test_sigkill_and_resume_is_bitwise_identical(tiny_data: Path, tmp_path: Path
         _kill(proc)
     run_cli("train.py", *_args(tiny_data, cache, tmp_path / "random"), check=True)
 
-    for name in ("after_ckpt", "random"):
+    # 3. Ctrl-C (SIGINT) once a checkpoint exists: a clean stop with a checkpoint, exit status 130, and a line
+    # saying the run is not finished; the same command resumes.
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "train.py"), *_args(tiny_data, cache, tmp_path / "sigint")],
+        cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while not _steps(tmp_path / "sigint") and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    if "final: step 10" not in out:  # the run was not already over when the signal came
+        assert proc.returncode == 130, err
+        assert "signal 2: stopping after this step" in err and "Traceback" not in err
+        assert re.search(r"stopped by signal 2 at step \d+ of 10, checkpoint saved; the same command resumes", out)
+        assert "final:" not in out
+    run_cli("train.py", *_args(tiny_data, cache, tmp_path / "sigint"), check=True)
+
+    for name in ("after_ckpt", "random", "sigint"):
         resumed, metrics = _final(tmp_path / name)
         _assert_bitwise_equal(resumed, reference, f"{name} (random seed {seed})")
         assert metrics == reference_metrics, f"{name} (random seed {seed})"

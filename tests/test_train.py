@@ -4,6 +4,7 @@ evaluation on held-out training images, cutout inside the step."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import jax
@@ -87,8 +88,10 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = _config(tiny_data, tmp_path, max_steps=4, checkpoint_every=2)
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
     result = train(config)
     assert result["step"] == 4
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers  # put back after a run
     ckpt = Checkpointer(tmp_path / "run" / "checkpoints")
     assert ckpt.all_steps() == [2, 4]
 
@@ -106,6 +109,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(
     with pytest.raises(RunError, match=r"not finite \(nan/inf\) at step 5 .*last good checkpoint: step 4"):
         train(_config(tiny_data, tmp_path, max_steps=8, checkpoint_every=2))
     monkeypatch.undo()
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers  # also after an error
     assert Checkpointer(tmp_path / "run" / "checkpoints").all_steps() == [2, 4]
     _graphdef, state, _, _ = build_state(_config(tiny_data, tmp_path, num_classes=3))
     restored, _meta = Checkpointer(tmp_path / "run" / "checkpoints").restore(4, state)

@@ -242,7 +242,9 @@ def test_holdout_trains_on_the_rest_and_evaluates_on_the_held_out_images(tmp_pat
     assert row["test_acc"] == pytest.approx(float((logits.argmax(1).numpy() == held.test_labels).mean()), abs=1e-9)
 
 
-@pytest.mark.parametrize("flags", [["--arch", "resnet19"], ["--batch-size", "0"], ["--lr", "fast"]])
+@pytest.mark.parametrize(
+    "flags", [["--arch", "resnet19"], ["--batch-size", "0"], ["--lr", "fast"], ["--seed", "-1"], ["--cutout", "-2"]]
+)
 def test_script_bad_flag_exits_2(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     # In-process (the parser is the same code the CLI runs; the subprocess path is covered below).
     with pytest.raises(SystemExit) as exit_info:

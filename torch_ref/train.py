@@ -14,8 +14,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,6 +24,7 @@ from torch import nn
 
 from flax_resnet import data as data_lib
 from flax_resnet.config import SCHEDULES, Config
+from flax_resnet.convert import save_safetensors
 from flax_resnet.reporting import Reporter
 from torch_ref import data as tdata
 from torch_ref.models import create_model
@@ -140,18 +139,8 @@ def evaluate(
 
 
 def save_state_dict(model: nn.Module, path: str | Path) -> None:
-    """Write the model's state dict as .safetensors atomically (temp file in the same folder, then rename)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """Write the model's state dict as .safetensors atomically (the one writer both frameworks use)."""
+    save_safetensors({k: v.detach().to("cpu").contiguous().numpy() for k, v in model.state_dict().items()}, path)
 
 
 def _write_json(path: Path, obj: Any) -> None:
