@@ -23,6 +23,7 @@ import pickle
 import re
 import tarfile
 import tempfile
+import time
 import warnings
 import zipfile
 import zlib
@@ -459,11 +460,15 @@ def _read_cache(cache_file: Path) -> Dataset | None:
 
 
 def _write_cache(cache_file: Path, dataset: Dataset) -> None:
-    """Write atomically (temp file + os.replace) and drop older caches of the same source path."""
+    """Write atomically (temp file + os.replace) and drop older caches of the same source path.
+
+    Temp files left by killed writers (an hour old or more) of the same source are removed too.
+    """
     tmp_name = None
+    stem = cache_file.name.rsplit(".", 2)[0]  # "<name>.<path_key>"
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache_file.parent, suffix=".tmp", delete=False) as f:
+        with tempfile.NamedTemporaryFile(dir=cache_file.parent, prefix=f"{stem}.", suffix=".tmp", delete=False) as f:
             tmp_name = f.name
             np.savez(
                 f,
@@ -476,10 +481,13 @@ def _write_cache(cache_file: Path, dataset: Dataset) -> None:
         os.chmod(tmp_name, 0o644)  # NamedTemporaryFile creates 0600; a cache is as readable as its source
         os.replace(tmp_name, cache_file)
         tmp_name = None
-        stem = cache_file.name.rsplit(".", 2)[0]  # "<name>.<path_key>"
         for old in cache_file.parent.glob(f"{glob.escape(stem)}.*.npz"):
             if old != cache_file:
                 old.unlink(missing_ok=True)
+        for old in cache_file.parent.glob(f"{glob.escape(stem)}.*.tmp"):  # another writer may still be at work
+            with contextlib.suppress(OSError):
+                if time.time() - old.stat().st_mtime > 3600:
+                    old.unlink()
     except OSError as e:
         warnings.warn(f"could not write dataset cache {cache_file}: {_one_line(e)}", stacklevel=3)
     finally:

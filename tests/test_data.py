@@ -191,7 +191,13 @@ def test_cache_is_used_and_invalidated(tmp_path: Path, monkeypatch: pytest.Monke
         m.setattr(Image, "open", no_decoding)
         _assert_same(load_dataset(str(archive), data_dir=str(cache)), want)
 
-    # A changed source is decoded again; the stale cache of that source is replaced.
+    # A changed source is decoded again; the stale cache of that source is replaced, and so are temp files
+    # that killed writers of this source left (an hour old or more), while a fresh one (a writer at work) stays.
+    stem = next(cache.glob("*.npz")).name.rsplit(".", 2)[0]
+    killed, working = cache / f"{stem}.abc123.tmp", cache / f"{stem}.def456.tmp"
+    killed.write_bytes(b"half")
+    working.write_bytes(b"half")
+    os.utime(killed, (time.time() - 7200, time.time() - 7200))
     new_dog = _pixels(99)
     _write_png(tmp_path / "tree/test/dog/0.png", new_dog)
     _make_tar(tmp_path / "tree", archive)
@@ -199,6 +205,8 @@ def test_cache_is_used_and_invalidated(tmp_path: Path, monkeypatch: pytest.Monke
     got = load_dataset(str(archive), data_dir=str(cache))
     np.testing.assert_array_equal(got.test_images[1], new_dog)
     assert len(list(cache.glob("*.npz"))) == 1
+    assert not killed.exists() and working.exists()
+    working.unlink()
 
     # An unreadable cache file is not an error: the source is decoded again.
     (cached,) = cache.glob("*.npz")
