@@ -14,7 +14,7 @@ from pathlib import Path
 
 # Test function -> (what it checks, tolerance). Keep in step with parity_tests/test_*.py and harness.TOL_*.
 CHECKS: dict[str, tuple[str, str]] = {
-    "test_param_count": ("parameter count = torch_ref = published (DESIGN.md)", "exact"),
+    "test_param_count": ("parameter count = torch_ref = published (harness.PUBLISHED_COUNTS)", "exact"),
     "test_eval_logits_and_stage_shapes": (
         "eval logits (random weights + random BN stats; 32/33/64 px, article 32, +224 for imagenet 18/50; "
         "batch 1 and 4), float64; stage output shapes",
