@@ -506,9 +506,9 @@ HOLDOUT_SEED = 20261128  # one fixed split for every run, so runs of a sweep are
 def hold_out(dataset: Dataset, n: int) -> Dataset:
     """A copy whose test split is `n` training images (stratified by class) and whose train split is the rest.
 
-    n == 0 returns `dataset` itself.
     For choosing a recipe without looking at the test set: evaluation then measures the held-out images.
     The choice depends only on the labels and HOLDOUT_SEED, never on the run's seed; both keep their order.
+    n == 0 returns `dataset` itself.
     """
     if n < 0:
         raise ValueError(f"holdout must be >= 0, got {n}")
