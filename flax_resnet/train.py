@@ -516,6 +516,21 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
 
     signals = contextlib.ExitStack()
     stop = signals.enter_context(_stop_on_signals())
+
+    def stop_requested(boundary: bool) -> bool:
+        """Whether to stop for a signal. With one process: as soon as one came. With several: only at
+        checkpoint and epoch boundaries, which every process reaches at the same step, and if one came to any
+        of them; a process stopping alone mid-interval would leave its peers waiting in collectives."""
+        if jax.process_count() == 1:
+            return stop["signal"] is not None
+        if not boundary:
+            return False
+        from jax.experimental import multihost_utils
+
+        signum = int(np.max(multihost_utils.process_allgather(np.int32(stop["signal"] or 0))))
+        stop["signal"] = stop["signal"] or signum or None
+        return signum != 0
+
     compiled = False
     last_saved = step
     record: dict[str, Any] | None = None
@@ -542,7 +557,8 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                 pending += 1
                 end_epoch = i == steps_per_epoch - 1
                 # The final checkpoint of a run is written after its metrics line (below), never before it.
-                stopping = step >= total_steps or stop["signal"] is not None
+                requested = stop_requested(step % every == 0 or end_epoch)
+                stopping = step >= total_steps or requested
                 due = step % every == 0 and not stopping
                 if time.time() - last_fetch >= FETCH_SECONDS or due or end_epoch or stopping:
                     now = fetch(sums, pending)
@@ -557,14 +573,14 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                     if due and not end_epoch and step != last_saved:
                         save(step, jax.tree.unflatten(treedef, leaves), dict(now, seconds=seconds))
                         last_saved = step
-                if step >= total_steps or stop["signal"] is not None:
+                if stopping:
                     break
             bar.close()
             state = jax.tree.unflatten(treedef, leaves)
             now = fetch(sums, pending)
             seconds = acc["seconds"] + time.time() - t0
             complete = step % steps_per_epoch == 0
-            if complete or step >= total_steps or stop["signal"] is not None:
+            if complete or stopping:
                 ev = evaluate(eval_fn, state, test_images, test_labels, bs, mesh)
                 n_steps = max(1, now["count"] // bs)
                 record = {
@@ -593,7 +609,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                 if step != last_saved:
                     save(step, state, acc)
                     last_saved = step
-            if stop["signal"] is not None:
+            if requested:
                 if step < total_steps:  # a signal after the last step changes nothing
                     stopped = f"signal {stop['signal']}"
                 break

@@ -6,7 +6,8 @@
 #   BUDGET=560 DATA=.gpu_data/cifar10-jpeg.tar.gz OUT=/tmp/out bash scripts/gpu_session.sh
 #
 # Training runs (RUNS, default "torch_seeds jpeg_quality"):
-#   jax_seeds     3 seeds of the default recipe in JAX, cifar ResNet-18;
+#   jax_seeds     3 seeds of the default recipe in JAX, cifar ResNet-18, on the test set; SEED_FLAGS (flags
+#                 joined with commas, e.g. "--cutout,16") adds a sweep's winner to them;
 #   torch_seeds   seeds 1 and 2 of the same recipe in the torch reference trainer (seed 0 ran on 2026-11-27);
 #   jpeg_quality  the default recipe (JAX, seed 0) on the JPEG copy re-encoded at quality 50 and 25
 #                 (scripts/write_dataset.py): how much accuracy JPEG compression costs on this recipe;
@@ -191,7 +192,10 @@ jax_run() {  # name, data, seed, more flags...
     --recipe default --epochs "$EPOCHS" --seed "$seed" --data "$data" --data-dir $CACHE --no-progress \
     --workdir "$R/runs/$name" $EXTRA "$@" >"$R/runs/$name.log" 2>&1 &
 }
-if wants jax_seeds; then for seed in 0 1 2; do jax_run jax_default_r18_s$seed "$DATA" $seed; done; fi
+if wants jax_seeds; then
+  IFS=, read -r -a seed_flags <<<"${SEED_FLAGS:-}"
+  for seed in 0 1 2; do jax_run jax_default_r18_s$seed "$DATA" $seed "${seed_flags[@]}"; done
+fi
 if wants jpeg_quality; then for q in $QUALITIES; do jax_run jax_default_r18_q${q}_s0 /tmp/cifar10-q$q.tar.gz 0; done; fi
 if wants sweep; then
   for item in $SWEEP; do  # name=flag,value,...: the flags follow the later ones of jax_run, so they win
@@ -215,6 +219,9 @@ fi
 wait
 log "training done"
 for f in "$R"/runs/*.log; do [ -e "$f" ] || continue; echo "== $f: $(grep -E 'final:|error' "$f" | tail -n1)" | tee -a "$OUT/session.log"; done
+if ls -d "$R"/runs/*/ >/dev/null 2>&1; then  # the results table of this session's runs, one row per setting
+  python3 scripts/reproduce.py table "$R"/runs/*/ --device "$(tail -n1 "$R/gpu.txt" | cut -d, -f1)" 2>&1 | tee -a "$OUT/session.log"
+fi
 nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu --format=csv,noheader >>"$R/gpu.txt" 2>&1
 pack
 

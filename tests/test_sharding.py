@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import jax
@@ -174,3 +177,29 @@ def test_train_cli_as_two_processes_matches_one_process(tmp_path: Path, tiny_dat
     ]
     assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == [2]
     assert abs(rows[0][0]["test_loss"] - rows[1][0]["test_loss"]) <= 1e-4 * abs(rows[1][0]["test_loss"])
+
+
+def test_a_signal_to_one_process_stops_every_process_at_the_same_boundary(tmp_path: Path, tiny_data: Path) -> None:
+    # A preempted cluster job signals its processes at slightly different moments (here: only one of them).
+    # They must agree on one stopping step, a checkpoint boundary, or the others would wait in collectives.
+    flags = [*TINY_FLAGS, "--data", str(tiny_data), "--epochs", "2", "--lr", "0.05", "--checkpoint-every", "2",
+             "--workdir", str(tmp_path / "run")]  # fmt: skip
+    port = _free_port()
+    procs = [
+        _train_cli(flags, "--data-dir", str(tmp_path / f"cache{i}"), "--coordinator", f"127.0.0.1:{port}",
+                   "--num-processes", "2", "--process-id", str(i))
+        for i in range(2)
+    ]  # fmt: skip
+    checkpoints = tmp_path / "run" / "checkpoints"
+    deadline = time.time() + 400
+    while not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+        assert time.time() < deadline and all(p.poll() is None for p in procs), "no checkpoint appeared"
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [143, 143], outs[0][-2000:] + outs[1][-2000:]
+    found = re.search(r"stopped by signal 15 at step (\d+) of 12, checkpoint saved", outs[0])
+    assert found, outs[0][-2000:]
+    step = int(found.group(1))
+    assert step % 2 == 0 and 2 <= step < 12  # a checkpoint boundary before the end
+    assert load_run(tmp_path / "run").step == step
