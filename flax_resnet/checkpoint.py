@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import logging
+import os
 import shutil
+import sys
+import tempfile
 import time
 import zlib
 from collections.abc import Callable
@@ -166,13 +170,10 @@ class Checkpointer:
                     "settings that shape the state changed (e.g. --momentum 0 has no momentum buffers); resume "
                     "with the run's own settings (its config.json) or use another --workdir"
                 )
-        try:
-            restored = self._manager.restore(
-                step,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_like(target))),
-            ).state
-        except Exception as e:
-            raise CheckpointError(f"{self.step_dir(step)}: unreadable checkpoint ({_one_line(e)})") from None
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_like(target)))
+        restored, error = _run_quietly(lambda: self._manager.restore(step, args=args).state)
+        if error is not None:
+            raise CheckpointError(f"{self.step_dir(step)}: unreadable checkpoint ({error})")
         if jax.tree.structure(restored) != jax.tree.structure(target):
             raise CheckpointError(f"{self.step_dir(step)}: checkpoint does not match the model's state structure")
         digest = tree_digest(restored)
@@ -225,6 +226,37 @@ class Checkpointer:
         """Wait for pending work and release the manager."""
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _run_quietly(fn: Callable[[], Any], grace_seconds: float = 1.0) -> tuple[Any, str | None]:
+    """`(fn(), None)`, or `(None, one-line error)`; what it writes to stderr (fd 2) is replayed only on success.
+
+    When one array of a damaged checkpoint fails to decode, orbax abandons the read, and tensorstore's other
+    reads, still in flight, each print a traceback as they land ("Event loop is closed") or as their abandoned
+    coroutines are collected ("Exception ignored in"): thousands of lines for one damaged file. On failure
+    they are dropped (the caller reports one line), after a grace period for the late ones and a collection
+    once the error, which holds their frames, is gone.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            try:
+                result, error = fn(), None
+            except Exception as e:
+                result, error = None, _one_line(e)
+            if error is not None:
+                time.sleep(grace_seconds)
+                gc.collect()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        if error is None:
+            held.seek(0)
+            os.write(2, held.read())
+    return result, error
 
 
 def _is_enospc(e: BaseException) -> bool:
