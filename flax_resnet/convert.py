@@ -7,6 +7,7 @@ transposed, BatchNorm names). Numpy in, numpy out; loading is strict and all-or-
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Callable, Mapping
@@ -170,6 +171,10 @@ def save_safetensors(state_dict: Mapping[str, np.ndarray], path: str | Path) -> 
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read without changing it where Linux allows (os.umask can only set it)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask

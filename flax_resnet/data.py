@@ -106,6 +106,7 @@ def load_dataset(
     cache_file = _cache_file(cache_dir, path, stamp)
     cached = _read_cache(cache_file)
     if cached is not None:
+        _remove_stale_temps(cache_file)
         return cached
     if tree is None:
         tree = _read_tar(path)
@@ -460,10 +461,7 @@ def _read_cache(cache_file: Path) -> Dataset | None:
 
 
 def _write_cache(cache_file: Path, dataset: Dataset) -> None:
-    """Write atomically (temp file + os.replace) and drop older caches of the same source path.
-
-    Temp files left by killed writers (an hour old or more) of the same source are removed too.
-    """
+    """Write atomically (temp file + os.replace) and drop older caches and stale temp files of the same source."""
     tmp_name = None
     stem = cache_file.name.rsplit(".", 2)[0]  # "<name>.<path_key>"
     try:
@@ -484,15 +482,22 @@ def _write_cache(cache_file: Path, dataset: Dataset) -> None:
         for old in cache_file.parent.glob(f"{glob.escape(stem)}.*.npz"):
             if old != cache_file:
                 old.unlink(missing_ok=True)
-        for old in cache_file.parent.glob(f"{glob.escape(stem)}.*.tmp"):  # another writer may still be at work
-            with contextlib.suppress(OSError):
-                if time.time() - old.stat().st_mtime > 3600:
-                    old.unlink()
+        _remove_stale_temps(cache_file)
     except OSError as e:
         warnings.warn(f"could not write dataset cache {cache_file}: {_one_line(e)}", stacklevel=3)
     finally:
         if tmp_name is not None:
             Path(tmp_name).unlink(missing_ok=True)
+
+
+def _remove_stale_temps(cache_file: Path, age_seconds: float = 3600) -> None:
+    """Remove temp files that killed writers of this source left, once an hour old (a younger one may belong
+    to a writer still at work); called on every cache write and hit, so leftovers go on a later run."""
+    stem = cache_file.name.rsplit(".", 2)[0]
+    for old in cache_file.parent.glob(f"{glob.escape(stem)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > age_seconds:
+                old.unlink()
 
 
 def _one_line(e: BaseException) -> str:

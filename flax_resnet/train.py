@@ -172,7 +172,7 @@ class RunError(Exception):
 
 
 # Fields that must match to resume a workdir: a different model cannot continue from these checkpoints.
-RESUME_KEYS = ("arch", "variant", "num_classes", "dtype")
+RESUME_KEYS = ("arch", "variant", "num_classes", "dtype", "holdout")  # holdout: which images train
 # Host fetches of the running metrics (progress bar, NaN check) happen at most this often, besides epoch ends
 # and checkpoints: each one makes the host wait for the device to drain its queue of steps.
 FETCH_SECONDS = 1.0
@@ -330,18 +330,20 @@ def evaluate(
 def _stop_on_signals() -> Iterator[dict[str, Any]]:
     """SIGINT/SIGTERM set a flag the loop checks between steps, so it stops with a checkpoint.
 
-    A second signal gives up at once (KeyboardInterrupt), except while a checkpoint is being written
-    (`flag["saving"]`): that save finishes first. The previous handlers come back on exit.
+    A second signal gives up at once (KeyboardInterrupt); while a checkpoint is being written
+    (`flag["saving"]`) it sets `flag["abort"]` instead, and the save raises once it is complete. The previous
+    handlers come back on exit.
     """
-    flag: dict[str, Any] = {"signal": None, "saving": False}
+    flag: dict[str, Any] = {"signal": None, "saving": False, "abort": False}
 
     def handler(signum, frame):
-        if flag["signal"] is not None and not flag["saving"]:
-            raise KeyboardInterrupt
         if flag["signal"] is None:
-            print(f"signal {signum}: stopping after this step with a checkpoint (again: stop at once)",
-                  file=sys.stderr, flush=True)  # fmt: skip
-        flag["signal"] = signum
+            flag["signal"] = signum
+            print(f"signal {signum}: stopping with a checkpoint (again: stop at once)", file=sys.stderr, flush=True)
+        elif flag["saving"]:
+            flag["abort"] = True
+        else:
+            raise KeyboardInterrupt
 
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -351,7 +353,8 @@ def _stop_on_signals() -> Iterator[dict[str, Any]]:
         yield flag
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            if old is not None:  # None: a handler installed from C, which Python cannot put back
+                signal.signal(sig, old)
 
 
 def loop_sums(loss: float = 0.0, correct: float = 0.0) -> dict[str, np.ndarray]:
@@ -513,6 +516,8 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             ckpt.save(step, state, meta)
         finally:
             stop["saving"] = False
+        if stop["abort"]:  # a second signal came during the save: stop at once, now that it is complete
+            raise KeyboardInterrupt
 
     signals = contextlib.ExitStack()
     stop = signals.enter_context(_stop_on_signals())
@@ -609,7 +614,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                 if step != last_saved:
                     save(step, state, acc)
                     last_saved = step
-            if requested:
+            if requested or stop_requested(True):  # also a signal during this evaluation or save
                 if step < total_steps:  # a signal after the last step changes nothing
                     stopped = f"signal {stop['signal']}"
                 break

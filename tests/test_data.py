@@ -183,13 +183,18 @@ def test_cache_is_used_and_invalidated(tmp_path: Path, monkeypatch: pytest.Monke
     assert len(list(cache.glob("*.npz"))) == 1
     assert not [p for p in cache.iterdir() if not p.name.endswith(".npz")]  # no temp files left behind
 
-    # Second load: from the cache, without decoding a single image.
+    # Second load: from the cache, without decoding a single image; it also removes a temp file that a
+    # killed writer of this source left an hour or more ago.
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded an image although a cache exists")
 
+    stale = cache / (next(cache.glob("*.npz")).name.rsplit(".", 2)[0] + ".killed.tmp")
+    stale.write_bytes(b"half")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
     with monkeypatch.context() as m:
         m.setattr(Image, "open", no_decoding)
         _assert_same(load_dataset(str(archive), data_dir=str(cache)), want)
+    assert not stale.exists()
 
     # A changed source is decoded again; the stale cache of that source is replaced, and so are temp files
     # that killed writers of this source left (an hour old or more), while a fresh one (a writer at work) stays.

@@ -82,6 +82,11 @@ def test_refuses_workdir_of_another_architecture(tiny_data: Path, tmp_path: Path
     other.save(tmp_path / "run" / "config.json")
     with pytest.raises(RunError, match=r"num_classes 10 \(this run: 3\)"):
         train(_config(tiny_data, tmp_path))
+    # Another held-out split would move images between training and evaluation.
+    other = _config(tiny_data, tmp_path, num_classes=3, dtype="float32", holdout=12)
+    other.save(tmp_path / "run" / "config.json")
+    with pytest.raises(RunError, match=r"holdout 12 \(this run: 0\)"):
+        train(_config(tiny_data, tmp_path))
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(
@@ -157,3 +162,24 @@ def test_cutout_covering_the_whole_image_makes_the_step_blind_to_pixels(tiny_dat
         for s in (1, 2)
     ]
     assert losses[0] != losses[1]
+
+
+def test_signal_flag_first_stops_second_aborts_but_not_mid_save() -> None:
+    import os
+    import threading
+
+    from flax_resnet.train import _stop_on_signals
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be installed from the main thread")
+    before = signal.getsignal(signal.SIGINT)
+    with _stop_on_signals() as flag:
+        os.kill(os.getpid(), signal.SIGINT)  # the first: a request to stop with a checkpoint
+        assert flag["signal"] == signal.SIGINT and not flag["abort"]
+        flag["saving"] = True
+        os.kill(os.getpid(), signal.SIGTERM)  # the second, during a save: remembered, the save goes on
+        assert flag["abort"] and flag["signal"] == signal.SIGINT
+        flag["saving"] = False
+        with pytest.raises(KeyboardInterrupt):  # the second outside a save: at once
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
