@@ -179,7 +179,7 @@ def test_train_cli_as_two_processes_matches_one_process(tmp_path: Path, tiny_dat
     assert abs(rows[0][0]["test_loss"] - rows[1][0]["test_loss"]) <= 1e-4 * abs(rows[1][0]["test_loss"])
 
 
-def test_a_signal_to_one_process_stops_every_process_at_the_same_boundary(tmp_path: Path, tiny_data: Path) -> None:
+def test_signal_to_one_process_stops_all_at_one_boundary_and_resume_finishes(tmp_path: Path, tiny_data: Path) -> None:
     # A preempted cluster job signals its processes at slightly different moments (here: only one of them).
     # They must agree on one stopping step, a checkpoint boundary, or the others would wait in collectives.
     flags = [*TINY_FLAGS, "--data", str(tiny_data), "--epochs", "2", "--lr", "0.05", "--checkpoint-every", "2",
@@ -203,3 +203,17 @@ def test_a_signal_to_one_process_stops_every_process_at_the_same_boundary(tmp_pa
     step = int(found.group(1))
     assert step % 2 == 0 and 2 <= step < 12  # a checkpoint boundary before the end
     assert load_run(tmp_path / "run").step == step
+
+    # The same command resumes both processes from there to the end.
+    port = _free_port()
+    procs = [
+        _train_cli(flags, "--data-dir", str(tmp_path / f"cache{i}"), "--coordinator", f"127.0.0.1:{port}",
+                   "--num-processes", "2", "--process-id", str(i))
+        for i in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    assert f"resuming from checkpoint step {step}" in outs[0] and "final: step 12," in outs[0]
+    assert load_run(tmp_path / "run").step == 12
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if r["complete"]] == [1, 2]
