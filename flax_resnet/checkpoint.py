@@ -157,9 +157,15 @@ class Checkpointer:
             raise CheckpointError(f"{self.step_dir(step)}: not a flax_resnet checkpoint (bad metadata)")
         return meta
 
-    def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
-        """Restore checkpoint `step` into the structure/shardings of `target`; verify its digest."""
+    def restore(self, step: int, target: Any | Callable[[dict[str, Any]], Any]) -> tuple[Any, dict[str, Any]]:
+        """Restore checkpoint `step` into the structure/shardings of `target`; verify its digest.
+
+        `target` may be a function of the step's metadata that builds it (a run loaded from its checkpoint
+        alone); it may raise CheckpointError.
+        """
         meta = self.read_meta(step)
+        if callable(target):
+            target = target(meta)
         if "layout" in meta:  # older checkpoints have none; their mismatches surface as restore errors below
             want = tree_layout(target)
             if meta["layout"] != want:
@@ -192,16 +198,15 @@ class Checkpointer:
     ) -> tuple[Any, dict[str, Any]] | None:
         """Restore the newest readable checkpoint, or None if there is none.
 
-        `target` is the restore target, or a function of a step's metadata that builds it (a run loaded from
-        its checkpoint alone); it may raise CheckpointError. An unreadable newer step (metadata or arrays) is
-        reported through `warn` (one line) and skipped; with `quarantine`, it is moved there so a resumed run
-        can save that step number again. If every step is unreadable, raise.
+        `target` as for `restore`. An unreadable newer step (metadata or arrays) is reported through `warn`
+        (one line) and skipped; with `quarantine`, it is moved there so a resumed run can save that step number
+        again. If every step is unreadable, raise.
         """
         steps = self.all_steps()
         errors = []
         for step in reversed(steps):
             try:
-                result = self.restore(step, target(self.read_meta(step)) if callable(target) else target)
+                result = self.restore(step, target)
             except CheckpointMismatchError:
                 raise  # sound but made with other settings: nothing to quarantine or fall back from
             except CheckpointError as e:

@@ -463,7 +463,7 @@ def _read_cache(cache_file: Path) -> Dataset | None:
 def _write_cache(cache_file: Path, dataset: Dataset) -> None:
     """Write atomically (temp file + os.replace) and drop older caches and stale temp files of the same source."""
     tmp_name = None
-    stem = cache_file.name.rsplit(".", 2)[0]  # "<name>.<path_key>"
+    stem = _cache_stem(cache_file)
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=cache_file.parent, prefix=f"{stem}.", suffix=".tmp", delete=False) as f:
@@ -490,11 +490,15 @@ def _write_cache(cache_file: Path, dataset: Dataset) -> None:
             Path(tmp_name).unlink(missing_ok=True)
 
 
+def _cache_stem(cache_file: Path) -> str:
+    """'<name>.<path_key>': what every cache and temp file of one source path starts with."""
+    return cache_file.name.rsplit(".", 2)[0]
+
+
 def _remove_stale_temps(cache_file: Path, age_seconds: float = 3600) -> None:
     """Remove temp files that killed writers of this source left, once an hour old (a younger one may belong
     to a writer still at work); called on every cache write and hit, so leftovers go on a later run."""
-    stem = cache_file.name.rsplit(".", 2)[0]
-    for old in cache_file.parent.glob(f"{glob.escape(stem)}.*.tmp"):
+    for old in cache_file.parent.glob(f"{glob.escape(_cache_stem(cache_file))}.*.tmp"):
         with contextlib.suppress(OSError):
             if time.time() - old.stat().st_mtime > age_seconds:
                 old.unlink()

@@ -271,7 +271,7 @@ def load_run(path: str | Path, warn: Callable[[str], None] | None = None) -> Loa
             assert result is not None
             state, meta = result
         else:
-            state, meta = ckpt.restore(step, target_for(ckpt.read_meta(step)))
+            state, meta = ckpt.restore(step, target_for)
     finally:
         ckpt.close()
     config, graphdef, _ = built[Config.from_json(json.dumps(meta["config"])).to_json()]

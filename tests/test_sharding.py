@@ -142,6 +142,16 @@ def _train_cli(flags: list[str], *extra: str) -> subprocess.Popen:
     )
 
 
+def _train_cli_two_processes(flags: list[str], tmp_path: Path, *extra: str) -> list[subprocess.Popen]:
+    """The documented multi-host command, as processes 0 and 1 on localhost (each with its own data cache)."""
+    port = _free_port()
+    return [
+        _train_cli(flags, "--data-dir", str(tmp_path / f"cache{i}"), *extra, "--coordinator", f"127.0.0.1:{port}",
+                   "--num-processes", "2", "--process-id", str(i))
+        for i in range(2)
+    ]  # fmt: skip
+
+
 def test_train_cli_as_two_processes_matches_one_process(tmp_path: Path, tiny_data: Path) -> None:
     # The documented multi-host command, on localhost: both processes start, train 2 steps of 16 images (8
     # per process), checkpoint after each, evaluate, and end with the state a single process reaches with the
@@ -150,15 +160,10 @@ def test_train_cli_as_two_processes_matches_one_process(tmp_path: Path, tiny_dat
     # 2 processes equal 1 process with 2 devices bitwise.
     flags = [*TINY_FLAGS, "--data", str(tiny_data), "--epochs", "2", "--lr", "0.05", "--max-steps", "2",
              "--checkpoint-every", "1"]  # fmt: skip
-    port = _free_port()
     procs = [
-        *(
-            _train_cli(flags, "--data-dir", str(tmp_path / f"cache{i}"), "--workdir", str(tmp_path / "two"),
-                       "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i))
-            for i in range(2)
-        ),
+        *_train_cli_two_processes(flags, tmp_path, "--workdir", str(tmp_path / "two")),
         _train_cli(flags, "--data-dir", str(tmp_path / "cache0"), "--workdir", str(tmp_path / "one")),
-    ]  # fmt: skip
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-3000:]
@@ -184,12 +189,7 @@ def test_signal_to_one_process_stops_all_at_one_boundary_and_resume_finishes(tmp
     # They must agree on one stopping step, a checkpoint boundary, or the others would wait in collectives.
     flags = [*TINY_FLAGS, "--data", str(tiny_data), "--epochs", "2", "--lr", "0.05", "--checkpoint-every", "2",
              "--workdir", str(tmp_path / "run")]  # fmt: skip
-    port = _free_port()
-    procs = [
-        _train_cli(flags, "--data-dir", str(tmp_path / f"cache{i}"), "--coordinator", f"127.0.0.1:{port}",
-                   "--num-processes", "2", "--process-id", str(i))
-        for i in range(2)
-    ]  # fmt: skip
+    procs = _train_cli_two_processes(flags, tmp_path)
     checkpoints = tmp_path / "run" / "checkpoints"
     deadline = time.time() + 400
     while not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
@@ -205,12 +205,7 @@ def test_signal_to_one_process_stops_all_at_one_boundary_and_resume_finishes(tmp
     assert load_run(tmp_path / "run").step == step
 
     # The same command resumes both processes from there to the end.
-    port = _free_port()
-    procs = [
-        _train_cli(flags, "--data-dir", str(tmp_path / f"cache{i}"), "--coordinator", f"127.0.0.1:{port}",
-                   "--num-processes", "2", "--process-id", str(i))
-        for i in range(2)
-    ]  # fmt: skip
+    procs = _train_cli_two_processes(flags, tmp_path)
     outs = [p.communicate(timeout=400)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
     assert f"resuming from checkpoint step {step}" in outs[0] and "final: step 12," in outs[0]
