@@ -124,8 +124,10 @@ class Reporter:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
-        for key in ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds", "images_per_second"):
-            self._tb.add_scalar(key, record[key], record["step"])
+        for key in ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds", "images_per_second",
+                    "test_loss_flip", "test_acc_flip"):  # fmt: skip
+            if key in record:  # the flip-TTA keys: only at the end of a run
+                self._tb.add_scalar(key, record[key], record["step"])
         self._tb.flush()
 
     def close(self) -> None:
@@ -142,7 +144,8 @@ def format_epoch(r: dict[str, Any]) -> str:
         f"epoch {r['epoch']}{part} step {r['step']} lr {r['lr']:.4g} | "
         f"train loss {r['train_loss']:.4f} acc {100 * r['train_acc']:.2f}% | "
         f"test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:.2f}% | "
-        f"{r['epoch_seconds']:.1f}s {r['images_per_second']:.0f} img/s"
+        + (f"flip TTA acc {100 * r['test_acc_flip']:.2f}% | " if "test_acc_flip" in r else "")
+        + f"{r['epoch_seconds']:.1f}s {r['images_per_second']:.0f} img/s"
     )
 
 

@@ -29,6 +29,7 @@ class RunSummary:
     config: dict[str, Any]
     epochs_done: int
     final_test_acc: float | None  # None when the run stopped before its last epoch
+    final_flip_acc: float | None  # the same with flip TTA; None also for runs made before it was measured
     train_seconds: float
 
 
@@ -51,6 +52,7 @@ def summarize_run(workdir: str | Path) -> RunSummary:
         config=config,
         epochs_done=done,
         final_test_acc=complete[-1]["test_acc"] if finished else None,
+        final_flip_acc=complete[-1].get("test_acc_flip") if finished else None,
         train_seconds=sum(r["epoch_seconds"] for r in records),
     )
 
@@ -108,10 +110,11 @@ def results_table(runs: Sequence[RunSummary], device: str) -> str:
 
     "other" lists the settings that differ from the run's recipe; a run evaluated on held-out training
     images (`--holdout`) says so in the data column, and its accuracy is that of those images, not the test set.
+    "with flip TTA" is the final evaluation's flip test-time-augmented accuracy, for settings whose runs all have it.
     """
     head = (
         "| framework | arch | variant | recipe | epochs | batch | lr | dtype | other | seeds | final-epoch acc % "
-        "| train min/run | device | data |\n" + "|---" * 14 + "|\n"
+        "| with flip TTA % | train min/run | device | data |\n" + "|---" * 15 + "|\n"
     )
     rows = []
     for setting, group in group_runs(runs):
@@ -119,12 +122,14 @@ def results_table(runs: Sequence[RunSummary], device: str) -> str:
         acc = _mean_std([100 * r.final_test_acc for r in finished]) if finished else "did not finish"
         if len(finished) < len(group):
             acc += f" ({len(group) - len(finished)} of {len(group)} unfinished)"
+        flips = [100 * r.final_flip_acc for r in finished if r.final_flip_acc is not None]
+        flip = _mean_std(flips) if flips and len(flips) == len(finished) else "not measured"
         seeds = ",".join(str(r.config["seed"]) for r in group)
         minutes = statistics.mean(r.train_seconds for r in group) / 60
         s = setting
         rows.append(
             f"| {s['framework']} | {s['arch']} | {s['variant']} | {s['recipe']} | {s['epochs']} | {s['batch_size']} "
-            f"| {s['lr']:g} | {s['dtype']} | {s['other']} | {seeds} | {acc} | {minutes:.2f} | {device} "
+            f"| {s['lr']:g} | {s['dtype']} | {s['other']} | {seeds} | {acc} | {flip} | {minutes:.2f} | {device} "
             f"| {s['data']} |"
         )
     return head + "\n".join(rows) + "\n"

@@ -326,6 +326,39 @@ def evaluate(
     return result
 
 
+def logits_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Mean cross-entropy (no label smoothing) and accuracy of host logits, in float64."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    labels = np.asarray(labels)
+    return {
+        "loss": 0.0 - float(log_p[np.arange(len(labels)), labels].mean()),  # 0.0, not -0.0, when perfect
+        "accuracy": float(np.mean(np.argmax(z, -1) == labels)),
+    }
+
+
+def evaluate_flip_tta(
+    eval_fn: Callable[..., dict[str, jax.Array]],
+    state: TrainState,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    mesh: Any,
+    logits: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Horizontal-flip test-time augmentation: loss and accuracy of the mean of the logits of each (host, NHWC)
+    image and of its mirror image. `logits`: the plain ones, if `evaluate(..., keep_logits=True)` has them."""
+    from flax_resnet.distributed import put_replicated
+
+    def logits_of(x: np.ndarray) -> np.ndarray:
+        put = put_replicated((np.ascontiguousarray(x), np.asarray(labels)), mesh)
+        return evaluate(eval_fn, state, *put, batch_size, mesh, keep_logits=True)["logits"]
+
+    plain = logits if logits is not None else logits_of(images)
+    return logits_metrics((plain + logits_of(images[:, :, ::-1])) / 2, labels)
+
+
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[dict[str, Any]]:
     """SIGINT/SIGTERM set a flag the loop checks between steps, so it stops with a checkpoint.
@@ -586,7 +619,8 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             seconds = acc["seconds"] + time.time() - t0
             complete = step % steps_per_epoch == 0
             if complete or stopping:
-                ev = evaluate(eval_fn, state, test_images, test_labels, bs, mesh)
+                finished = step == config.epochs * steps_per_epoch  # the recipe's end: also flip TTA
+                ev = evaluate(eval_fn, state, test_images, test_labels, bs, mesh, keep_logits=finished)
                 n_steps = max(1, now["count"] // bs)
                 record = {
                     "epoch": epoch + 1,
@@ -600,6 +634,11 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                     "images_per_second": now["count"] / max(seconds, 1e-9),
                     "complete": complete,
                 }
+                if finished:
+                    tta = evaluate_flip_tta(
+                        eval_fn, state, dataset.test_images, dataset.test_labels, bs, mesh, ev["logits"]
+                    )
+                    record.update(test_loss_flip=tta["loss"], test_acc_flip=tta["accuracy"])
                 if is_main:
                     reporter.log_epoch(record, history)
                     history.append(record)
@@ -632,14 +671,16 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
         record = history[-1] if history else None
     result = {"step": step, "stopped": stopped, "workdir": str(workdir), "seconds": time.time() - t_start}
     if record is not None:
-        result.update({k: record[k] for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")})
+        keys = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_loss_flip", "test_acc_flip")
+        result.update({k: record[k] for k in keys if k in record})
     if stopped.startswith("signal"):
         reporter.print(f"stopped by {stopped} at step {step} of {total_steps}, checkpoint saved; "
                        "the same command resumes")  # fmt: skip
     elif record is not None:
         split = f"holdout ({config.holdout} training images)" if config.holdout else "test"
         acc = 100 * record["test_acc"]
-        reporter.print(f"final: step {step}, {split} accuracy {acc:.2f}% (final epoch, not best-of)")
+        flip = f"; with flip TTA {100 * record['test_acc_flip']:.2f}%" if "test_acc_flip" in record else ""
+        reporter.print(f"final: step {step}, {split} accuracy {acc:.2f}% (final epoch, not best-of){flip}")
     return result
 
 

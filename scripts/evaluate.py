@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="TFDS data dir or decoded-dataset cache dir (default: the run's)")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
     p.add_argument("--out", help="confusion-matrix PNG path (default: <workdir>/confusion_matrix.png)")
+    p.add_argument("--flip-tta", action="store_true",
+                   help="also report horizontal-flip test-time augmentation (mean logits of image and mirror)")
     args = p.parse_args(argv)
     if args.batch_size <= 0:
         p.error(f"--batch-size must be positive, got {args.batch_size}")
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from flax_resnet.checkpoint import CheckpointError
     from flax_resnet.distributed import make_mesh, put_replicated
     from flax_resnet.reporting import plot_confusion
-    from flax_resnet.train import evaluate, load_run, make_eval_fn
+    from flax_resnet.train import evaluate, evaluate_flip_tta, load_run, make_eval_fn
 
     try:
         run = load_run(args.checkpoint)
@@ -50,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         labels = put_replicated(dataset.test_labels, mesh)
         eval_fn = make_eval_fn(run.graphdef, jax.tree.structure(state))
         ev = evaluate(eval_fn, state, images, labels, batch, mesh, keep_logits=True)
+        if args.flip_tta:
+            tta = evaluate_flip_tta(
+                eval_fn, state, dataset.test_images, dataset.test_labels, batch, mesh, ev["logits"]
+            )
     except (CheckpointError, data_lib.DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -59,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     np.add.at(matrix, (dataset.test_labels, preds), 1)
     print(f"checkpoint: {run.path} (step {run.step}, {run.config.arch}/{run.config.variant})")
     print(f"test images: {ev['count']}  loss: {ev['loss']:.4f}  accuracy: {100 * ev['accuracy']:.2f}%")
+    if args.flip_tta:
+        print(f"with flip TTA:  loss: {tta['loss']:.4f}  accuracy: {100 * tta['accuracy']:.2f}%")
     width = max(len(n) for n in run.class_names)
     for c, name in enumerate(run.class_names):
         total = int(matrix[c].sum())

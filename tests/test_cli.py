@@ -106,13 +106,19 @@ def test_export_evaluate_predict_agree_with_torch(trained_run: Path, tiny_data: 
     with torch.no_grad():
         logits = ref(x).numpy()
         np.testing.assert_allclose(tv(x).numpy(), logits, rtol=1e-5, atol=1e-5)
+        tta = (logits + tv(x.flip(3)).numpy()) / 2  # the mean logits of each image and its mirror
     preds = logits.argmax(-1)
     correct = int((preds == dataset.test_labels).sum())
 
-    proc = run_cli("evaluate.py", str(trained_run), "--out", str(tmp_path / "cm.png"), check=True)
+    proc = run_cli("evaluate.py", str(trained_run), "--out", str(tmp_path / "cm.png"), "--flip-tta", check=True)
     assert f"test images: {len(preds)}" in proc.stdout
-    accuracy = float(re.search(r"accuracy: ([\d.]+)%", proc.stdout).group(1))
+    accuracy = float(re.search(r"loss: [\d.]+  accuracy: ([\d.]+)%", proc.stdout).group(1))
     assert accuracy == pytest.approx(100 * correct / len(preds), abs=0.006)
+    flip = re.search(r"with flip TTA:  loss: ([\d.]+)  accuracy: ([\d.]+)%", proc.stdout)
+    assert float(flip.group(2)) == pytest.approx(100 * np.mean(tta.argmax(-1) == dataset.test_labels), abs=0.006)
+    y = torch.from_numpy(dataset.test_labels.astype(np.int64))
+    tta_loss = torch.nn.functional.cross_entropy(torch.from_numpy(tta), y).item()
+    assert float(flip.group(1)) == pytest.approx(tta_loss, abs=6e-5)  # printed to 4 decimals
     for c, name in enumerate(TINY_CLASSES):
         mask = dataset.test_labels == c
         assert f"({int((preds[mask] == c).sum())}/{int(mask.sum())})" in proc.stdout.split(name, 1)[1].splitlines()[0]

@@ -16,14 +16,20 @@ from flax_resnet.config import make_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _fake_run(path: Path, seed: int, accs: list[float], epochs: int, torch: bool = False, **kw) -> Path:
+def _fake_run(
+    path: Path, seed: int, accs: list[float], epochs: int, torch: bool = False, flip: float | None = None, **kw
+) -> Path:
+    """A workdir whose metrics have `accs` per epoch and, with `flip`, a flip-TTA accuracy in the last record."""
     path.mkdir(parents=True)
     config = make_config("default", epochs=epochs, seed=seed, data="/x/cifar10-jpeg.tar.gz", workdir=str(path), **kw)
     config.save(path / "config.json")
-    lines = [
-        json.dumps({"epoch": i + 1, "step": 10 * (i + 1), "test_acc": a, "epoch_seconds": 30.0, "complete": True})
+    records = [
+        {"epoch": i + 1, "step": 10 * (i + 1), "test_acc": a, "epoch_seconds": 30.0, "complete": True}
         for i, a in enumerate(accs)
     ]
+    if flip is not None:
+        records[-1]["test_acc_flip"] = flip
+    lines = [json.dumps(r) for r in records]
     (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     if torch:
         (path / "torch_options.json").write_text("{}")
@@ -33,9 +39,9 @@ def _fake_run(path: Path, seed: int, accs: list[float], epochs: int, torch: bool
 def test_table_mean_std_of_final_epoch(tmp_path: Path) -> None:
     # The best epoch (0.95) must not be reported: final-epoch accuracies are 0.90, 0.92, 0.94.
     runs = [
-        _fake_run(tmp_path / "a", 0, [0.5, 0.95, 0.90], 3),
-        _fake_run(tmp_path / "b", 1, [0.5, 0.6, 0.92], 3),
-        _fake_run(tmp_path / "c", 2, [0.5, 0.6, 0.94], 3),
+        _fake_run(tmp_path / "a", 0, [0.5, 0.95, 0.90], 3, flip=0.91),
+        _fake_run(tmp_path / "b", 1, [0.5, 0.6, 0.92], 3, flip=0.93),
+        _fake_run(tmp_path / "c", 2, [0.5, 0.6, 0.94], 3, flip=0.95),
         _fake_run(tmp_path / "t", 0, [0.5, 0.6, 0.91], 3, torch=True),
         _fake_run(tmp_path / "u", 5, [0.5], 3),  # stopped after epoch 1 of 3
     ]
@@ -43,9 +49,10 @@ def test_table_mean_std_of_final_epoch(tmp_path: Path) -> None:
     lines = text.strip().splitlines()
     assert len(lines) == 4  # header, rule, jax row, torch row
     jax_row, torch_row = lines[2], lines[3]
-    # mean 92.00, sample std of (90, 92, 94) = 2.00; minutes per run: (90 + 90 + 90 + 30) s / 4 / 60 = 1.25
-    assert "| 0,1,2,5 | 92.00 ± 2.00 (1 of 4 unfinished) | 1.25 | cpu | cifar10-jpeg.tar.gz |" in jax_row
-    assert torch_row.startswith("| torch |") and "| 91.00 |" in torch_row
+    # mean 92.00, sample std of (90, 92, 94) = 2.00; with flip TTA (91, 93, 95): 93.00 ± 2.00; minutes per run:
+    # (90 + 90 + 90 + 30) s / 4 / 60 = 1.25
+    assert "| 0,1,2,5 | 92.00 ± 2.00 (1 of 4 unfinished) | 93.00 ± 2.00 | 1.25 | cpu | cifar10-jpeg.tar.gz |" in jax_row
+    assert torch_row.startswith("| torch |") and "| 91.00 | not measured |" in torch_row
 
 
 def test_table_separates_every_setting_that_changes_the_result(tmp_path: Path) -> None:
@@ -69,7 +76,7 @@ def test_table_separates_every_setting_that_changes_the_result(tmp_path: Path) -
     assert "| - | 0,1,2 | 92.00 ± 2.00 |" in rows[0]
     assert "| cutout=16 weight_decay=0.001 | 0 | 80.00 |" in rows[1]
     held = "cifar10-jpeg.tar.gz, evaluated on 5000 held-out train images"
-    assert rows[2].endswith(f"| - | 0 | 70.00 | 0.50 | cpu | {held} |")
+    assert rows[2].endswith(f"| - | 0 | 70.00 | not measured | 0.50 | cpu | {held} |")
     assert "| warmup_fraction=0.3 | 0 | 60.00 |" in rows[3]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import scipy.special
 
 from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS
 from flax_resnet import data as data_lib
@@ -136,6 +137,14 @@ def test_holdout_trains_on_the_rest_and_evaluates_on_the_held_out_images(
     logits = np.asarray(predict(run.model(), data_lib.normalize(held.test_images), jit=False))
     assert len(held.test_labels) == 30
     assert result["test_acc"] == np.mean(np.argmax(logits, -1) == held.test_labels)
+    # The run's end also measures flip TTA: the mean of the logits of each image and its mirror (width flipped).
+    mirrored = np.asarray(predict(run.model(), data_lib.normalize(held.test_images[:, :, ::-1]), jit=False))
+    tta = (logits + mirrored) / 2
+    assert result["test_acc_flip"] == np.mean(np.argmax(tta, -1) == held.test_labels)
+    log_p = scipy.special.log_softmax(tta.astype(np.float64), -1)
+    assert result["test_loss_flip"] == pytest.approx(-np.mean(log_p[np.arange(30), held.test_labels]), rel=1e-5)
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (last["test_acc_flip"], last["test_loss_flip"]) == (result["test_acc_flip"], result["test_loss_flip"])
 
 
 def test_cutout_covering_the_whole_image_makes_the_step_blind_to_pixels(tiny_data: Path, tmp_path: Path) -> None:

@@ -239,7 +239,11 @@ def test_holdout_trains_on_the_rest_and_evaluates_on_the_held_out_images(tmp_pat
     x = torch.stack([TF.normalize(TF.to_tensor(im), CIFAR10_MEAN, CIFAR10_STD) for im in held.test_images])
     with torch.no_grad():
         logits = model(x)
+        tta = (logits + model(TF.hflip(x))) / 2  # flip TTA, measured at the run's end
     assert row["test_acc"] == pytest.approx(float((logits.argmax(1).numpy() == held.test_labels).mean()), abs=1e-9)
+    assert row["test_acc_flip"] == pytest.approx(float((tta.argmax(1).numpy() == held.test_labels).mean()), abs=1e-9)
+    y = torch.from_numpy(held.test_labels.astype("int64"))
+    assert row["test_loss_flip"] == pytest.approx(torch.nn.functional.cross_entropy(tta, y).item(), rel=1e-5)
 
 
 @pytest.mark.parametrize(

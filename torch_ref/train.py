@@ -118,24 +118,39 @@ def evaluate(
     labels: torch.Tensor,
     batch_size: int,
     options: TorchOptions | None = None,
+    *,
+    flip_tta: bool = False,
 ) -> dict[str, float]:
-    """Eval-mode mean cross-entropy (no label smoothing) and accuracy over every image once, in order."""
+    """Eval-mode mean cross-entropy (no label smoothing) and accuracy over every image once, in order.
+
+    With `flip_tta`, also `loss_flip`/`accuracy_flip`: those of the mean logits of each image and its mirror.
+    """
     options = options or TorchOptions(device=str(images.device))
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
-    correct = torch.zeros((), dtype=torch.int64, device=images.device)
+    sums = {k: torch.zeros((), dtype=torch.float64, device=images.device) for k in ("loss", "correct")}
+    if flip_tta:
+        sums.update({k + "_flip": torch.zeros_like(sums[k]) for k in ("loss", "correct")})
+
+    def accumulate(logits: torch.Tensor, y: torch.Tensor, suffix: str = "") -> None:
+        sums["loss" + suffix] += F.cross_entropy(logits, y, reduction="sum").double()
+        sums["correct" + suffix] += (logits.argmax(dim=1) == y).sum()
+
     for start in range(0, len(images), batch_size):
-        x = _prepare(tdata.normalize(images[start : start + batch_size]), options)
+        x = tdata.normalize(images[start : start + batch_size])
         y = labels[start : start + batch_size]
         with _autocast(options, images.device):
-            logits = model(x)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-        correct += (logits.argmax(dim=1) == y).sum()
+            logits = model(_prepare(x, options))
+            mirrored = model(_prepare(x.flip(3), options)) if flip_tta else None
+        accumulate(logits.float(), y)
+        if mirrored is not None:
+            accumulate((logits.float() + mirrored.float()) / 2, y, "_flip")
     model.train(was_training)
     n = len(images)
-    return {"loss": float(loss_sum) / n, "accuracy": int(correct) / n}
+    result = {"loss": float(sums["loss"]) / n, "accuracy": int(sums["correct"]) / n}
+    if flip_tta:
+        result.update(loss_flip=float(sums["loss_flip"]) / n, accuracy_flip=int(sums["correct_flip"]) / n)
+    return result
 
 
 def save_state_dict(model: nn.Module, path: str | Path) -> None:
@@ -244,7 +259,8 @@ def train(config: Config, options: TorchOptions, *, out: TextIO | None = None) -
             _sync(device)
             seconds = time.perf_counter() - t0
             bar.close()
-            test = evaluate(forward, test_images, test_labels, config.batch_size, options)
+            finished = epoch + 1 == config.epochs and n_steps == steps_per_epoch  # the recipe's end: flip TTA too
+            test = evaluate(forward, test_images, test_labels, config.batch_size, options, flip_tta=finished)
             record = {
                 "epoch": epoch + 1,
                 "step": step,
@@ -257,6 +273,8 @@ def train(config: Config, options: TorchOptions, *, out: TextIO | None = None) -
                 "images_per_second": timed_steps * config.batch_size / seconds if timed_steps else 0.0,
                 "complete": n_steps == steps_per_epoch,
             }
+            if finished:
+                record.update(test_loss_flip=test["loss_flip"], test_acc_flip=test["accuracy_flip"])
             save_state_dict(model, workdir / "model.safetensors")
             reporter.log_epoch(record, history)
             history.append(record)
