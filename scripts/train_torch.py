@@ -20,14 +20,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The shared recipe flags (flax_resnet/flags.py) plus torch-only execution flags."""
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="There is no resume: a run starts from scratch and overwrites config.json, metrics.jsonl and "
-        "model.safetensors in --workdir (each written atomically; the checkpoint after every epoch).",
+        epilog="There is no resume: a workdir that holds a torch run is refused (rerunning a finished command "
+        "does nothing) unless --overwrite, which removes its files first. The run writes config.json, "
+        "metrics.jsonl and model.safetensors (each atomically; the weights after every epoch).",
     )
     flags.add_training_flags(p)
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for the model and inputs")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast for the forward pass (on cuda)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--overwrite", action="store_true", help="replace the torch run already in --workdir")
     return p
 
 
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     options = TorchOptions(device=device, channels_last=args.channels_last, amp=args.amp, compile=args.compile)
     try:
-        train(config, options)
+        train(config, options, overwrite=args.overwrite)
     except (DataError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -275,3 +275,35 @@ def test_script_refuses_a_jax_workdir(tmp_path: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "holds a JAX run" in err
     assert (workdir / "metrics.jsonl").read_text() == '{"epoch": 1}\n'  # untouched
+
+
+def test_script_keeps_a_finished_run_and_replaces_a_run_only_when_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, workdir = tmp_path / "data", tmp_path / "run"
+    _make_image_folder(data, n_train=2, n_test=1)  # 20 training images: one step of 16 per epoch
+    args = [
+        "--variant", "imagenet", "--batch-size", "16", "--epochs", "1", "--lr", "0.01", "--no-progress",
+        "--device", "cpu", "--data", str(data), "--data-dir", str(tmp_path / "cache"), "--workdir", str(workdir),
+    ]  # fmt: skip
+    torch.set_num_threads(1)
+    main = _script_main()
+    assert main(args) == 0
+    files = {name: (workdir / name).read_bytes() for name in ("config.json", "metrics.jsonl", "model.safetensors")}
+    assert len(list((workdir / "tensorboard").iterdir())) == 1  # one event file
+    capsys.readouterr()
+
+    assert main(args) == 0  # the same finished command again: nothing to do, nothing touched
+    assert "holds this run, finished at step 1: nothing to do" in capsys.readouterr().out
+    assert all((workdir / name).read_bytes() == content for name, content in files.items())
+
+    assert main([*args, "--arch", "resnet34"]) == 1  # another run in the same workdir: refused, nothing touched
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds another or unfinished torch run (1 epochs logged)" in err
+    assert all((workdir / name).read_bytes() == content for name, content in files.items())
+
+    (workdir / "tensorboard" / "old-run-marker").write_text("")
+    assert main([*args, "--arch", "resnet34", "--overwrite"]) == 0  # replaced, old files first removed
+    assert "layer3.5.conv1.weight" in load_file(str(workdir / "model.safetensors"))  # resnet34 has 6 blocks there
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 1
+    assert not (workdir / "tensorboard" / "old-run-marker").exists()

@@ -5,7 +5,8 @@ It exists to answer "does the Flax trainer train as well as plain PyTorch does o
 `flax_resnet.data.train_batch_indices` for the batch order, augmentation as batched tensor ops, torch SGD with
 the learning rate of `flax_resnet.train.make_schedule` set before every step. The workdir gets the same
 `config.json` and `metrics.jsonl` as the JAX trainer and a `model.safetensors` state dict that
-`flax_resnet.load_weights_file` + `load_torch_state_dict` load into the Flax model. There is no resume.
+`flax_resnet.load_weights_file` + `load_torch_state_dict` load into the Flax model. There is no resume: a
+workdir holding a torch run is refused (finished with the same config: nothing to do) unless `overwrite`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -164,9 +166,34 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
-def train(config: Config, options: TorchOptions, *, out: TextIO | None = None) -> list[dict[str, Any]]:
+RUN_FILES = ("metrics.jsonl", "model.safetensors", "curves.png", "tensorboard")  # what a run writes besides configs
+
+
+def _previous_run(workdir: Path, config: Config, steps_per_epoch: int) -> tuple[list[dict[str, Any]], bool] | None:
+    """The metrics of the torch run already in `workdir` (None if there is none), and whether it is this
+    config's run, finished: rerunning a finished command then has nothing to do."""
+    if not any((workdir / name).exists() for name in ("torch_options.json", *RUN_FILES[:2])):
+        return None
+    try:
+        saved = Config.from_json((workdir / "config.json").read_text())
+        text = (workdir / "metrics.jsonl").read_text()
+        history = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (OSError, ValueError, TypeError):
+        return [], False
+    last = total_steps(config, steps_per_epoch)
+    if config.max_steps is not None:
+        last = min(last, config.max_steps)
+    same = dataclasses.replace(saved, progress=config.progress) == config
+    return history, same and bool(history) and history[-1]["step"] == last and (workdir / RUN_FILES[1]).exists()
+
+
+def train(
+    config: Config, options: TorchOptions, *, out: TextIO | None = None, overwrite: bool = False
+) -> list[dict[str, Any]]:
     """Run the whole training described by `config`; returns the metrics rows also written to metrics.jsonl.
 
+    A workdir that holds a torch run is refused, so that no finished work is lost by a rerun, unless it is this
+    config's run and finished (returns its rows, trains nothing) or `overwrite` (its files are removed first).
     Raises data.DataError / TrainError for user errors (one-line messages).
     """
     device = torch.device(options.device)
@@ -186,6 +213,22 @@ def train(config: Config, options: TorchOptions, *, out: TextIO | None = None) -
         lr_at(config, steps_per_epoch, 0)  # e.g. a cosine schedule too short to decay is a user error
     except ValueError as e:
         raise TrainError(str(e)) from None
+    previous = _previous_run(workdir, config, steps_per_epoch)
+    if previous is not None and previous[1] and not overwrite:
+        print(f"{workdir} holds this run, finished at step {previous[0][-1]['step']}: nothing to do "
+              "(--overwrite trains it again)", file=out)  # fmt: skip
+        return previous[0]
+    if previous is not None and not overwrite:
+        raise TrainError(
+            f"{workdir} holds another or unfinished torch run ({len(previous[0])} epochs logged) and this trainer "
+            "does not resume; pass --overwrite to replace it, or give a new --workdir"
+        )
+    if previous is not None:  # never a mix of the old run's files and the new config
+        for path in (workdir / name for name in RUN_FILES):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
     config.save(workdir / "config.json")
     _write_json(workdir / "torch_options.json", {**dataclasses.asdict(options), "torch": torch.__version__})
