@@ -44,6 +44,9 @@ def make_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
             [warmup],
         )
     if config.schedule == "cosine":
+        if total <= max(1, warmup):  # optax's own error would be about its decay_steps argument
+            raise ValueError(f"the cosine schedule needs more than its {max(1, warmup)} warm-up step(s); "
+                             f"this run has {total}")  # fmt: skip
         return optax.warmup_cosine_decay_schedule(lr / 25, lr, max(1, warmup), total, end_value=0.0)
     raise ValueError(f"unknown schedule {config.schedule!r}; valid choices: {', '.join(SCHEDULES)}")
 
@@ -462,6 +465,10 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     every = config.checkpoint_every or steps_per_epoch
+    try:
+        make_schedule(config, steps_per_epoch)  # e.g. a cosine schedule too short to decay: before any file is written
+    except ValueError as e:
+        raise RunError(str(e)) from None
 
     reporter = Reporter(workdir, progress=config.progress, write=is_main, stream=stream)
     warn = (lambda line: print(line, file=sys.stderr, flush=True)) if is_main else (lambda line: None)

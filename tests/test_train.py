@@ -90,6 +90,14 @@ def test_refuses_workdir_of_another_architecture(tiny_data: Path, tmp_path: Path
         train(_config(tiny_data, tmp_path))
 
 
+def test_schedule_too_short_to_decay_is_a_run_error_before_any_file(tiny_data: Path, tmp_path: Path) -> None:
+    # 96 training images at batch 64: one step in all, which is the cosine schedule's one warm-up step.
+    message = r"^the cosine schedule needs more than its 1 warm-up step\(s\); this run has 1$"
+    with pytest.raises(RunError, match=message):
+        train(_config(tiny_data, tmp_path, schedule="cosine", epochs=1, batch_size=64))
+    assert not (tmp_path / "run").exists()
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

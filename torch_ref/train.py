@@ -76,7 +76,7 @@ def lr_at(config: Config, steps_per_epoch: int, step: int) -> float:
         warmup = max(1, warmup)
         decay = total - warmup
         if decay <= 0:
-            raise ValueError(f"cosine schedule needs more than {warmup} warm-up steps in total, got {total}")
+            raise ValueError(f"the cosine schedule needs more than its {warmup} warm-up step(s); this run has {total}")
         if step < warmup:
             return _linear(lr / 25, lr, warmup, step)
         t = min(step - warmup, decay)
