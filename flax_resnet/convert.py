@@ -46,7 +46,10 @@ class WeightsFileError(ValueError):
 
 def _to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # torch.Tensor, without importing torch
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":  # numpy has no bfloat16; float32 holds it exactly
+            value = value.float()
+        value = value.numpy()
     return np.asarray(value)
 
 
@@ -91,12 +94,12 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> N
             else:
                 missing.append(key)
             continue
-        array = row[2](_to_numpy(state_dict[key]))
-        if array.shape != var[...].shape:
-            torch_shape = tuple(_to_numpy(state_dict[key]).shape)
-            want = tuple(row[1](np.zeros(var[...].shape, np.float32)).shape)
-            mis_shaped.append(f"{key} {torch_shape} (expected {want})")
+        raw = _to_numpy(state_dict[key])
+        want = row[1](np.broadcast_to(np.float32(0), var[...].shape)).shape  # torch layout, nothing allocated
+        if raw.shape != want:  # compared before the layout change, which a wrong rank would break
+            mis_shaped.append(f"{key} {raw.shape} (expected {want})")
             continue
+        array = row[2](raw)
         # A host copy (on CPU a device array may alias the caller's buffer, e.g. torch's, which torch then
         # mutates), then device_put: jnp.array would compile a small program for every distinct shape.
         updates.append((var, jax.device_put(np.array(array, dtype=var[...].dtype, copy=True))))

@@ -82,6 +82,31 @@ def test_state_dict_from_other_model(r18: flax_resnet.ResNet, arch: str, variant
     assert len(before) == len(after) and all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
 
+def test_state_dict_with_wrong_ranks_is_one_error_listing_each(r18: flax_resnet.ResNet) -> None:
+    sd = flax_resnet.to_torch_state_dict(r18)
+    sd["conv1.weight"] = sd["conv1.weight"].reshape(64, -1)  # 4-D conv kernel flattened to 2-D
+    sd["layer1.0.conv2.weight"] = sd["layer1.0.conv2.weight"][..., 0]  # 3-D
+    sd["fc.bias"] = sd["fc.bias"][:, None]  # (10, 1)
+    before = _snapshot(r18)
+    with pytest.raises(StateDictError) as e:
+        flax_resnet.load_torch_state_dict(r18, sd)
+    msg = str(e.value)
+    assert "3 mis-shaped: conv1.weight (64, 27) (expected (64, 3, 3, 3))" in msg
+    assert "layer1.0.conv2.weight (64, 64, 3) (expected (64, 64, 3, 3))" in msg
+    assert "fc.bias (10, 1) (expected (10,))" in msg
+    assert all(np.array_equal(a, b) for a, b in zip(before, _snapshot(r18), strict=True))
+
+
+def test_bfloat16_pt_file_loads_exactly(r18: flax_resnet.ResNet, tmp_path: Path) -> None:
+    tmodel = torch_ref.create_model("resnet18", "cifar")
+    state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tmodel.state_dict().items()}
+    torch.save(state, tmp_path / "bf16.pt")
+    loaded = flax_resnet.load_weights_file(tmp_path / "bf16.pt")
+    for k, v in state.items():  # bfloat16 -> float32 is exact
+        assert np.array_equal(loaded[k], v.float().numpy() if v.is_floating_point() else v.numpy()), k
+    flax_resnet.load_torch_state_dict(nnx.clone(r18), loaded)  # a copy: r18 is shared by the module
+
+
 def test_truncated_and_non_safetensors_files(r18: flax_resnet.ResNet, tmp_path: Path) -> None:
     good = tmp_path / "good.safetensors"
     flax_resnet.save_safetensors(flax_resnet.to_torch_state_dict(r18), good)
