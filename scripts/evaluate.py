@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
             raise data_lib.DataError(
                 f"{source}: {len(dataset.class_names)} classes, but the checkpoint has {run.config.num_classes}"
             )
+        named = run.class_names != tuple(str(i) for i in range(run.config.num_classes))  # unnamed: old checkpoints
+        if named and tuple(dataset.class_names) != run.class_names:  # labels would be scored as other classes
+            raise data_lib.DataError(
+                f"{source}: classes ({', '.join(dataset.class_names)}) are not the checkpoint's, in its order "
+                f"({', '.join(run.class_names)})"
+            )
         mesh = make_mesh()
         batch = -(-args.batch_size // mesh.size) * mesh.size
         state = put_replicated(run.state, mesh)

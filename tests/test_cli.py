@@ -212,6 +212,16 @@ def test_mistakes_around_a_finished_run_keep_it_intact(tiny_data: Path, tmp_path
     proc = run_cli("train.py", *TINY_FLAGS, "--data", str(tiny_data), "--workdir", str(torch_run))
     assert proc.returncode == 1 and "holds a torch run" in _one_error_line(proc)
 
+    # Evaluating on data whose classes differ from the run's (same count) would score labels as other classes.
+    renamed = tmp_path / "renamed"
+    shutil.copytree(tiny_data, renamed)
+    for split in ("train", "test"):
+        (renamed / split / "cat").rename(renamed / split / "zebra")  # labels: dog 0, frog 1, zebra 2
+    proc = run_cli("evaluate.py", str(run), "--data", str(renamed), "--data-dir", str(tmp_path / "c4"))
+    line = _one_error_line(proc)
+    assert proc.returncode == 1 and "classes (dog, frog, zebra) are not the checkpoint's" in line
+    assert "(cat, dog, frog)" in line
+
     # Damaged metadata of the newest step: the companion CLIs fall back to the step before.
     newest, older = steps[-1], steps[-2]
     (run / "checkpoints" / str(newest) / "meta" / "metadata").write_text("{x")
