@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conv-table", default=None, help="instead: write the per-shape conv table (markdown)")
     parser.add_argument("--conv-repeats", type=int, default=5, help="interleaved repeats per shape (--conv-table)")
     args = parser.parse_args(argv)
+    for flag, out in (("--json", args.json), ("--conv-table", args.conv_table)):  # before minutes of measuring
+        if out and not Path(out).parent.is_dir():
+            parser.error(f"{flag} {out}: no such directory {str(Path(out).parent)!r}")
 
     from flax_resnet import benchmark
 
@@ -56,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             text = benchmark.conv_shape_report(
                 args.arch, batch_size=args.batch_size, repeats=args.conv_repeats, log=lambda s: print(s, flush=True)
             )
-            Path(args.conv_table).write_text(text)
-            print(f"wrote {args.conv_table}")
-            return 0
+            return _write(args.conv_table, text)
         records = benchmark.run_benchmark(
             args.arch,
             args.variant,
@@ -79,9 +80,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(benchmark.format_table(records))
-    if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    return _write(args.json, json.dumps(records, indent=2) + "\n") if args.json else 0
+
+
+def _write(path: str, text: str) -> int:
+    """Write an output file; a failure is one line and exit 1 (the table is already on stdout)."""
+    try:
+        Path(path).write_text(text)
+    except OSError as e:
+        print(f"error: {path}: cannot write ({e.strerror or e})", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
     return 0
 
 

@@ -99,3 +99,12 @@ def test_cli_bad_flag_is_one_line_error(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode != 0
     assert proc.stderr.strip().count("\n") == 0 and "valid choices" in proc.stderr
+
+
+@pytest.mark.parametrize("flag", ["--json", "--conv-table"])
+def test_cli_output_in_a_missing_folder_is_refused_before_measuring(tmp_path: Path, flag: str) -> None:
+    out = tmp_path / "missing" / "out"
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--frameworks", "jax", flag, str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{flag} {out}: no such directory" in proc.stderr.strip().splitlines()[-1]
