@@ -393,6 +393,11 @@ def _stop_on_signals() -> Iterator[dict[str, Any]]:
                 signal.signal(sig, old)
 
 
+# The running sums of an epoch, saved with each checkpoint: "untimed" counts the images of compile steps, which
+# are outside `seconds` and so outside the epoch's img/s.
+EPOCH_SUMS = {"loss": 0.0, "correct": 0.0, "count": 0, "seconds": 0.0, "untimed": 0}
+
+
 def loop_sums(loss: float = 0.0, correct: float = 0.0) -> dict[str, np.ndarray]:
     """Host-side initial running sums for `make_loop_step` (a resumed epoch starts from its saved sums)."""
     return {"loss": np.float32(loss), "correct": np.float32(correct), "first_bad": np.int32(-1)}
@@ -490,7 +495,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     graphdef, state, tx, schedule = build_state(config, steps_per_epoch)
     state = put_replicated(state, mesh)
     ckpt = Checkpointer(workdir / "checkpoints")
-    acc = {"loss": 0.0, "correct": 0.0, "count": 0, "seconds": 0.0}
+    acc = dict(EPOCH_SUMS)
     restored = ckpt.restore_latest(state, warn, quarantine=workdir / "checkpoints-corrupt")
     step = 0
     if restored is not None:
@@ -537,6 +542,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             "loss": float(host["loss"]),
             "correct": float(host["correct"]),
             "count": acc["count"] + pending_steps * bs,
+            "untimed": untimed,
         }
 
     def save(step, state, epoch_sums):
@@ -588,6 +594,8 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             first = step - epoch * steps_per_epoch
             bar = reporter.epoch_bar(epoch + 1, epochs_total, steps_per_epoch, first)
             sums, pending = new_sums(acc["loss"], acc["correct"]), 0
+            untimed = acc.get("untimed", 0)  # checkpoints before 2026-11-28 lack it
+            counted_at_t0 = acc["count"]
             t0 = last_fetch = time.time()
             leaves = jax.tree.leaves(state)  # the loop carries the flat state (make_loop_step); `state` is
             del state  # rebuilt from it after the loop, its own arrays being donated by the first call
@@ -598,6 +606,8 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                     compiled = True
                     reporter.print(f"first step (compilation) took {time.time() - t0:.1f}s")
                     t0 = time.time()
+                    untimed += bs
+                    counted_at_t0 += bs
                 step += 1
                 pending += 1
                 end_epoch = i == steps_per_epoch - 1
@@ -613,7 +623,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                     bar.set_postfix(
                         loss=f"{now['loss'] / max(1, now['count'] // bs):.3f}",
                         acc=f"{100 * now['correct'] / max(1, now['count']):.1f}%",
-                        img_s=f"{(now['count'] - acc['count']) / max(1e-9, time.time() - t0):.0f}",
+                        img_s=f"{(now['count'] - counted_at_t0) / max(1e-9, time.time() - t0):.0f}",
                     )
                     if due and not end_epoch and step != last_saved:
                         save(step, jax.tree.unflatten(treedef, leaves), dict(now, seconds=seconds))
@@ -638,7 +648,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                     "test_loss": ev["loss"],
                     "test_acc": ev["accuracy"],
                     "epoch_seconds": seconds,
-                    "images_per_second": now["count"] / max(seconds, 1e-9),
+                    "images_per_second": (now["count"] - now["untimed"]) / max(seconds, 1e-9),
                     "complete": complete,
                 }
                 if finished:
@@ -651,7 +661,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                     history.append(record)
                     _plot_predictions(reporter.workdir / "predictions.png", ev, dataset)
             if complete:
-                acc = {"loss": 0.0, "correct": 0.0, "count": 0, "seconds": 0.0}
+                acc = dict(EPOCH_SUMS)
                 if step != last_saved:
                     save(step, state, acc)
                     last_saved = step

@@ -83,6 +83,9 @@ def test_smoke_run_writes_every_output(trained_run: Path) -> None:
         assert set(METRIC_KEYS) <= set(r)
         assert all(np.isfinite(r[k]) for k in METRIC_KEYS)
         assert 0 <= r["train_acc"] <= 1 and 0 <= r["test_acc"] <= 1
+    # img/s counts only the timed images: epoch 1's first step (compilation) is outside its epoch_seconds.
+    timed = [r["images_per_second"] * r["epoch_seconds"] for r in records]
+    assert timed == [pytest.approx(5 * 16, rel=1e-9), pytest.approx(6 * 16, rel=1e-9)]
     # Accuracies are counts over 96 training / 21 test images.
     assert any(abs(records[-1]["test_acc"] * 21 - k) < 1e-9 for k in range(22))
     assert sorted(int(p.name) for p in (trained_run / "checkpoints").iterdir() if p.name.isdigit()) == [6, 12]
