@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # e.g. a workdir that cannot be written
-        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        where = f"{e.filename}: " if e.filename else ""  # save_safetensors' errors name the path themselves
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # no resume in the reference trainer; model.safetensors holds the last epoch
         print("error: interrupted (this trainer does not resume; model.safetensors, once written, holds the last "
