@@ -20,6 +20,9 @@
 #                 90.05/90.40/90.24% at 30 epochs); the epoch plan below prices every candidate at the measured
 #                 batch-512 rate (its 15% and 60 s margins are what cover b256); every run also records flip-TTA accuracy
 #                 (its metrics' last line, the table's "with flip TTA" column);
+#   bn_ab         after training, in whatever time is left: the JAX resnet50 step (bf16, batch 512) with each
+#                 `--batch-norm` (autodiff, fused, onepass), one process each, then torch eager and
+#                 torch.compile on the same model when 150 s are still left;
 #   profile       before training, where the time goes (`scripts/benchmark.py --profile`): the article
 #                 configuration (JAX, fp32, batch 128: host-, launch- or compute-bound?) and resnet50 (bf16,
 #                 batch 512: JAX, torch eager, torch.compile); traces stay in /tmp, summaries in the JSON/logs;
@@ -192,7 +195,7 @@ EXTRA=""; [ "$SMOKE" = 1 ] && EXTRA="--max-steps 2 --batch-size 16"
 mkdir -p "$R/runs"
 jax_run() {  # name, data, seed, more flags...
   local name=$1 data=$2 seed=$3; shift 3
-  XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout $DEADLINE python3 scripts/train.py --arch resnet18 --variant cifar \
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout -k 20 $DEADLINE python3 scripts/train.py --arch resnet18 --variant cifar \
     --recipe default --epochs "$EPOCHS" --seed "$seed" --data "$data" --data-dir $CACHE --no-progress \
     --workdir "$R/runs/$name" $EXTRA "$@" >"$R/runs/$name.log" 2>&1 &
 }
@@ -210,13 +213,13 @@ fi
 if wants torch_seeds; then
   TORCH_FLAGS="--amp --channels-last"; [ "$SMOKE" = 1 ] && TORCH_FLAGS=""
   for seed in 1 2; do
-    timeout $DEADLINE python3 scripts/train_torch.py --arch resnet18 --variant cifar --recipe default --epochs "$EPOCHS" \
+    timeout -k 20 $DEADLINE python3 scripts/train_torch.py --arch resnet18 --variant cifar --recipe default --epochs "$EPOCHS" \
       --seed $seed --data "$DATA" --data-dir $CACHE --no-progress $TORCH_FLAGS \
       --workdir "$R/runs/torch_default_r18_s$seed" $EXTRA >"$R/runs/torch_default_r18_s$seed.log" 2>&1 &
   done
 fi
 if wants article; then
-  XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout $DEADLINE python3 scripts/train.py --arch resnet18 --variant article \
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout -k 20 $DEADLINE python3 scripts/train.py --arch resnet18 --variant article \
     --recipe article --epochs "$ARTICLE_EPOCHS" --seed 0 --data "$DATA" --data-dir $CACHE --no-progress \
     --workdir "$R/runs/jax_article_r18_s0" $EXTRA >"$R/runs/jax_article_r18_s0.log" 2>&1 &
 fi
@@ -230,7 +233,7 @@ nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu --format=csv,noheader >>"$
 pack
 
 [ "$SMOKE" = 1 ] || BENCH_ARGS="--steps 5 --warmup 2 --windows 5 --batch-size 512 --dtypes bfloat16 --peak-tflops 989"
-R50_BENCH=1; { [ "${SKIP_BENCH:-0}" = 1 ] || wants profile; } && R50_BENCH=0  # profile measured resnet50 already
+R50_BENCH=1; { [ "${SKIP_BENCH:-0}" = 1 ] || wants profile || wants bn_ab; } && R50_BENCH=0  # measured there
 if [ $R50_BENCH = 1 ] && [ "$(left)" -gt 60 ]; then
   log "benchmark resnet50 cifar: jax jit, torch eager"
   timeout $(( $(left) - 10 )) python3 scripts/benchmark.py --arch resnet50 --variant cifar $BENCH_ARGS --modes jit,eager \
@@ -243,6 +246,26 @@ if [ $R50_BENCH = 1 ] && [ "$(left)" -gt 60 ]; then
   timeout $(( $(left) - 10 )) python3 scripts/benchmark.py --arch resnet50 --variant cifar $BENCH_ARGS --frameworks torch \
     --modes compile --json "$R/bench_resnet50_cifar_compile.json" >"$R/bench_resnet50_cifar_compile.log" 2>&1
   log "benchmark resnet50 compile rc=$?"; tail -n 4 "$R/bench_resnet50_cifar_compile.log" | tee -a "$OUT/session.log"
+fi
+if wants bn_ab; then  # after training, in what is left: the JAX resnet50 step with each train-mode BatchNorm
+  if [ "$SMOKE" = 1 ]; then P_ARGS="--steps 1 --warmup 1 --windows 2 --batch-size 8 --dtypes float32"
+  else P_ARGS="--steps 5 --warmup 2 --windows 5 --batch-size 512 --dtypes bfloat16 --peak-tflops 989"; fi
+  for bn in autodiff fused onepass; do
+    if [ "$(left)" -lt 70 ]; then log "bn_ab: $(left) s left, skipping --batch-norm $bn and after"; break; fi
+    log "benchmark resnet50 cifar: jax jit --batch-norm $bn"
+    timeout -k 10 $(( $(left) - 10 )) python3 scripts/benchmark.py --arch resnet50 --variant cifar $P_ARGS \
+      --frameworks jax --modes jit --batch-norm $bn --json "$R/bench_resnet50_cifar_bn_$bn.json" \
+      >"$R/bench_resnet50_cifar_bn_$bn.log" 2>&1
+    log "benchmark done rc=$?"; grep -E "^jax " "$R/bench_resnet50_cifar_bn_$bn.log" | tee -a "$OUT/session.log"
+    pack
+  done
+  if [ "$(left)" -gt 150 ]; then  # a cold resnet50 torch.compile took over 111 s on 2026-11-28
+    log "benchmark resnet50 cifar: torch eager, torch.compile"
+    timeout -k 10 $(( $(left) - 10 )) python3 scripts/benchmark.py --arch resnet50 --variant cifar $P_ARGS \
+      --frameworks torch --modes eager,compile --json "$R/bench_resnet50_cifar_torch.json" \
+      >"$R/bench_resnet50_cifar_torch.log" 2>&1
+    log "benchmark done rc=$?"; tail -n 4 "$R/bench_resnet50_cifar_torch.log" | tee -a "$OUT/session.log"
+  fi
 fi
 cp "$OUT/session.log" "$R/"
 log "end"
