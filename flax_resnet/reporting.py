@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -76,11 +77,19 @@ class _NoBar:
         """Nothing to close."""
 
 
+# The plots are redrawn at most this often (and when asked, e.g. after a run's last epoch): a redraw costs
+# 0.3-0.7 s, half of a GPU epoch of the article recipe (results/gpu_2026-11-28_session2/README.md).
+PLOT_SECONDS = 30.0
+
+
 class Reporter:
     """Console, metrics.jsonl, TensorBoard and plots of one run's workdir (outputs only on process 0)."""
 
     def __init__(self, workdir: str | Path, *, progress: bool = True, write: bool = True, stream: TextIO | None = None):
         self.workdir = Path(workdir)
+        self.plot_seconds = PLOT_SECONDS
+        self._plotted_at = time.time()
+        self._unplotted: list[dict[str, Any]] | None = None  # the records, when curves.png lacks the last one
         self.progress = progress
         self.write = write
         self.stream = stream if stream is not None else sys.stdout
@@ -104,10 +113,11 @@ class Reporter:
             total=steps, initial=initial, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False, dynamic_ncols=True
         )
 
-    def log_epoch(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
-        """Append `record` to metrics.jsonl (fsynced), TensorBoard and curves.png; print the summary line."""
+    def log_epoch(self, record: dict[str, Any], history: list[dict[str, Any]], force_plot: bool = False) -> bool:
+        """Append `record` to metrics.jsonl (fsynced) and TensorBoard, print the summary line; redraw curves.png
+        if `force_plot` or PLOT_SECONDS have passed since the last redraw. Returns whether it redrew."""
         if not self.write:
-            return
+            return False
         missing = [k for k in METRIC_KEYS if k not in record]
         if missing:
             raise ValueError(f"metrics record lacks {missing}")
@@ -116,8 +126,22 @@ class Reporter:
             f.flush()
             os.fsync(f.fileno())
         self._tensorboard(record)
-        plot_curves([*history, record], self.workdir / "curves.png")
+        records = [*history, record]
+        plot = force_plot or time.time() - self._plotted_at >= self.plot_seconds
+        if plot:
+            plot_curves(records, self.workdir / "curves.png")
+            self._plotted_at = time.time()
+        self._unplotted = None if plot else records
         self.print(format_epoch(record))
+        return plot
+
+    def flush_plots(self) -> bool:
+        """Redraw curves.png if the last logged record is not in it yet; returns whether it redrew."""
+        if self._unplotted is None:
+            return False
+        plot_curves(self._unplotted, self.workdir / "curves.png")
+        self._unplotted, self._plotted_at = None, time.time()
+        return True
 
     def _tensorboard(self, record: dict[str, Any]) -> None:
         if self._tb is None:

@@ -60,8 +60,8 @@ def summarize_run(workdir: str | Path) -> RunSummary:
 SETTING_KEYS = ("arch", "variant", "recipe", "epochs", "batch_size", "lr", "dtype")
 # Config fields that cannot change what a run learns (seed: the runs of one setting differ only in it; the
 # lowering and BatchNorm options compute the same function) or only say where things are.
-NOT_SETTING_KEYS = ("seed", "workdir", "data", "data_dir", "progress", "checkpoint_every", "conv_lowering",
-                    "batch_norm")
+NOT_SETTING_KEYS = ("seed", "workdir", "data", "data_dir", "progress", "checkpoint_every", "checkpoint_seconds",
+                    "conv_lowering", "batch_norm")
 
 
 def _other_settings(config: dict[str, Any]) -> str:

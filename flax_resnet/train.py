@@ -557,11 +557,13 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             "class_names": list(dataset.class_names),
             "epoch_sums": epoch_sums,
         }
+        nonlocal saved_at
         stop["saving"] = True
         try:
             ckpt.save(step, state, meta)
         finally:
             stop["saving"] = False
+        saved_at = time.time()
         if stop["abort"]:  # a second signal came during the save: stop at once, now that it is complete
             raise KeyboardInterrupt
 
@@ -582,8 +584,18 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
         stop["signal"] = stop["signal"] or signum or None
         return signum != 0
 
+    def agree(flag: bool) -> bool:
+        """`flag` on any process (a collective over all of them): a save must happen on all or none."""
+        if jax.process_count() == 1:
+            return flag
+        from jax.experimental import multihost_utils
+
+        return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+
     compiled = False
     last_saved = step
+    saved_at = recorded_at = time.time()  # epoch-end checkpoints are throttled from the start
+    unplotted: dict[str, Any] | None = None  # the last evaluation, while predictions.png lacks it
     record: dict[str, Any] | None = None
     stopped = "done"
     epochs_total = -(-total_steps // steps_per_epoch)
@@ -650,19 +662,29 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                     "epoch_seconds": seconds,
                     "images_per_second": (now["count"] - now["untimed"]) / max(seconds, 1e-9),
                     "complete": complete,
+                    # since the previous record (the first: since the loop began, compilation included): the
+                    # epoch plus the work around it (evaluation, checkpoint, plots), which epoch_seconds omits
+                    "wall_seconds": time.time() - recorded_at,
                 }
+                recorded_at = time.time()
                 if finished:
                     tta = evaluate_flip_tta(
                         eval_fn, state, dataset.test_images, dataset.test_labels, bs, mesh, ev["logits"]
                     )
                     record.update(test_loss_flip=tta["loss"], test_acc_flip=tta["accuracy"])
                 if is_main:
-                    reporter.log_epoch(record, history)
+                    # the plots at most every PLOT_SECONDS (reporting.py), and at the end; predictions.png with
+                    # curves.png
+                    if reporter.log_epoch(record, history, force_plot=finished or stopping):
+                        _plot_predictions(reporter.workdir / "predictions.png", ev, dataset)
+                        unplotted = None
+                    else:
+                        unplotted = ev
                     history.append(record)
-                    _plot_predictions(reporter.workdir / "predictions.png", ev, dataset)
             if complete:
                 acc = dict(EPOCH_SUMS)
-                if step != last_saved:
+                asked = config.checkpoint_every is not None and step % config.checkpoint_every == 0
+                if step != last_saved and (asked or agree(time.time() - saved_at >= config.checkpoint_seconds)):
                     save(step, state, acc)
                     last_saved = step
             else:
@@ -674,9 +696,11 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                 if step < total_steps:  # a signal after the last step changes nothing
                     stopped = f"signal {stop['signal']}"
                 break
-        if step != last_saved:  # nothing left to run (e.g. resumed a finished run with larger max-steps)
-            save(step, state, acc)
+        if step != last_saved:  # the last epochs' (checkpoint_seconds), or nothing left to run (e.g. resumed
+            save(step, state, acc)  # a finished run with larger max-steps)
             last_saved = step
+        if reporter.flush_plots() and unplotted is not None:  # the last redraw was before the last epoch
+            _plot_predictions(reporter.workdir / "predictions.png", unplotted, dataset)
     finally:
         signals.close()
         ckpt.close()

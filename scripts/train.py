@@ -38,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         "statistics); same function, different memory passes (flax_resnet/models.py)",
     )
     p.add_argument(
-        "--checkpoint-every", type=flags.positive_int, help="checkpoint every N steps (default: once per epoch)"
+        "--checkpoint-every", type=flags.positive_int, help="checkpoint every N steps (default: at epoch ends)"
+    )
+    p.add_argument(
+        "--checkpoint-seconds", type=flags.non_negative_float,
+        help="epoch-end checkpoints at most once per this many seconds (default: 30; 0: every epoch)",
     )
     p.add_argument("--coordinator", help="multi-host: coordinator HOST:PORT")
     p.add_argument("--num-processes", type=flags.positive_int, default=1, help="multi-host: number of processes")

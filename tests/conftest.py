@@ -113,6 +113,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Pa
                 "2",
                 "--lr",
                 "0.05",
+                "--checkpoint-seconds",  # a checkpoint at every epoch end, whatever the epochs take
+                "0",
                 "--workdir",
                 str(workdir),
                 check=True,

@@ -44,6 +44,7 @@ def test_help_and_bad_flags() -> None:
         "--dtype",
         "--max-steps",
         "--checkpoint-every",
+        "--checkpoint-seconds",
         "--no-progress",
         "--coordinator",
         "--num-processes",
@@ -58,7 +59,7 @@ def test_help_and_bad_flags() -> None:
     assert proc.returncode == 2 and "invalid choice: 'resnet19'" in proc.stderr and "usage:" in proc.stderr
     parser = _script("train").build_parser()
     for bad in (["--bogus"], ["--variant", "tiny"], ["--schedule", "linear"], ["--dtype", "fp16"], ["--recipe", "x"],
-                ["--seed", "-1"], ["--holdout", "-5"], ["--cutout", "x"]):  # fmt: skip
+                ["--seed", "-1"], ["--holdout", "-5"], ["--cutout", "x"], ["--checkpoint-seconds", "-1"]):  # fmt: skip
         with pytest.raises(SystemExit) as info:
             parser.parse_args(bad)
         assert info.value.code == 2
@@ -86,6 +87,8 @@ def test_smoke_run_writes_every_output(trained_run: Path) -> None:
     # img/s counts only the timed images: epoch 1's first step (compilation) is outside its epoch_seconds.
     timed = [r["images_per_second"] * r["epoch_seconds"] for r in records]
     assert timed == [pytest.approx(5 * 16, rel=1e-9), pytest.approx(6 * 16, rel=1e-9)]
+    # wall_seconds adds what the epoch time leaves out: compilation, evaluation, the checkpoint and the plots.
+    assert all(r["wall_seconds"] > r["epoch_seconds"] for r in records)
     # Accuracies are counts over 96 training / 21 test images.
     assert any(abs(records[-1]["test_acc"] * 21 - k) < 1e-9 for k in range(22))
     assert sorted(int(p.name) for p in (trained_run / "checkpoints").iterdir() if p.name.isdigit()) == [6, 12]

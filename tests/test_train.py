@@ -200,3 +200,76 @@ def test_signal_flag_first_stops_second_aborts_but_not_mid_save() -> None:
         with pytest.raises(KeyboardInterrupt):  # the second outside a save: at once
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def _record_saves_and_plots(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[int]]:
+    """Hooks: the steps of every checkpoint save and the record count of every curves.png redraw."""
+    from flax_resnet import reporting
+
+    saves: list[int] = []
+    plots: list[int] = []
+    save, plot = Checkpointer.save, reporting.plot_curves
+
+    def recording_save(self, step, state, meta):
+        saves.append(step)
+        return save(self, step, state, meta)
+
+    def recording_plot(records, path):
+        plots.append(len(records))
+        return plot(records, path)
+
+    monkeypatch.setattr(Checkpointer, "save", recording_save)
+    monkeypatch.setattr(reporting, "plot_curves", recording_plot)
+    return saves, plots
+
+
+def test_throttled_checkpoints_and_plots_still_cover_a_stop_and_the_end(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import threading
+
+    from flax_resnet import reporting
+    from flax_resnet import train as train_mod
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be installed from the main thread")
+    saves, plots = _record_saves_and_plots(monkeypatch)
+    monkeypatch.setattr(reporting, "PLOT_SECONDS", 1e6)
+    config = _config(tiny_data, tmp_path, epochs=3, checkpoint_seconds=1e6)  # 6 steps per epoch
+    evaluate_calls = []
+
+    def evaluate_then_signal(*args, **kw):  # SIGTERM during epoch 2's evaluation, after its metrics were due
+        evaluate_calls.append(1)
+        if len(evaluate_calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(*args, **kw)
+
+    monkeypatch.setattr(train_mod, "evaluate", evaluate_then_signal)
+    result = train(config)
+    # Epoch ends inside the interval are not saved and not plotted, but the stop saves and plots what it has.
+    assert (result["stopped"], result["step"]) == ("signal 15", 12)
+    assert saves == [12] and plots == [2]
+    assert Checkpointer(tmp_path / "run" / "checkpoints").all_steps() == [12]
+    assert (tmp_path / "run" / "predictions.png").stat().st_size > 0
+
+    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    saves.clear(), plots.clear()
+    result = train(config)  # resumes at step 12; the run's last epoch is always saved and plotted
+    assert (result["stopped"], result["step"]) == ("done", 18)
+    assert saves == [18] and plots == [3]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [6, 12, 18]
+
+
+def test_checkpoint_every_is_kept_inside_the_throttle_interval(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flax_resnet import reporting
+
+    saves, plots = _record_saves_and_plots(monkeypatch)
+    monkeypatch.setattr(reporting, "PLOT_SECONDS", 0.0)
+    result = train(_config(tiny_data, tmp_path, epochs=3, checkpoint_every=4, checkpoint_seconds=1e6))
+    assert result["step"] == 18
+    assert saves == [4, 8, 12, 16, 18]  # every 4th step, epoch end 12 among them, and the last one
+    assert plots == [1, 2, 3]  # PLOT_SECONDS 0: every epoch

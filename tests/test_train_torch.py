@@ -183,8 +183,9 @@ def test_script_trains_and_writes_a_checkpoint_both_frameworks_load(tmp_path: Pa
         "resnet18", "imagenet", 16, 1, 3,
     )  # fmt: skip
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 1 and set(rows[0]) == {*METRIC_KEYS, "complete"}
+    assert len(rows) == 1 and set(rows[0]) == {*METRIC_KEYS, "complete", "wall_seconds"}
     row = rows[0]
+    assert row["wall_seconds"] > row["epoch_seconds"]  # the epoch and the warm-up step and evaluation around it
     assert (row["epoch"], row["step"], row["complete"]) == (1, 3, False)
     # The lr of the last step taken (step index 2) of the 5-step run (80 images / 16), from optax.
     assert row["lr"] == pytest.approx(float(make_schedule(config, 5)(2)), rel=1e-6)

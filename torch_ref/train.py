@@ -258,6 +258,7 @@ def train(
     step = 0
     max_steps = config.max_steps if config.max_steps is not None else math.inf
     warm = False
+    recorded_at = time.perf_counter()
     try:
         for epoch in range(config.epochs):
             if step >= max_steps:
@@ -318,9 +319,12 @@ def train(
             }
             if finished:
                 record.update(test_loss_flip=test["loss_flip"], test_acc_flip=test["accuracy_flip"])
+            record["wall_seconds"] = time.perf_counter() - recorded_at  # as in the JAX trainer (flax_resnet/train.py)
+            recorded_at = time.perf_counter()
             save_state_dict(model, workdir / "model.safetensors")
-            reporter.log_epoch(record, history)
+            reporter.log_epoch(record, history, force_plot=finished)  # the plot at most every PLOT_SECONDS
             history.append(record)
+        reporter.flush_plots()  # a run stopped by --max-steps: its last record is plotted too
     finally:
         reporter.close()
     return history
