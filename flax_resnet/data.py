@@ -547,6 +547,31 @@ def hold_out(dataset: Dataset, n: int) -> Dataset:
     )
 
 
+def per_class_subset(dataset: Dataset, train_per_class: int | None, test_per_class: int | None) -> Dataset:
+    """The first `train_per_class` / `test_per_class` images of each class (None: all), in their order.
+
+    A small real-data copy for quick runs (scripts/write_dataset.py); a class with fewer images keeps all.
+    """
+
+    def first(images: np.ndarray, labels: np.ndarray, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+        if n is None:
+            return images, labels
+        if n < 1:
+            raise ValueError(f"images per class must be >= 1, got {n}")
+        rank = np.zeros(len(labels), np.int64)  # each image's position among the images of its class
+        for c in np.unique(labels):
+            members = labels == c
+            rank[members] = np.arange(int(members.sum()))
+        keep = rank < n
+        return images[keep], labels[keep]
+
+    train_images, train_labels = first(dataset.train_images, dataset.train_labels, train_per_class)
+    test_images, test_labels = first(dataset.test_images, dataset.test_labels, test_per_class)
+    return dataclasses.replace(
+        dataset, train_images=train_images, train_labels=train_labels, test_images=test_images, test_labels=test_labels
+    )
+
+
 # --------------------------------------------------------------------------------------- device side
 
 

@@ -2,6 +2,7 @@
 
 `python scripts/write_dataset.py ../shared/data/cifar10-jpeg.tar.gz /tmp/cifar10-q50.tar.gz --format jpeg
 --quality 50`: what the JPEG-quality check of the results trains on (see results/gpu_2026-11-28/).
+`--train-per-class 128 --test-per-class 100` writes a small real-data copy for quick runs.
 """
 
 from __future__ import annotations
@@ -15,18 +16,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, load the source, write the tar; bad data or paths print one line and return 1."""
+    from flax_resnet.flags import positive_int
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("source", help="dataset source: image folder, its tar, cifar-10-python.tar.gz, or tfds")
     p.add_argument("dest", help="output .tar.gz")
     p.add_argument("--format", choices=("png", "jpeg"), default="png", help="image format (default: png)")
     p.add_argument("--quality", type=int, default=75, help="JPEG quality 1..95 (default: 75)")
     p.add_argument("--data-dir", help="decoded-dataset cache dir (default: ~/.cache/flax_resnet)")
+    p.add_argument("--train-per-class", type=positive_int, help="keep the first N training images of each class")
+    p.add_argument("--test-per-class", type=positive_int, help="keep the first N test images of each class")
     args = p.parse_args(argv)
 
     from flax_resnet import data as data_lib
 
     try:
         dataset = data_lib.load_dataset(args.source, args.data_dir)
+        dataset = data_lib.per_class_subset(dataset, args.train_per_class, args.test_per_class)
         out = data_lib.write_image_folder(dataset, args.dest, args.format, args.quality)
     except data_lib.DataError as e:
         print(f"error: {e}", file=sys.stderr)

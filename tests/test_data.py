@@ -32,6 +32,7 @@ from flax_resnet.data import (
     hold_out,
     load_dataset,
     normalize,
+    per_class_subset,
     train_batch_indices,
     write_image_folder,
 )
@@ -126,6 +127,20 @@ def test_write_image_folder_png_is_lossless_and_jpeg_follows_pil(tmp_path: Path)
         np.testing.assert_array_equal(jpeg.train_labels, want.train_labels)
         errors[quality] = np.abs(jpeg.test_images.astype(int) - want.test_images).mean()
     assert 0 < errors[95] < errors[25]
+
+
+def test_per_class_subset_keeps_the_first_images_of_each_class_in_order() -> None:
+    labels = np.array([2, 0, 2, 1, 0, 2, 0, 2], np.int32)
+    images = np.arange(8, dtype=np.uint8).reshape(8, 1, 1, 1) * np.ones((1, 2, 2, 3), np.uint8)
+    ds = Dataset(images, labels, images[:3], labels[:3], ("a", "b", "c"))
+    sub = per_class_subset(ds, 2, None)
+    # hand-picked: class 2 at 0 and 2, class 0 at 1 and 4, class 1 (only one image) at 3
+    np.testing.assert_array_equal(sub.train_labels, [2, 0, 2, 1, 0])
+    np.testing.assert_array_equal(sub.train_images[:, 0, 0, 0], [0, 1, 2, 3, 4])
+    assert sub.test_images is ds.test_images and sub.class_names == ds.class_names
+    np.testing.assert_array_equal(per_class_subset(ds, None, 1).test_labels, [2, 0])
+    with pytest.raises(ValueError, match="must be >= 1"):
+        per_class_subset(ds, 0, None)
 
 
 def test_write_image_folder_refuses_bad_settings(tmp_path: Path) -> None:
