@@ -16,6 +16,11 @@ SCHEDULES = ("onecycle", "cosine", "piecewise")
 RECIPES = ("default", "article")
 
 
+# What a config saved before a field existed ran with, where that field's default has changed since:
+# batch_norm was "autodiff" (the only implementation) until onepass measured faster on a GPU (2026-11-28).
+LEGACY_DEFAULTS: dict[str, Any] = {"batch_norm": "autodiff"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """The effective configuration of one training run (saved as config.json in the workdir)."""
@@ -38,7 +43,7 @@ class Config:
     cutout: int = 0  # side of the square erased from each training image after crop and flip; 0: none
     dtype: str = "auto"  # auto: bfloat16 on GPU/TPU, float32 on CPU
     conv_lowering: str = "auto"
-    batch_norm: str = "autodiff"  # how train-mode BatchNorm computes statistics and gradient (models.BATCH_NORMS)
+    batch_norm: str = "onepass"  # how train-mode BatchNorm computes statistics and gradient (models.BATCH_NORMS)
     data: str = "tfds"
     data_dir: str | None = None
     holdout: int = 0  # training images held out to evaluate on instead of the test set (recipe selection)
@@ -63,6 +68,7 @@ class Config:
         unknown = set(raw) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        raw = {**LEGACY_DEFAULTS, **raw}
         if "piecewise_boundaries" in raw:
             raw["piecewise_boundaries"] = tuple(raw["piecewise_boundaries"])
         return cls(**raw)

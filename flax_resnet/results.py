@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from flax_resnet.config import Config, make_config
+from flax_resnet.config import LEGACY_DEFAULTS, Config, make_config
 
 CPU_DATA = "../shared/data/cifar10-jpeg.tar.gz"
 
@@ -37,8 +37,9 @@ def summarize_run(workdir: str | Path) -> RunSummary:
     """Read config.json and metrics.jsonl of one run; raise ValueError naming the file if either is unusable."""
     workdir = Path(workdir)
     try:
-        # Fields added to Config after a run was made take their defaults, which is what that run used.
-        config = {**dataclasses.asdict(Config()), **json.loads((workdir / "config.json").read_text())}
+        # Fields added to Config after a run was made take what that run used: their default then.
+        saved = json.loads((workdir / "config.json").read_text())
+        config = {**dataclasses.asdict(Config()), **LEGACY_DEFAULTS, **saved}
         lines = (workdir / "metrics.jsonl").read_text().splitlines()
         records = [json.loads(line) for line in lines if line.strip()]
     except (OSError, json.JSONDecodeError) as e:

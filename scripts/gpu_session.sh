@@ -34,9 +34,10 @@
 #
 # Suggested for the next session (one command may run 600 s; the device lends ~900 s in all, start included):
 #   1. BUDGET=540 SKIP_BENCH=1 RUNS=article bash scripts/gpu_session.sh  (the article recipe alone on the GPU:
-#      as many of its 270 epochs as fit, its schedule shortened proportionally if they do not);
+#      its step measured 50,251 img/s on 2026-11-28, so all 270 epochs should fit now that checkpoints and
+#      plots are throttled, ~1.3 s per epoch; the plan shortens the schedule proportionally if they do not);
 #   2. on the still-warm machine, BUDGET=<what is left - 30> SKIP_BENCH=1 RUNS=sweep (recipe candidates on
-#      held-out training images). RUNS=profile (~7 min: where resnet50's time goes, BatchNorm A/B) next time.
+#      held-out training images). RUNS=profile (~7 min: where resnet50's time goes) another time.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 DATA=${DATA:-.gpu_data/cifar10-jpeg.tar.gz}
@@ -177,7 +178,7 @@ try:
     ips = next(r["train_images_per_second"] for r in json.load(open(path)) if r.get("input") == "augmented")
 except Exception as e:
     print(f"planning the article run without its benchmark ({e})", file=sys.stderr)
-per_epoch = 50000 / ips + 0.15  # plus the epoch's evaluation
+per_epoch = 50000 / ips + 0.3  # plus the epoch's evaluation, metrics line and its share of checkpoints
 if smoke:
     print(1)
 elif others != "00":

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flax_resnet import results
-from flax_resnet.config import make_config
+from flax_resnet.config import Config, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,6 +78,19 @@ def test_table_separates_every_setting_that_changes_the_result(tmp_path: Path) -
     held = "cifar10-jpeg.tar.gz, evaluated on 5000 held-out train images"
     assert rows[2].endswith(f"| - | 0 | 70.00 | not measured | 0.50 | cpu | {held} |")
     assert "| warmup_fraction=0.3 | 0 | 60.00 |" in rows[3]
+
+
+def test_configs_saved_before_batch_norm_existed_ran_autodiff(tmp_path: Path) -> None:
+    # batch_norm's default became "onepass" on 2026-11-28; a config.json without the key ran "autodiff".
+    run = _fake_run(tmp_path / "a", 0, [0.90], 1)
+    old = json.loads((run / "config.json").read_text())
+    del old["batch_norm"]
+    (run / "config.json").write_text(json.dumps(old))
+    assert Config().batch_norm == "onepass"
+    assert Config.from_json(json.dumps(old)).batch_norm == "autodiff"
+    assert results.summarize_run(run).config["batch_norm"] == "autodiff"
+    old["batch_norm"] = "fused"
+    assert Config.from_json(json.dumps(old)).batch_norm == "fused"
 
 
 def test_summarize_rejects_non_run(tmp_path: Path) -> None:
