@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak, for the fraction column")
     parser.add_argument("--conv-lowering", default="auto", choices=LOWERINGS, help="JAX convolution lowering")
     parser.add_argument(
-        "--batch-norm", default="onepass", choices=BATCH_NORMS, help="JAX train-mode BatchNorm (flax_resnet/models.py)"
+        "--batch-norm", default="fused", choices=BATCH_NORMS, help="JAX train-mode BatchNorm (flax_resnet/models.py)"
     )
     parser.add_argument("--json", default=None, help="write the records to this JSON file")
     parser.add_argument(

@@ -53,7 +53,8 @@ export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 elapsed() { echo $(( $(date +%s) - T0 )); }
 log() { echo "[$(elapsed)s] $*" | tee -a "$OUT/session.log"; }
 left() { echo $(( BUDGET - $(elapsed) )); }
-pack() { (cd "$R" && find . -name "*.log" -o -name "*.json" -o -name "*.jsonl" -o -name "*.txt" -o -name "curves.png" | tar -czf "$OUT/results.tar.gz" -T -); }
+pack() { (cd "$R" && find -L . -name checkpoints -prune -o \( -name "*.log" -o -name "*.json" -o -name "*.jsonl" -o -name "*.txt" \
+  -o -name "curves.png" \) -print | tar -czf "$OUT/results.tar.gz" -T -); }
 trap pack EXIT
 
 # Carried pure-Python wheels (the versions this repo pins), if present; fall back to the image's own.
@@ -193,12 +194,16 @@ EOF
 fi
 DEADLINE=$(( $(left) - 25 ))
 EXTRA=""; [ "$SMOKE" = 1 ] && EXTRA="--max-steps 2 --batch-size 16"
-mkdir -p "$R/runs"
+# The runs' workdirs live outside $OUT, which each device call empties, so that the same command run again on
+# the still-warm machine resumes what the first call's deadline stopped (each run checkpoints on SIGTERM). Give
+# the second call FORCE_EPOCHS / ARTICLE_EPOCHS as logged by the first: a run resumes only with its own epochs.
+RUNDIR=${RUNDIR:-/tmp/gpu_runs}
+mkdir -p "$RUNDIR" && rm -rf "$R/runs" && ln -s "$RUNDIR" "$R/runs"
 jax_run() {  # name, data, seed, more flags...
   local name=$1 data=$2 seed=$3; shift 3
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout -k 20 $DEADLINE python3 scripts/train.py --arch resnet18 --variant cifar \
     --recipe default --epochs "$EPOCHS" --seed "$seed" --data "$data" --data-dir $CACHE --no-progress \
-    --workdir "$R/runs/$name" $EXTRA "$@" >"$R/runs/$name.log" 2>&1 &
+    --workdir "$R/runs/$name" $EXTRA "$@" >>"$R/runs/$name.log" 2>&1 &
 }
 if wants jax_seeds; then
   IFS=, read -r -a seed_flags <<<"${SEED_FLAGS:-}"
@@ -216,13 +221,13 @@ if wants torch_seeds; then
   for seed in 1 2; do
     timeout -k 20 $DEADLINE python3 scripts/train_torch.py --arch resnet18 --variant cifar --recipe default --epochs "$EPOCHS" \
       --seed $seed --data "$DATA" --data-dir $CACHE --no-progress $TORCH_FLAGS \
-      --workdir "$R/runs/torch_default_r18_s$seed" $EXTRA >"$R/runs/torch_default_r18_s$seed.log" 2>&1 &
+      --workdir "$R/runs/torch_default_r18_s$seed" $EXTRA >>"$R/runs/torch_default_r18_s$seed.log" 2>&1 &
   done
 fi
 if wants article; then
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout -k 20 $DEADLINE python3 scripts/train.py --arch resnet18 --variant article \
     --recipe article --epochs "$ARTICLE_EPOCHS" --seed 0 --data "$DATA" --data-dir $CACHE --no-progress \
-    --workdir "$R/runs/jax_article_r18_s0" $EXTRA >"$R/runs/jax_article_r18_s0.log" 2>&1 &
+    --workdir "$R/runs/jax_article_r18_s0" $EXTRA >>"$R/runs/jax_article_r18_s0.log" 2>&1 &
 fi
 wait
 log "training done"

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-norm",
         choices=BATCH_NORMS,
-        help="train-mode BatchNorm: onepass (default: fused + one-pass statistics), fused (hand-written backward), "
+        help="train-mode BatchNorm: fused (default: hand-written backward), onepass (fused + one-pass statistics), "
         "autodiff; same function, different memory passes (flax_resnet/models.py)",
     )
     p.add_argument(
