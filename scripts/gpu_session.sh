@@ -36,6 +36,8 @@
 #   1. BUDGET=540 SKIP_BENCH=1 RUNS=article bash scripts/gpu_session.sh  (the article recipe alone on the GPU:
 #      its step measured 50,251 img/s on 2026-11-28, so all 270 epochs should fit now that checkpoints and
 #      plots are throttled, ~1.3 s per epoch; the plan shortens the schedule proportionally if they do not);
+#      If its deadline stops it, the same command with ARTICLE_EPOCHS=<the logged count> on the still-warm
+#      machine resumes it (the workdirs live in $RUNDIR, outside $OUT);
 #   2. on the still-warm machine, BUDGET=<what is left - 30> SKIP_BENCH=1 RUNS=sweep (recipe candidates on
 #      held-out training images). RUNS=profile (~7 min: where resnet50's time goes) another time.
 set -u
