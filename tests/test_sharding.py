@@ -23,7 +23,8 @@ from flax_resnet.train import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Shared by every subprocess: a tiny cifar ResNet-18 problem and `run(steps, mesh)` -> flat params + stats.
+# Shared by every subprocess: a tiny cifar ResNet-18 problem and `run(steps, mesh)` -> flat params + stats
+# (also run by results/cpu_2026-11-28/bn_device_count/device_count_diff.py, per BatchNorm implementation).
 COMMON = textwrap.dedent(
     """
     import sys
@@ -31,9 +32,10 @@ COMMON = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np
     from flax_resnet import config as config_lib, distributed, models, train
 
-    def run(steps, mesh, batch=16, size=8):
+    def run(steps, mesh, batch=16, size=8, batch_norm=None):
         config = config_lib.make_config("article", arch="resnet18", variant="cifar", batch_size=batch)
-        model = models.create_model("resnet18", "cifar", seed=0)
+        impl = {{"batch_norm": batch_norm}} if batch_norm else {{}}  # None: the model's default
+        model = models.create_model("resnet18", "cifar", seed=0, **impl)
         tx = train.make_optimizer(config.lr, config.momentum, config.nesterov, config.weight_decay)
         graphdef, state = train.init_state(model, tx)
         step = train.make_train_step(graphdef, tx, config, augment=True)

@@ -4,37 +4,25 @@ XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_PLATFORMS=cpu \
     python device_count_diff.py autodiff,fused,onepass 2
 """
 
+import ast
 import sys
+import textwrap
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-
-import jax
 import numpy as np
 
-from flax_resnet import config as config_lib
-from flax_resnet import distributed, models, train
-
-
-def run(steps: int, mesh, impl: str, batch: int = 16, size: int = 8) -> np.ndarray:
-    """The test's run(): the article recipe on random 8x8 images, batch 16; params and stats, flattened."""
-    config = config_lib.make_config("article", arch="resnet18", variant="cifar", batch_size=batch)
-    model = models.create_model("resnet18", "cifar", seed=0, batch_norm=impl)
-    tx = train.make_optimizer(config.lr, config.momentum, config.nesterov, config.weight_decay)
-    graphdef, state = train.init_state(model, tx)
-    step = train.make_train_step(graphdef, tx, config, augment=True)
-    state = distributed.put_replicated(jax.device_get(state), mesh)
-    rng = np.random.default_rng(0)
-    for i in range(steps):
-        images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-        labels = rng.integers(0, 10, (batch,), dtype=np.int32)
-        b = {"image": distributed.put_batch(images, mesh), "label": distributed.put_batch(labels, mesh)}
-        state, _ = step(state, b, jax.random.key(i))
-    leaves = jax.tree.leaves((state.params, state.batch_stats))
-    return np.concatenate([np.asarray(jax.device_get(x)).ravel().astype(np.float64) for x in leaves])
-
+ROOT = Path(__file__).resolve().parents[3]
+# The test's own problem: its COMMON source (the string inside textwrap.dedent), run here in this process.
+tree = ast.parse((ROOT / "tests" / "test_sharding.py").read_text())
+common = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "COMMON")
+source = textwrap.dedent(common.func.value.args[0].value).format(root=str(ROOT))  # COMMON = dedent(...).format(...)
+scope: dict = {}
+exec(source, scope)  # defines run(steps, mesh, batch, size, batch_norm)
+jax, distributed, run = scope["jax"], scope["distributed"], scope["run"]
 
 for impl in sys.argv[1].split(","):  # whole-state relative L2 difference, the test's measure
-    a = run(int(sys.argv[2]), distributed.make_mesh(jax.devices()[:1]), impl)
-    b = run(int(sys.argv[2]), distributed.make_mesh(jax.devices()[:2]), impl)
-    print(impl, "rel diff 1 vs 2 devices:", np.linalg.norm(a - b) / np.linalg.norm(a), flush=True)
+    one, two = (
+        np.concatenate([x.ravel().astype(np.float64) for x in run(int(sys.argv[2]), mesh, batch_norm=impl)])
+        for mesh in (distributed.make_mesh(jax.devices()[:1]), distributed.make_mesh(jax.devices()[:2]))
+    )
+    print(impl, "rel diff 1 vs 2 devices:", np.linalg.norm(one - two) / np.linalg.norm(one), flush=True)
