@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -89,7 +89,7 @@ class Reporter:
         self.workdir = Path(workdir)
         self.plot_seconds = PLOT_SECONDS
         self._plotted_at = time.time()
-        self._unplotted: list[dict[str, Any]] | None = None  # the records, when curves.png lacks the last one
+        self._pending: Callable[[], None] | None = None  # the redraw the last record is waiting for
         self.progress = progress
         self.write = write
         self.stream = stream if stream is not None else sys.stdout
@@ -113,9 +113,16 @@ class Reporter:
             total=steps, initial=initial, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False, dynamic_ncols=True
         )
 
-    def log_epoch(self, record: dict[str, Any], history: list[dict[str, Any]], force_plot: bool = False) -> bool:
+    def log_epoch(
+        self,
+        record: dict[str, Any],
+        history: list[dict[str, Any]],
+        force_plot: bool = False,
+        also_plot: Callable[[], None] | None = None,
+    ) -> bool:
         """Append `record` to metrics.jsonl (fsynced) and TensorBoard, print the summary line; redraw curves.png
-        if `force_plot` or PLOT_SECONDS have passed since the last redraw. Returns whether it redrew."""
+        (and call `also_plot`, the caller's own figure of this epoch) if `force_plot` or PLOT_SECONDS have
+        passed since the last redraw, else keep that redraw for `flush_plots`. Returns whether it redrew."""
         if not self.write:
             return False
         missing = [k for k in METRIC_KEYS if k not in record]
@@ -127,20 +134,25 @@ class Reporter:
             os.fsync(f.fileno())
         self._tensorboard(record)
         records = [*history, record]
+
+        def redraw() -> None:
+            plot_curves(records, self.workdir / "curves.png")
+            if also_plot is not None:
+                also_plot()
+
+        self._pending = redraw
         plot = force_plot or time.time() - self._plotted_at >= self.plot_seconds
         if plot:
-            plot_curves(records, self.workdir / "curves.png")
-            self._plotted_at = time.time()
-        self._unplotted = None if plot else records
+            self.flush_plots()
         self.print(format_epoch(record))
         return plot
 
     def flush_plots(self) -> bool:
-        """Redraw curves.png if the last logged record is not in it yet; returns whether it redrew."""
-        if self._unplotted is None:
+        """Make the last logged record's redraw if it is still pending; returns whether it redrew."""
+        if self._pending is None:
             return False
-        plot_curves(self._unplotted, self.workdir / "curves.png")
-        self._unplotted, self._plotted_at = None, time.time()
+        self._pending()
+        self._pending, self._plotted_at = None, time.time()
         return True
 
     def _tensorboard(self, record: dict[str, Any]) -> None:

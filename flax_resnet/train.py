@@ -578,24 +578,13 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             return stop["signal"] is not None
         if not boundary:
             return False
-        from jax.experimental import multihost_utils
-
-        signum = int(np.max(multihost_utils.process_allgather(np.int32(stop["signal"] or 0))))
+        signum = max_over_processes(stop["signal"] or 0)
         stop["signal"] = stop["signal"] or signum or None
         return signum != 0
-
-    def agree(flag: bool) -> bool:
-        """`flag` on any process (a collective over all of them): a save must happen on all or none."""
-        if jax.process_count() == 1:
-            return flag
-        from jax.experimental import multihost_utils
-
-        return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
 
     compiled = False
     last_saved = step
     saved_at = recorded_at = time.time()  # epoch-end checkpoints are throttled from the start
-    unplotted: dict[str, Any] | None = None  # the last evaluation, while predictions.png lacks it
     record: dict[str, Any] | None = None
     stopped = "done"
     epochs_total = -(-total_steps // steps_per_epoch)
@@ -672,19 +661,17 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                         eval_fn, state, dataset.test_images, dataset.test_labels, bs, mesh, ev["logits"]
                     )
                     record.update(test_loss_flip=tta["loss"], test_acc_flip=tta["accuracy"])
-                if is_main:
-                    # the plots at most every PLOT_SECONDS (reporting.py), and at the end; predictions.png with
-                    # curves.png
-                    if reporter.log_epoch(record, history, force_plot=finished or stopping):
-                        _plot_predictions(reporter.workdir / "predictions.png", ev, dataset)
-                        unplotted = None
-                    else:
-                        unplotted = ev
+                if is_main:  # the plots at most every PLOT_SECONDS (reporting.py), and at the end
+                    path = reporter.workdir / "predictions.png"
+                    predictions = functools.partial(_plot_predictions, path, ev, dataset)
+                    reporter.log_epoch(record, history, force_plot=finished or stopping, also_plot=predictions)
                     history.append(record)
             if complete:
                 acc = dict(EPOCH_SUMS)
                 asked = config.checkpoint_every is not None and step % config.checkpoint_every == 0
-                if step != last_saved and (asked or agree(time.time() - saved_at >= config.checkpoint_seconds)):
+                # on all processes or none: a save is a collective
+                due = max_over_processes(int(time.time() - saved_at >= config.checkpoint_seconds))
+                if step != last_saved and (asked or due):
                     save(step, state, acc)
                     last_saved = step
             else:
@@ -699,8 +686,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
         if step != last_saved:  # the last epochs' (checkpoint_seconds), or nothing left to run (e.g. resumed
             save(step, state, acc)  # a finished run with larger max-steps)
             last_saved = step
-        if reporter.flush_plots() and unplotted is not None:  # the last redraw was before the last epoch
-            _plot_predictions(reporter.workdir / "predictions.png", unplotted, dataset)
+        reporter.flush_plots()  # the last redraw was before the last epoch
     finally:
         signals.close()
         ckpt.close()
@@ -723,6 +709,15 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
         flip = f"; with flip TTA {100 * record['test_acc_flip']:.2f}%" if "test_acc_flip" in record else ""
         reporter.print(f"final: step {step}, {split} accuracy {acc:.2f}% (final epoch, not best-of){flip}")
     return result
+
+
+def max_over_processes(value: int) -> int:
+    """The largest of each process's `value` (a collective: every process must call it); itself on one."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
 
 
 def _plot_predictions(path: Path, ev: dict[str, Any], dataset: data_lib.Dataset) -> None:
