@@ -247,7 +247,7 @@ def bench_jax(
     windows: int,
     peak_tflops: float | None = None,
     conv_lowering: str = "auto",
-    batch_norm: str = "fused",
+    batch_norm: str = models.DEFAULT_BATCH_NORM,
     dataset_size: int | None = None,
     profile_dir: str | None = None,
 ) -> list[dict[str, Any]]:
@@ -469,7 +469,7 @@ def run_benchmark(
     windows: int = 5,
     peak_tflops: float | None = None,
     conv_lowering: str = "auto",
-    batch_norm: str = "fused",
+    batch_norm: str = models.DEFAULT_BATCH_NORM,
     profile_dir: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:

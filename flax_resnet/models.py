@@ -102,6 +102,7 @@ class Conv(nnx.Module):
 # statistics carry more rounding early in training (the running mean still far from the batch mean), seen as
 # a 1-vs-2-device difference 20x autodiff's after two steps of tests/test_sharding.py's problem.
 BATCH_NORMS: tuple[str, ...] = ("autodiff", "fused", "onepass")
+DEFAULT_BATCH_NORM = "fused"  # the models' and the benchmark's default; Config.batch_norm names it too
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -159,7 +160,9 @@ class BatchNorm(nnx.Module):
     `impl` is one of BATCH_NORMS (same function; how the statistics and gradient are computed).
     """
 
-    def __init__(self, num_features: int, *, momentum: float = 0.1, epsilon: float = 1e-5, impl: str = "fused"):
+    def __init__(
+        self, num_features: int, *, momentum: float = 0.1, epsilon: float = 1e-5, impl: str = DEFAULT_BATCH_NORM
+    ):
         if impl not in BATCH_NORMS:
             raise ValueError(f"unknown batch norm {impl!r}; valid choices: {', '.join(BATCH_NORMS)}")
         self.impl = impl
@@ -278,7 +281,7 @@ class ResNet(nnx.Module):
         *,
         dtype: Any = jnp.float32,
         conv_lowering: Lowering = "auto",
-        batch_norm: str = "fused",
+        batch_norm: str = DEFAULT_BATCH_NORM,
         rngs: nnx.Rngs,
     ):
         check_names(arch, variant)
@@ -356,7 +359,7 @@ def create_model(
     *,
     dtype: str = "float32",
     conv_lowering: Lowering = "auto",
-    batch_norm: str = "fused",
+    batch_norm: str = DEFAULT_BATCH_NORM,
 ) -> ResNet:
     """Build a freshly initialized ResNet; unknown names raise ValueError naming the valid choices."""
     if dtype not in DTYPES:

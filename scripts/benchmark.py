@@ -21,7 +21,7 @@ def _csv(text: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, run the benchmark, print the table and optionally write JSON records."""
     from flax_resnet.conv import LOWERINGS
-    from flax_resnet.models import BATCH_NORMS
+    from flax_resnet.models import BATCH_NORMS, DEFAULT_BATCH_NORM
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet18")
@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak, for the fraction column")
     parser.add_argument("--conv-lowering", default="auto", choices=LOWERINGS, help="JAX convolution lowering")
     parser.add_argument(
-        "--batch-norm", default="fused", choices=BATCH_NORMS, help="JAX train-mode BatchNorm (flax_resnet/models.py)"
+        "--batch-norm", default=DEFAULT_BATCH_NORM, choices=BATCH_NORMS,
+        help="JAX train-mode BatchNorm (flax_resnet/models.py)",
     )
     parser.add_argument("--json", default=None, help="write the records to this JSON file")
     parser.add_argument(

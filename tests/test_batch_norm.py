@@ -85,6 +85,10 @@ def test_unknown_name_is_a_clear_error() -> None:
         models.create_model("resnet18", batch_norm="cudnn")
 
 
+def test_trainer_and_models_default_to_the_same_batch_norm() -> None:
+    assert config_lib.Config().batch_norm == models.DEFAULT_BATCH_NORM == "fused"
+
+
 @pytest.mark.parametrize("impl", ["fused", "onepass"])
 def test_train_step_matches_autodiff(impl: str) -> None:
     # One SGD step of a whole ResNet-18 (imagenet stem: cheap at 32x32), float32: the loss and every parameter
