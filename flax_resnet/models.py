@@ -94,47 +94,53 @@ class Conv(nnx.Module):
 #   fused     the same forward; a hand-written backward: both per-channel sums of the gradient in one pass
 #             over (dy, x), then dx in a second (autodiff's backward also reduces the centred values for the
 #             mean's path through the variance);
-#   onepass   `fused`, with the statistics in one pass: mean and mean square of x minus the running mean
-#             (a shift that keeps the variance free of cancellation once the running mean tracks the data).
+#   onepass   `fused`, with the statistics in one pass: mean and mean square of x minus a shift, the batch
+#             mean of the centre pixel of each map (a 1/(H*W) sample of x: one small extra reduction). Any
+#             shift gives the same function; one near the batch mean keeps E[(x-s)^2] - E[x-s]^2 free of
+#             cancellation (its relative rounding grows with 1 + (mean - s)^2 / var).
 # On a GPU, BatchNorm is memory-bound and each pass over a ResNet-50's activations costs time: on an H200
 # (2026-11-28, resnet50 bf16 batch 512) onepass trains at 24,054 img/s, fused 22,969, autodiff 21,779
-# (results/gpu_2026-11-28_session2/bn_*.json); on the CPU all three tie. fused is the default: onepass's
-# statistics carry more rounding early in training (the running mean still far from the batch mean), seen as
-# a 1-vs-2-device difference 20x autodiff's after two steps of tests/test_sharding.py's problem.
+# (results/gpu_2026-11-28_session2/bn_*.json); on the CPU all three tie. That onepass shifted by the running
+# mean, which is 0 at the first step and lags the batch mean for many more, so its variance lost up to
+# log2(1 + mean^2/var) bits: a 1-vs-2-device difference 20x autodiff's after two steps of
+# tests/test_sharding.py's problem. The centre-pixel shift brings it to autodiff's (1.3e-6 vs 1.4e-6;
+# results/cpu_2026-11-28/bn_device_count/); its GPU speed is not measured yet, so fused stays the default.
 BATCH_NORMS: tuple[str, ...] = ("autodiff", "fused", "onepass")
 DEFAULT_BATCH_NORM = "fused"  # the models' and the benchmark's default; Config.batch_norm names it too
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def batch_norm_train(
-    x: jax.Array, scale: jax.Array, bias: jax.Array, shift: jax.Array, epsilon: float, one_pass: bool
+    x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, one_pass: bool
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Train-mode BatchNorm over NHWC: `(y, batch mean, biased batch variance)`, statistics in at least
-    float32, y in x's dtype. `shift` (the running mean) only conditions the one-pass statistics."""
-    return _batch_norm_train_fwd(x, scale, bias, shift, epsilon, one_pass)[0]
+    float32, y in x's dtype; `one_pass` computes the statistics as `onepass` does (see BATCH_NORMS)."""
+    return _batch_norm_train_fwd(x, scale, bias, epsilon, one_pass)[0]
 
 
-def _batch_stats(x32: jax.Array, shift: jax.Array, one_pass: bool) -> tuple[jax.Array, jax.Array]:
+def _batch_stats(x32: jax.Array, one_pass: bool) -> tuple[jax.Array, jax.Array]:
+    """Per-channel batch mean and biased variance of NHWC `x32`: two passes, or one pass about a shift."""
     axes = (0, 1, 2)
     if one_pass:
-        xc = x32 - shift.astype(x32.dtype)
+        shift = lax.stop_gradient(jnp.mean(x32[:, x32.shape[1] // 2, x32.shape[2] // 2, :], axis=0))
+        xc = x32 - shift
         m1, m2 = jnp.mean(xc, axis=axes), jnp.mean(jnp.square(xc), axis=axes)
         return shift + m1, jnp.maximum(m2 - jnp.square(m1), 0.0)
     mean = jnp.mean(x32, axis=axes)
     return mean, jnp.mean(jnp.square(x32 - mean), axis=axes)
 
 
-def _batch_norm_train_fwd(x, scale, bias, shift, epsilon, one_pass):
+def _batch_norm_train_fwd(x, scale, bias, epsilon, one_pass):
     x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    mean, var = _batch_stats(x32, shift, one_pass)
+    mean, var = _batch_stats(x32, one_pass)
     rstd = lax.rsqrt(var + epsilon)
     s = scale * rstd
     y = (x32 * s + (bias - mean * s)).astype(x.dtype)
-    return (y, mean, var), (x, scale, mean, rstd, shift)
+    return (y, mean, var), (x, scale, mean, rstd)
 
 
 def _batch_norm_train_bwd(epsilon, one_pass, residuals, cotangents):
-    x, scale, mean, rstd, shift = residuals
+    x, scale, mean, rstd = residuals
     dy, dmean, dvar = cotangents
     n = x.shape[0] * x.shape[1] * x.shape[2]
     x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
@@ -146,7 +152,7 @@ def _batch_norm_train_bwd(epsilon, one_pass, residuals, cotangents):
     # (usually zero) cotangents of the returned statistics: d mean/dx = 1/n, d var/dx = 2 (x - mean) / n.
     dx = (scale * rstd / n) * (n * dy32 - sum_dy - xhat * sum_dy_xhat)
     dx = dx + dmean / n + dvar * (2.0 / n) * xhat / rstd
-    return dx.astype(x.dtype), sum_dy_xhat.astype(scale.dtype), sum_dy, jnp.zeros_like(shift)
+    return dx.astype(x.dtype), sum_dy_xhat.astype(scale.dtype), sum_dy
 
 
 batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
@@ -195,8 +201,7 @@ class BatchNorm(nnx.Module):
             if n < 2:
                 raise ValueError(f"BatchNorm in train mode needs more than 1 value per channel; got input {x.shape}")
             if self.impl != "autodiff":
-                shift = lax.stop_gradient(self.mean[...])
-                y, mean, var = batch_norm_train(x, self.scale[...], self.bias[...], shift, self.epsilon,
+                y, mean, var = batch_norm_train(x, self.scale[...], self.bias[...], self.epsilon,
                                                 self.impl == "onepass")
                 self._update_running(mean, var, n)
                 return y
@@ -204,7 +209,7 @@ class BatchNorm(nnx.Module):
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:
-            mean, var = _batch_stats(x32, self.mean[...], one_pass=False)
+            mean, var = _batch_stats(x32, one_pass=False)
             self._update_running(mean, var, n)
         scale = self.scale[...] * lax.rsqrt(var + self.epsilon)
         y = x32 * scale + (self.bias[...] - mean * scale)
