@@ -20,9 +20,9 @@
 #                 90.05/90.40/90.24% at 30 epochs); the epoch plan below prices every candidate at the measured
 #                 batch-512 rate (its 15% and 60 s margins are what cover b256); every run also records flip-TTA accuracy
 #                 (its metrics' last line, the table's "with flip TTA" column);
-#   bn_ab         after training, in whatever time is left: the JAX resnet50 step (bf16, batch 512) with each
-#                 `--batch-norm` (autodiff, fused, onepass), one process each, then torch eager and
-#                 torch.compile on the same model when 150 s are still left;
+#   bn_ab         after training, in whatever time is left: the JAX $BN_ARCH step (default resnet50; bf16,
+#                 batch 512) with each `--batch-norm` in BN_LIST (default "autodiff fused onepass"), one
+#                 process each, then torch eager and torch.compile on the same model when 150 s are still left;
 #   profile       before training, where the time goes (`scripts/benchmark.py --profile`): the article
 #                 configuration (JAX, fp32, batch 128: host-, launch- or compute-bound?) and resnet50 (bf16,
 #                 batch 512: JAX, torch eager, torch.compile); traces stay in /tmp, summaries in the JSON/logs
@@ -38,8 +38,10 @@
 #      plots are throttled, ~1.3 s per epoch; the plan shortens the schedule proportionally if they do not);
 #      If its deadline stops it, the same command with ARTICLE_EPOCHS=<the logged count> on the still-warm
 #      machine resumes it (the workdirs live in $RUNDIR, outside $OUT);
-#   2. on the still-warm machine, BUDGET=<what is left - 30> SKIP_BENCH=1 RUNS=sweep (recipe candidates on
-#      held-out training images). RUNS=profile (~7 min: where resnet50's time goes) another time.
+#   2. on the still-warm machine, BUDGET=<what is left - 30> RUNS=bn_ab BN_LIST="fused onepass" SKIP_BENCH=1
+#      (resnet50: the centre-pixel-shift onepass against fused, then torch eager and torch.compile if 150 s are
+#      left; it decides the default BatchNorm); then, if time is left, BN_ARCH=resnet18 the same way.
+#   Later sessions: RUNS=sweep (recipe candidates on held-out training images), RUNS=profile (~7 min).
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 DATA=${DATA:-.gpu_data/cifar10-jpeg.tar.gz}
@@ -81,10 +83,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 log "gpu: $(tail -n1 "$R/gpu.txt")"
 
 # Decode the JPEG tar once into the .npz cache (CPU) while the benchmark holds the GPU; write the re-encoded
-# copies for the JPEG-quality runs and decode them too.
+# copies for the JPEG-quality runs and decode them too. Only for training runs (bn_ab and profile need no data).
 CACHE=/tmp/cifar_cache
 QUALITIES="50 25"
-(
+TRAINING=0; for run in jax_seeds torch_seeds jpeg_quality article sweep; do wants $run && TRAINING=1; done
+PREP=""
+if [ $TRAINING = 1 ]; then (
   python3 -c "from flax_resnet.data import load_dataset; d = load_dataset('$DATA', data_dir='$CACHE'); print('data', d.train_images.shape, d.test_images.shape)"
   if wants jpeg_quality; then
     for q in $QUALITIES; do
@@ -93,8 +97,8 @@ QUALITIES="50 25"
     done
     wait
   fi
-) >"$R/data_prep.log" 2>&1 &
-PREP=$!
+) >"$R/data_prep.log" 2>&1 & PREP=$!
+fi
 
 # JAX jit + torch eager first, torch.compile separately: a timeout then loses only the compile record.
 if [ "$SMOKE" = 1 ]; then BENCH_ARGS="--steps 1 --warmup 1 --windows 2 --batch-size 8 --dtypes float32"
@@ -118,7 +122,7 @@ if wants profile || wants article; then
     --modes jit $PROF --json "$R/bench_resnet18_article.json" >"$R/bench_resnet18_article.log" 2>&1
   log "benchmark done rc=$?"; grep -A 14 "^host time" "$R/bench_resnet18_article.log" | tee -a "$OUT/session.log"
 fi
-# The resnet50 measurements' settings (profile, bn_ab).
+# The settings of profile's resnet50 and of bn_ab.
 if [ "$SMOKE" = 1 ]; then P_ARGS="--steps 1 --warmup 1 --windows 2 --batch-size 8 --dtypes float32"
 else P_ARGS="--steps 5 --warmup 2 --windows 5 --batch-size 512 --dtypes bfloat16 --peak-tflops 989"; fi
 if wants profile; then  # SKIP_BENCH does not skip it: it is asked for by name
@@ -135,7 +139,7 @@ if wants profile; then  # SKIP_BENCH does not skip it: it is asked for by name
   fi
   pack
 fi
-wait $PREP; log "data prep rc=$? $(tail -n1 "$R/data_prep.log")"
+[ -n "$PREP" ] && { wait $PREP; log "data prep rc=$? $(tail -n1 "$R/data_prep.log")"; }
 
 # Epochs that fit: GPU time adds up across processes (time-sliced), so one epoch of all runs costs the sum
 # of their epoch times at the measured rates, plus 15% for evaluation; ~100 s are kept for compilation.
@@ -250,22 +254,23 @@ if [ $R50_BENCH = 1 ] && [ "$(left)" -gt 60 ]; then
     --modes compile --json "$R/bench_resnet50_cifar_compile.json" >"$R/bench_resnet50_cifar_compile.log" 2>&1
   log "benchmark resnet50 compile rc=$?"; tail -n 4 "$R/bench_resnet50_cifar_compile.log" | tee -a "$OUT/session.log"
 fi
-if wants bn_ab; then  # after training, in what is left: the JAX resnet50 step with each train-mode BatchNorm
-  for bn in autodiff fused onepass; do
+if wants bn_ab; then  # after training, in what is left: the JAX step with each train-mode BatchNorm
+  BN_ARCH=${BN_ARCH:-resnet50}
+  for bn in ${BN_LIST:-autodiff fused onepass}; do
     if [ "$(left)" -lt 70 ]; then log "bn_ab: $(left) s left, skipping --batch-norm $bn and after"; break; fi
-    log "benchmark resnet50 cifar: jax jit --batch-norm $bn"
-    timeout -k 10 $(( $(left) - 10 )) python3 scripts/benchmark.py --arch resnet50 --variant cifar $P_ARGS \
-      --frameworks jax --modes jit --batch-norm $bn --json "$R/bench_resnet50_cifar_bn_$bn.json" \
-      >"$R/bench_resnet50_cifar_bn_$bn.log" 2>&1
-    log "benchmark done rc=$?"; grep -E "^jax " "$R/bench_resnet50_cifar_bn_$bn.log" | tee -a "$OUT/session.log"
+    log "benchmark $BN_ARCH cifar: jax jit --batch-norm $bn"
+    timeout -k 10 $(( $(left) - 10 )) python3 scripts/benchmark.py --arch $BN_ARCH --variant cifar $P_ARGS \
+      --frameworks jax --modes jit --batch-norm $bn --json "$R/bench_${BN_ARCH}_cifar_bn_$bn.json" \
+      >"$R/bench_${BN_ARCH}_cifar_bn_$bn.log" 2>&1
+    log "benchmark done rc=$?"; grep -E "^jax " "$R/bench_${BN_ARCH}_cifar_bn_$bn.log" | tee -a "$OUT/session.log"
     pack
   done
   if [ "$(left)" -gt 150 ]; then  # a cold resnet50 torch.compile took over 111 s on 2026-11-28
-    log "benchmark resnet50 cifar: torch eager, torch.compile"
-    timeout -k 10 $(( $(left) - 10 )) python3 scripts/benchmark.py --arch resnet50 --variant cifar $P_ARGS \
-      --frameworks torch --modes eager,compile --json "$R/bench_resnet50_cifar_torch.json" \
-      >"$R/bench_resnet50_cifar_torch.log" 2>&1
-    log "benchmark done rc=$?"; tail -n 4 "$R/bench_resnet50_cifar_torch.log" | tee -a "$OUT/session.log"
+    log "benchmark $BN_ARCH cifar: torch eager, torch.compile"
+    timeout -k 10 $(( $(left) - 10 )) python3 scripts/benchmark.py --arch $BN_ARCH --variant cifar $P_ARGS \
+      --frameworks torch --modes eager,compile --json "$R/bench_${BN_ARCH}_cifar_torch.json" \
+      >"$R/bench_${BN_ARCH}_cifar_torch.log" 2>&1
+    log "benchmark done rc=$?"; tail -n 4 "$R/bench_${BN_ARCH}_cifar_torch.log" | tee -a "$OUT/session.log"
   fi
 fi
 cp "$OUT/session.log" "$R/"
