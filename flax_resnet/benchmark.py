@@ -26,6 +26,7 @@ import numpy as np
 from flax_resnet import data as data_lib
 from flax_resnet import models, profiling
 from flax_resnet.distributed import make_mesh, put_batch
+from flax_resnet.packing import StatePacking
 
 FRAMEWORKS: tuple[str, ...] = ("jax", "torch")
 MODES: tuple[str, ...] = ("jit", "eager", "compile")
@@ -269,11 +270,11 @@ def bench_jax(
     records = []
 
     order_np = np.random.default_rng(1).integers(0, n, (steps * (windows + warmup) + 1, batch_size), dtype=np.int32)
-    treedef = jax.tree.structure(state0)
-    loop_step = train.make_loop_step(train.make_train_step(graphdef, tx, config, augment=True), len(order_np), treedef)
+    packing = StatePacking(state0)
+    loop_step = train.make_loop_step(train.make_train_step(graphdef, tx, config, augment=True), len(order_np), packing)
     fixed_step = train.make_train_step(graphdef, tx, config, augment=False)
     fixed_batch = {"image": images[:batch_size], "label": labels[:batch_size]}
-    eval_fn = train.make_eval_fn(graphdef, treedef)  # the trainer's eval call
+    eval_fn = train.make_eval_fn(graphdef, packing)  # the trainer's eval call
 
     key = jax.random.key(0)
     mesh = make_mesh(jax.devices()[:1])  # one device, like the rest of the benchmark
@@ -296,15 +297,15 @@ def bench_jax(
 
     # --- augmented: exactly the trainer's per-step call (row of the epoch's device-resident index array and
     # rng derived from state.step on the device, gather + crop/flip/normalize + step, running sums on device)
-    leaves = jax.tree.leaves(jax.tree.map(jnp.copy, state0))
+    packed = packing.pack_jit(jax.tree.map(jnp.copy, state0))
     sums = jax.tree.map(jnp.asarray, train.loop_sums())
     start = time.perf_counter()
-    compiled = loop_step.lower(leaves, sums, images, labels, order, key).compile()
+    compiled = loop_step.lower(packed, sums, images, labels, order, key).compile()
     compile_s = time.perf_counter() - start
 
     def run_gathered():
-        nonlocal leaves, sums
-        leaves, sums = compiled(leaves, sums, images, labels, order, key)
+        nonlocal packed, sums
+        packed, sums = compiled(packed, sums, images, labels, order, key)
         return sums["loss"]
 
     timed, call_seconds = call_timer(run_gathered)
@@ -312,9 +313,9 @@ def bench_jax(
     host_ms = 1000 * statistics.median(call_seconds[warmup:])
     eval_idx = put_batch(np.arange(batch_size, dtype=np.int32), mesh)
     eval_mask = put_batch(np.ones((batch_size,), np.float32), mesh)
-    eval_compiled = eval_fn.lower(leaves, images, labels, eval_idx, eval_mask).compile()
+    eval_compiled = eval_fn.lower(packed, images, labels, eval_idx, eval_mask).compile()
     eval_times = time_windows(
-        lambda: eval_compiled(leaves, images, labels, eval_idx, eval_mask)["loss_sum"],
+        lambda: eval_compiled(packed, images, labels, eval_idx, eval_mask)["loss_sum"],
         jax.block_until_ready, warmup, windows, steps,
     )
     mem, source = _jax_memory()
@@ -323,6 +324,7 @@ def bench_jax(
     # an upper bound: one small program per call, so on a GPU this includes its launch cost
     augmented["input_ms_per_step"] = input_ms
     augmented["host_ms_per_call"] = host_ms
+    augmented["state_arrays"] = len(packing)
     if profile_dir:
         augmented["profile"] = profiling.profile_jax(run_gathered, steps, Path(profile_dir) / f"jax_{dtype}")
     records.append(augmented)
@@ -344,6 +346,7 @@ def bench_jax(
     fixed = _record("jax", "jit", dtype, arch, variant, batch_size, device, "fixed", train_times, eval_times, steps,
                     compile_s, mem, source, peak_tflops)
     fixed["host_ms_per_call"] = 1000 * statistics.median(call_seconds[warmup:])
+    fixed["state_arrays"] = len(jax.tree.leaves(state0))
     records.append(fixed)
     for r in records:  # the model options the JAX numbers were measured with
         r.update(conv_lowering=conv_lowering, batch_norm=batch_norm)
@@ -538,10 +541,11 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
             step_ms = 1000 * pair["augmented"]["batch_size"] / pair["augmented"]["train_images_per_second"]
             lines.append(f"input work alone: {pair['augmented']['input_ms_per_step']:.3f} ms per step "
                          f"(step with it: {step_ms:.3f} ms)")
+            aug, fixed = pair["augmented"], pair["fixed"]
             lines.append(
-                f"host time per call jax {dtype}: {pair['augmented']['host_ms_per_call']:.3f} ms (trainer's call, "
-                f"state as a list of arrays), {pair['fixed']['host_ms_per_call']:.3f} ms (train step, TrainState "
-                "pytree)"
+                f"host time per call jax {dtype}: {aug['host_ms_per_call']:.3f} ms (trainer's call, state packed as "
+                f"{aug['state_arrays']} arrays), {fixed['host_ms_per_call']:.3f} ms (train step, TrainState pytree of "
+                f"{fixed['state_arrays']} arrays)"
             )
     for r in records:
         if "profile" in r:

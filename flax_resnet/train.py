@@ -27,6 +27,7 @@ from jax import lax
 from flax_resnet import data as data_lib
 from flax_resnet.config import SCHEDULES, Config
 from flax_resnet.distributed import put_batch, to_host
+from flax_resnet.packing import StatePacking
 
 
 def make_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
@@ -282,23 +283,23 @@ def load_run(path: str | Path, warn: Callable[[str], None] | None = None) -> Loa
     return LoadedRun(config, names, graphdef, state, int(meta["step"]), directory / str(meta["step"]))
 
 
-def make_eval_fn(graphdef: nnx.GraphDef, treedef: Any) -> Callable[..., dict[str, jax.Array]]:
-    """Jitted `(leaves, images, labels, idx, mask) -> sums` for states of `treedef` (`jax.tree.structure` of
-    the TrainState): gathers the batch on device, then make_eval_step. It takes the state's leaves, not the
-    state, for the host overhead per call (see `make_loop_step`)."""
+def make_eval_fn(graphdef: nnx.GraphDef, packing: StatePacking) -> Callable[..., dict[str, jax.Array]]:
+    """Jitted `(packed, images, labels, idx, mask) -> sums`, `packed` being `packing.pack(state)`: gathers the
+    batch on device, then make_eval_step. It takes the packed state, not the TrainState, for the host work
+    per call (see `make_loop_step`)."""
     eval_step = make_eval_step(graphdef)
 
     @jax.jit
-    def run(leaves, images, labels, idx, mask):
+    def run(packed, images, labels, idx, mask):
         batch = {"image": images[idx], "label": labels[idx], "mask": mask}
-        return eval_step(jax.tree.unflatten(treedef, leaves), batch)
+        return eval_step(packing.unpack(packed), batch)
 
     return run
 
 
 def evaluate(
     eval_fn: Callable[..., dict[str, jax.Array]],
-    state: TrainState,
+    packed: list[jax.Array],
     images: jax.Array,
     labels: jax.Array,
     batch_size: int,
@@ -308,15 +309,14 @@ def evaluate(
 ) -> dict[str, Any]:
     """Test loss/accuracy over every image exactly once (padded last batch, one compiled shape).
 
-    `eval_fn` is `make_eval_fn(graphdef, jax.tree.structure(state))`. With `keep_logits`, also returns the
-    (n, classes) float32 logits in dataset order.
+    `eval_fn` is `make_eval_fn(graphdef, packing)` and `packed` is `packing.pack_jit(state)`. With
+    `keep_logits`, also returns the (n, classes) float32 logits in dataset order.
     """
-    leaves = jax.tree.leaves(state)
     n = int(labels.shape[0])
     idx, mask = data_lib.eval_batches(n, batch_size)
     sums, logits = [], []
     for i in range(len(idx)):
-        out = eval_fn(leaves, images, labels, put_batch(idx[i], mesh), put_batch(mask[i], mesh))
+        out = eval_fn(packed, images, labels, put_batch(idx[i], mesh), put_batch(mask[i], mesh))
         sums.append((out["loss_sum"], out["correct"], out["count"]))
         if keep_logits or i == 0:
             logits.append(out["logits"])
@@ -343,7 +343,7 @@ def logits_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 def evaluate_flip_tta(
     eval_fn: Callable[..., dict[str, jax.Array]],
-    state: TrainState,
+    packed: list[jax.Array],
     images: np.ndarray,
     labels: np.ndarray,
     batch_size: int,
@@ -356,7 +356,7 @@ def evaluate_flip_tta(
 
     def logits_of(x: np.ndarray) -> np.ndarray:
         put = put_replicated((np.ascontiguousarray(x), np.asarray(labels)), mesh)
-        return evaluate(eval_fn, state, *put, batch_size, mesh, keep_logits=True)["logits"]
+        return evaluate(eval_fn, packed, *put, batch_size, mesh, keep_logits=True)["logits"]
 
     plain = logits if logits is not None else logits_of(images)
     return logits_metrics((plain + logits_of(images[:, :, ::-1])) / 2, labels)
@@ -403,17 +403,16 @@ def loop_sums(loss: float = 0.0, correct: float = 0.0) -> dict[str, np.ndarray]:
     return {"loss": np.float32(loss), "correct": np.float32(correct), "first_bad": np.int32(-1)}
 
 
-def make_loop_step(train_step: Callable, steps_per_epoch: int, treedef: Any) -> Callable:
+def make_loop_step(train_step: Callable, steps_per_epoch: int, packing: StatePacking) -> Callable:
     """The training loop's per-step call, with no host work per step beyond the call itself: pick this step's
     row of the epoch's device-resident index array, gather the batch from the device-resident dataset, run
     `train_step` (augmentation inside) and add loss/correct to device-side running sums (no host sync).
 
-    `(leaves, sums, images, labels, order, base_key) -> (leaves, sums)`, jitted, donating leaves and sums;
-    `leaves` is `jax.tree.leaves(state)` of a TrainState of structure `treedef`. Passing the flat list
-    instead of the state is what keeps the call cheap: jit's host work to flatten and rebuild the TrainState
-    pytree of nnx.State dicts is ~2-3 ms per call (a ResNet-18's 186 arrays, 2-core CPU), a list of the same
-    arrays well under 1 ms (`scripts/benchmark.py` reports both), and a small GPU step (the article recipe's
-    batch of 128) takes about as long as the former.
+    `(packed, sums, images, labels, order, base_key) -> (packed, sums)`, jitted, donating packed and sums;
+    `packed` is `packing.pack(state)` (flax_resnet/packing.py: the TrainState as a few arrays). Passing that
+    instead of the state is what keeps the call cheap: jit's host work grows with the number of arrays and
+    is larger still for the TrainState pytree of nnx.State dicts, and a small GPU step (the article recipe's
+    batch of 128) is host-bound (`scripts/benchmark.py` reports both calls' host time).
     `order` is the epoch's (steps_per_epoch, batch) example indices (`data.train_batch_indices`); the row is
     `state.step % steps_per_epoch` and the augmentation key `fold_in(base_key, state.step)`, both computed on
     the device from the global step, so a resumed run continues exactly. sums holds float32 `loss`,
@@ -422,8 +421,8 @@ def make_loop_step(train_step: Callable, steps_per_epoch: int, treedef: Any) -> 
     """
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def loop_step(leaves, sums, images, labels, order, base_key):
-        state = jax.tree.unflatten(treedef, leaves)
+    def loop_step(packed, sums, images, labels, order, base_key):
+        state = packing.unpack(packed)
         idx = lax.dynamic_index_in_dim(order, state.step % steps_per_epoch, keepdims=False)
         rng = jax.random.fold_in(base_key, state.step)
         state, metrics = train_step(state, {"image": images[idx], "label": labels[idx]}, rng)
@@ -433,7 +432,7 @@ def make_loop_step(train_step: Callable, steps_per_epoch: int, treedef: Any) -> 
             "correct": sums["correct"] + metrics["accuracy"] * idx.shape[0],
             "first_bad": jnp.where((sums["first_bad"] < 0) & bad, state.step, sums["first_bad"]),
         }
-        return jax.tree.leaves(state), sums
+        return packing.pack(state), sums
 
     return loop_step
 
@@ -512,11 +511,11 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     test_images = put_replicated(dataset.test_images, mesh)
     test_labels = put_replicated(dataset.test_labels, mesh)
     train_step = make_train_step(graphdef, tx, config)
-    treedef = jax.tree.structure(state)
-    eval_fn = make_eval_fn(graphdef, treedef)
+    packing = StatePacking(state)
+    eval_fn = make_eval_fn(graphdef, packing)
     base_key = jax.random.key(config.seed)
 
-    run_step = make_loop_step(train_step, steps_per_epoch, treedef)
+    run_step = make_loop_step(train_step, steps_per_epoch, packing)
 
     @jax.jit
     def all_finite(state):
@@ -598,10 +597,10 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             untimed = acc.get("untimed", 0)  # checkpoints before 2026-11-28 lack it
             counted_at_t0 = acc["count"]
             t0 = last_fetch = time.time()
-            leaves = jax.tree.leaves(state)  # the loop carries the flat state (make_loop_step); `state` is
-            del state  # rebuilt from it after the loop, its own arrays being donated by the first call
+            packed = packing.pack_jit(state)  # the loop carries the packed state (make_loop_step); `state`
+            del state  # is rebuilt from it after the loop, arrays it shares being donated by the first call
             for i in range(first, steps_per_epoch):
-                leaves, sums = run_step(leaves, sums, images, labels, order, base_key)
+                packed, sums = run_step(packed, sums, images, labels, order, base_key)
                 if not compiled:  # keep compilation out of the epoch time and img/s
                     jax.block_until_ready(sums)
                     compiled = True
@@ -627,18 +626,18 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                         img_s=f"{(now['count'] - counted_at_t0) / max(1e-9, time.time() - t0):.0f}",
                     )
                     if due and not end_epoch and step != last_saved:
-                        save(step, jax.tree.unflatten(treedef, leaves), dict(now, seconds=seconds))
+                        save(step, packing.unpack_jit(packed), dict(now, seconds=seconds))
                         last_saved = step
                 if stopping:
                     break
             bar.close()
-            state = jax.tree.unflatten(treedef, leaves)
+            state = packing.unpack_jit(packed)
             now = fetch(sums, pending)
             seconds = acc["seconds"] + time.time() - t0
             complete = step % steps_per_epoch == 0
             if complete or stopping:
                 finished = step == config.epochs * steps_per_epoch  # the recipe's end: also flip TTA
-                ev = evaluate(eval_fn, state, test_images, test_labels, bs, mesh, keep_logits=finished)
+                ev = evaluate(eval_fn, packed, test_images, test_labels, bs, mesh, keep_logits=finished)
                 n_steps = max(1, now["count"] // bs)
                 record = {
                     "epoch": epoch + 1,
@@ -658,7 +657,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                 recorded_at = time.time()
                 if finished:
                     tta = evaluate_flip_tta(
-                        eval_fn, state, dataset.test_images, dataset.test_labels, bs, mesh, ev["logits"]
+                        eval_fn, packed, dataset.test_images, dataset.test_labels, bs, mesh, ev["logits"]
                     )
                     record.update(test_loss_flip=tta["loss"], test_acc_flip=tta["accuracy"])
                 if is_main:  # the plots at most every PLOT_SECONDS (reporting.py), and at the end

@@ -28,12 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.out and not Path(args.out).parent.is_dir():
         p.error(f"--out {args.out}: no such directory {str(Path(args.out).parent)!r}")
 
-    import jax
     import numpy as np
 
     from flax_resnet import data as data_lib
     from flax_resnet.checkpoint import CheckpointError
     from flax_resnet.distributed import make_mesh, put_replicated
+    from flax_resnet.packing import StatePacking
     from flax_resnet.reporting import plot_confusion
     from flax_resnet.train import evaluate, evaluate_flip_tta, load_run, make_eval_fn
 
@@ -56,11 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         state = put_replicated(run.state, mesh)
         images = put_replicated(dataset.test_images, mesh)
         labels = put_replicated(dataset.test_labels, mesh)
-        eval_fn = make_eval_fn(run.graphdef, jax.tree.structure(state))
-        ev = evaluate(eval_fn, state, images, labels, batch, mesh, keep_logits=True)
+        packing = StatePacking(state)
+        eval_fn = make_eval_fn(run.graphdef, packing)
+        packed = packing.pack_jit(state)
+        ev = evaluate(eval_fn, packed, images, labels, batch, mesh, keep_logits=True)
         if args.flip_tta:
             tta = evaluate_flip_tta(
-                eval_fn, state, dataset.test_images, dataset.test_labels, batch, mesh, ev["logits"]
+                eval_fn, packed, dataset.test_images, dataset.test_labels, batch, mesh, ev["logits"]
             )
     except (CheckpointError, data_lib.DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

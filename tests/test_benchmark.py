@@ -78,11 +78,14 @@ def test_cli_writes_records(tmp_path: Path) -> None:
             step_ms = 1000 * r["batch_size"] / r["train_images_per_second"]
             assert 0 < r["input_ms_per_step"] < step_ms, (r["input_ms_per_step"], step_ms)
     assert "input work alone:" in proc.stdout
-    # The trainer's call passes the state as a list of arrays because rebuilding the TrainState pytree costs
-    # the host more per call than the rest of the dispatch (3-4x on this CPU); the fixed step takes the pytree.
+    # The trainer's call passes the state packed (flax_resnet/packing.py: 44 arrays for this ResNet-18, counted
+    # in tests/test_packing.py) because the host's work per call grows with the arrays, and more so for the
+    # TrainState pytree (186 arrays) that the fixed step takes.
     host = {(r["dtype"], r["input"]): r["host_ms_per_call"] for r in records if r["framework"] == "jax"}
     assert all(ms > 0 for ms in host.values()), host
     assert host[("float32", "augmented")] < host[("float32", "fixed")], host
+    arrays = {r["input"]: r["state_arrays"] for r in records if r["framework"] == "jax" and r["dtype"] == "float32"}
+    assert arrays == {"augmented": 44, "fixed": 186}, arrays
     assert "host time per call jax float32:" in proc.stdout
     profiled = [r for r in records if r["framework"] == "torch" or r["input"] == "augmented"]
     assert all("profile" not in r for r in records if r not in profiled)

@@ -18,6 +18,7 @@ from flax_resnet.checkpoint import Checkpointer
 from flax_resnet.config import make_config
 from flax_resnet.distributed import make_mesh, put_replicated
 from flax_resnet.models import predict
+from flax_resnet.packing import StatePacking
 from flax_resnet.train import (
     RunError,
     build_state,
@@ -53,9 +54,10 @@ def test_eval_counts_every_test_image_once(tiny_data: Path, tmp_path: Path) -> N
     config = _config(tiny_data, tmp_path, num_classes=3)
     graphdef, state, _, _ = build_state(config)
     mesh = make_mesh()
+    packing = StatePacking(state)
     ev = evaluate(
-        make_eval_fn(graphdef, jax.tree.structure(state)),
-        put_replicated(state, mesh),
+        make_eval_fn(graphdef, packing),
+        packing.pack_jit(put_replicated(state, mesh)),
         put_replicated(dataset.test_images, mesh),
         put_replicated(dataset.test_labels, mesh),
         16,
