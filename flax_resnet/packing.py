@@ -1,14 +1,14 @@
 """A training state carried through jit calls as a few arrays instead of hundreds.
 
-jit's host work per call grows with the number of array arguments, and a ResNet-18's TrainState holds over
-200, most of them per-channel vectors: BatchNorm scales, biases and statistics, their momentum buffers,
-counters. Where a step is short (the article recipe's batch of 128 on a GPU) that host work, not the
-device, sets the pace. `StatePacking` moves every leaf of at most one dimension into one 1-D buffer per
-dtype and passes the weight tensors through as they are, so a ResNet-18's state travels as 44-46 arrays
-(the trainer's call: 0.19-0.24 ms of host time instead of 0.74-0.85 on this 2-core CPU;
-results/cpu_2026-11-28/packed_state/). Slicing the vectors back out inside the jitted function costs the
-device next to nothing; packing the weight tensors as well would copy them every step (tried: steps ~3x
-slower on this CPU).
+jit's host work per call grows with the number of array arguments, and a ResNet-18's TrainState holds 186
+(cifar variant) to 227 (article) arrays, most of them per-channel vectors: BatchNorm scales, biases and
+statistics, their momentum buffers, counters. Where a step is short (the article recipe's batch of 128 on a
+GPU) that host work, not the device, sets the pace. `StatePacking` moves every leaf of at most one
+dimension into one 1-D buffer per dtype and passes the weight tensors through as they are, so a
+ResNet-18's state travels as 44-46 arrays (the trainer's call: 0.19-0.24 ms of host time instead of
+0.74-0.85 on this 2-core CPU; results/cpu_2026-11-28/packed_state/). Slicing the vectors back out inside
+the jitted function costs the device next to nothing; packing the weight tensors as well would copy them
+every step (tried: steps ~3x slower on this CPU).
 """
 
 from __future__ import annotations
