@@ -268,10 +268,22 @@ def test_checkpoint_every_is_kept_inside_the_throttle_interval(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flax_resnet import reporting
+    from flax_resnet import train as train_mod
 
     saves, plots = _record_saves_and_plots(monkeypatch)
     monkeypatch.setattr(reporting, "PLOT_SECONDS", 0.0)
+    loop_steps = []
+    make_loop_step = train_mod.make_loop_step
+
+    def recording_make_loop_step(*args):
+        loop_steps.append(make_loop_step(*args))
+        return loop_steps[-1]
+
+    monkeypatch.setattr(train_mod, "make_loop_step", recording_make_loop_step)
     result = train(_config(tiny_data, tmp_path, epochs=3, checkpoint_every=4, checkpoint_seconds=1e6))
     assert result["step"] == 18
     assert saves == [4, 8, 12, 16, 18]  # every 4th step, epoch end 12 among them, and the last one
     assert plots == [1, 2, 3]  # PLOT_SECONDS 0: every epoch
+    # The state is unpacked for each save and repacked at each epoch start; the packed arrays that come back
+    # must match the compiled step's shapes and shardings, or each epoch would compile it again.
+    assert len(loop_steps) == 1 and loop_steps[0]._cache_size() == 1
