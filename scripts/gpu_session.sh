@@ -33,14 +33,17 @@
 # CPU dry run of this script.
 #
 # Suggested for the next session (one command may run 600 s; the device lends ~900 s in all, start included):
-#   1. BUDGET=540 SKIP_BENCH=1 RUNS=article bash scripts/gpu_session.sh  (the article recipe alone on the GPU:
-#      its step measured 50,251 img/s on 2026-11-28, so all 270 epochs should fit now that checkpoints and
-#      plots are throttled, ~1.3 s per epoch; the plan shortens the schedule proportionally if they do not);
-#      If its deadline stops it, the same command with ARTICLE_EPOCHS=<the logged count> on the still-warm
-#      machine resumes it (the workdirs live in $RUNDIR, outside $OUT);
+#   1. BUDGET=540 SKIP_BENCH=1 RUNS="article bn_ab" BN_LIST="fused onepass" bash scripts/gpu_session.sh (the
+#      article recipe alone on the GPU: its step measured 50,251 img/s on 2026-11-28, before the state was
+#      packed (flax_resnet/packing.py; its host time per call is logged first), so all 270 epochs should fit
+#      now that checkpoints and plots are throttled, ~1.3 s per epoch at most; the plan shortens the schedule
+#      proportionally if they do not; bn_ab gets only what the article run leaves). If its deadline stops
+#      it, the same command with ARTICLE_EPOCHS=<the logged count> on the still-warm machine resumes it (the
+#      workdirs live in $RUNDIR, outside $OUT);
 #   2. on the still-warm machine, BUDGET=<what is left - 30> RUNS=bn_ab BN_LIST="fused onepass" SKIP_BENCH=1
-#      (resnet50: the centre-pixel-shift onepass against fused, then torch eager and torch.compile if 150 s are
-#      left; it decides the default BatchNorm); then, if time is left, BN_ARCH=resnet18 the same way.
+#      unless the first call got to it (resnet50: the centre-pixel-shift onepass against fused, then torch
+#      eager and torch.compile if 150 s are left; it decides the default BatchNorm); then, if time is left,
+#      BN_ARCH=resnet18 the same way.
 #   Later sessions: RUNS=sweep (recipe candidates on held-out training images), RUNS=profile (~7 min).
 set -u
 OUT=${OUT:-/tmp/gpu_out}
