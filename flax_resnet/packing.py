@@ -8,7 +8,7 @@ dimension into one 1-D buffer per dtype and passes the weight tensors through as
 ResNet-18's state travels as 44-46 arrays (the trainer's call: 0.19-0.24 ms of host time instead of
 0.74-0.85 on this 2-core CPU; results/cpu_2026-11-28/packed_state/). Slicing the vectors back out inside
 the jitted function costs the device next to nothing; packing the weight tensors as well would copy them
-every step (tried: steps ~3x slower on this CPU).
+every step (tried: steps ~3x slower on this CPU; results/cpu_2026-11-28/packed_state/pack_everything.py).
 """
 
 from __future__ import annotations
