@@ -87,7 +87,6 @@ class Reporter:
 
     def __init__(self, workdir: str | Path, *, progress: bool = True, write: bool = True, stream: TextIO | None = None):
         self.workdir = Path(workdir)
-        self.plot_seconds = PLOT_SECONDS
         self._plotted_at = time.time()
         self._pending: Callable[[], None] | None = None  # the redraw the last record is waiting for
         self.progress = progress
@@ -119,12 +118,12 @@ class Reporter:
         history: list[dict[str, Any]],
         force_plot: bool = False,
         also_plot: Callable[[], None] | None = None,
-    ) -> bool:
+    ) -> None:
         """Append `record` to metrics.jsonl (fsynced) and TensorBoard, print the summary line; redraw curves.png
         (and call `also_plot`, the caller's own figure of this epoch) if `force_plot` or PLOT_SECONDS have
-        passed since the last redraw, else keep that redraw for `flush_plots`. Returns whether it redrew."""
+        passed since the last redraw, else keep that redraw for `flush_plots`."""
         if not self.write:
-            return False
+            return
         missing = [k for k in METRIC_KEYS if k not in record]
         if missing:
             raise ValueError(f"metrics record lacks {missing}")
@@ -141,19 +140,16 @@ class Reporter:
                 also_plot()
 
         self._pending = redraw
-        plot = force_plot or time.time() - self._plotted_at >= self.plot_seconds
-        if plot:
+        if force_plot or time.time() - self._plotted_at >= PLOT_SECONDS:
             self.flush_plots()
         self.print(format_epoch(record))
-        return plot
 
-    def flush_plots(self) -> bool:
-        """Make the last logged record's redraw if it is still pending; returns whether it redrew."""
+    def flush_plots(self) -> None:
+        """Make the last logged record's redraw if it is still pending."""
         if self._pending is None:
-            return False
+            return
         self._pending()
         self._pending, self._plotted_at = None, time.time()
-        return True
 
     def _tensorboard(self, record: dict[str, Any]) -> None:
         if self._tb is None:
