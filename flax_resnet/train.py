@@ -518,9 +518,8 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     run_step = make_loop_step(train_step, steps_per_epoch, packing)
 
     @jax.jit
-    def all_finite(state):
-        leaves = jax.tree.leaves((state.params, state.batch_stats, state.opt_state))
-        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]))
+    def all_finite(packed):
+        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in packed if jnp.issubdtype(x.dtype, jnp.floating)]))
 
     def new_sums(loss: float, correct: float):
         """Device-side running sums of the epoch, starting from the (float32) sums of a resumed epoch."""
@@ -544,8 +543,8 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             "untimed": untimed,
         }
 
-    def save(step, state, epoch_sums):
-        if not bool(all_finite(state)):
+    def save(step, packed, epoch_sums):
+        if not bool(all_finite(packed)):
             last = ckpt.latest_step()
             raise RunError(
                 f"state is not finite (nan/inf) after step {step}; not saving it; last good checkpoint: step {last}"
@@ -559,7 +558,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
         nonlocal saved_at
         stop["saving"] = True
         try:
-            ckpt.save(step, state, meta)
+            ckpt.save(step, packing.unpack_jit(packed), meta)
         finally:
             stop["saving"] = False
         saved_at = time.time()
@@ -587,6 +586,8 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     record: dict[str, Any] | None = None
     stopped = "done"
     epochs_total = -(-total_steps // steps_per_epoch)
+    packed = packing.pack_jit(state)  # the loop carries the packed state (make_loop_step), unpacked only to
+    del state  # save; arrays it shares with `state` are donated by the first step
     try:
         while step < total_steps:
             epoch = step // steps_per_epoch
@@ -597,8 +598,6 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             untimed = acc.get("untimed", 0)  # checkpoints before 2026-11-28 lack it
             counted_at_t0 = acc["count"]
             t0 = last_fetch = time.time()
-            packed = packing.pack_jit(state)  # the loop carries the packed state (make_loop_step); `state`
-            del state  # is rebuilt from it after the loop, arrays it shares being donated by the first call
             for i in range(first, steps_per_epoch):
                 packed, sums = run_step(packed, sums, images, labels, order, base_key)
                 if not compiled:  # keep compilation out of the epoch time and img/s
@@ -626,12 +625,11 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                         img_s=f"{(now['count'] - counted_at_t0) / max(1e-9, time.time() - t0):.0f}",
                     )
                     if due and not end_epoch and step != last_saved:
-                        save(step, packing.unpack_jit(packed), dict(now, seconds=seconds))
+                        save(step, packed, dict(now, seconds=seconds))
                         last_saved = step
                 if stopping:
                     break
             bar.close()
-            state = packing.unpack_jit(packed)
             now = fetch(sums, pending)
             seconds = acc["seconds"] + time.time() - t0
             complete = step % steps_per_epoch == 0
@@ -671,19 +669,19 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                 # on all processes or none: a save is a collective
                 due = max_over_processes(int(time.time() - saved_at >= config.checkpoint_seconds))
                 if step != last_saved and (asked or due):
-                    save(step, state, acc)
+                    save(step, packed, acc)
                     last_saved = step
             else:
                 acc = dict(now, seconds=seconds)
                 if step != last_saved:
-                    save(step, state, acc)
+                    save(step, packed, acc)
                     last_saved = step
             if requested or stop_requested(True):  # also a signal during this evaluation or save
                 if step < total_steps:  # a signal after the last step changes nothing
                     stopped = f"signal {stop['signal']}"
                 break
         if step != last_saved:  # the last epochs' (checkpoint_seconds), or nothing left to run (e.g. resumed
-            save(step, state, acc)  # a finished run with larger max-steps)
+            save(step, packed, acc)  # a finished run with larger max-steps)
             last_saved = step
         reporter.flush_plots()  # the last redraw was before the last epoch
     finally:
