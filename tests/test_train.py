@@ -284,6 +284,7 @@ def test_checkpoint_every_is_kept_inside_the_throttle_interval(
     assert result["step"] == 18
     assert saves == [4, 8, 12, 16, 18]  # every 4th step, epoch end 12 among them, and the last one
     assert plots == [1, 2, 3]  # PLOT_SECONDS 0: every epoch
-    # The state is unpacked for each save and repacked at each epoch start; the packed arrays that come back
-    # must match the compiled step's shapes and shardings, or each epoch would compile it again.
+    # The state is packed once, unpacked for each save, and carried across epoch boundaries; the packed arrays
+    # each step returns must match the compiled step's shapes and shardings, or later steps would compile it
+    # again.
     assert len(loop_steps) == 1 and loop_steps[0]._cache_size() == 1
