@@ -222,10 +222,24 @@ def _record(
 # ---------------------------------------------------------------------------------------------- jax
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; ", AVX-512" where it has it), else what `platform` knows: CPU
+    speed ratios depend on it (torch's oneDNN convolutions on an AVX-512 Xeon vs an AMD EPYC, README "Speed")."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+    except OSError:
+        info = {}
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    if "model name" not in info:
+        return platform.processor() or platform.machine()
+    return info["model name"] + (", AVX-512" if "avx512f" in info.get("flags", "").split() else "")
+
+
 def jax_device_name() -> str:
-    """Platform and kind of the default JAX device, e.g. 'cpu (AMD EPYC)' or 'gpu (NVIDIA H100)'."""
+    """Platform and kind of the default JAX device, e.g. 'cpu (AMD EPYC 7B13)' or 'gpu (NVIDIA H100)'."""
     d = jax.devices()[0]
-    kind = platform.processor() or platform.machine() if d.platform == "cpu" else d.device_kind
+    kind = cpu_model() if d.platform == "cpu" else d.device_kind
     return f"{d.platform} ({kind})"
 
 
@@ -448,7 +462,7 @@ def bench_torch(
         device = f"cuda ({torch.cuda.get_device_name()})"
     else:
         mem, source = cpu_peak_rss_mb(), "process maxrss (cumulative in this process)"
-        device = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        device = f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
     record = _record("torch", mode, dtype, arch, variant, batch_size, device, "fixed", train_times, eval_times, steps,
                      compile_s, mem, source, peak_tflops)
     if profile_dir:
@@ -659,7 +673,7 @@ def conv_shape_report(
         f"repeats (JAX lowerings and torch eager in the same process, one after another).\n\n"
         f"- command: `python scripts/benchmark.py --arch {arch} --batch-size {batch_size} "
         f"--conv-repeats {repeats} --conv-table results/conv_shapes.md`\n"
-        f"- machine: {platform.processor() or platform.machine()} ({os.cpu_count()} CPUs), jax {jax.__version__} "
+        f"- machine: {cpu_model()}, {platform.machine()} ({os.cpu_count()} CPUs), jax {jax.__version__} "
         f"({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads)\n"
         f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"
         f"- load average (1/5/15 min) before: {'/'.join(f'{v:.2f}' for v in load_before)}, "
