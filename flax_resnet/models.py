@@ -276,23 +276,35 @@ def _pool_windows(x: jax.Array) -> tuple[list[jax.Array], tuple[int, int]]:
     return views, (ho, wo)
 
 
-@jax.custom_vjp
-def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-    """torch MaxPool2d(3, stride=2, padding=1): padding never wins the max (pads with -inf).
-
-    The gradient goes to the first maximum of each window in row-major order, as torch's does, built from
-    the 9 strided views of the window offsets. Not left to autodiff of `lax.reduce_window`: XLA:CPU lowers
-    that gradient (select-and-scatter) to an argmax over four int32 index arrays the size of the padded
-    input, ~50 ms of a ~280 ms imagenet-stem ResNet-18 step at batch 128 on a 2-core Xeon (a profile, see
-    README "Speed"); this one costs ~3 ms there.
-    """
+def _reduce_window_max(x: jax.Array) -> jax.Array:
+    """3x3 stride-2 max over `x` padded by 1 with -inf; autodiff routes each window's gradient to its first
+    maximum (XLA's select-and-scatter), as torch does."""
     return lax.reduce_window(
         x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
     )
 
 
+@jax.custom_vjp
+def _max_pool_first_max(x: jax.Array) -> jax.Array:
+    """`_reduce_window_max` with its gradient built from the 9 strided views of the window offsets: the first
+    maximum of each window in row-major order gets it, the same routing without select-and-scatter."""
+    return _reduce_window_max(x)
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """torch MaxPool2d(3, stride=2, padding=1): padding never wins the max (pads with -inf).
+
+    On CPU with `_max_pool_first_max`'s gradient: XLA:CPU lowers select-and-scatter to an argmax over four
+    int32 index arrays the size of the padded input, ~50 ms of a ~280 ms imagenet-stem ResNet-18 step at
+    batch 128 on a 2-core Xeon, against ~3 ms (results/cpu_2026-11-28_intel/max_pool/). Elsewhere XLA's own.
+    """
+    if jax.default_backend() == "cpu":
+        return _max_pool_first_max(x)
+    return _reduce_window_max(x)
+
+
 def _max_pool_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    y = max_pool_3x3_s2(x)
+    y = _reduce_window_max(x)
     return y, (x, y)
 
 
@@ -312,7 +324,7 @@ def _max_pool_bwd(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple
     return (dxp[:, 1:-1, 1:-1],)
 
 
-max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool_first_max.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class ResNet(nnx.Module):
