@@ -187,8 +187,8 @@ def _wino_input(x: jax.Array) -> list[jax.Array]:
     """(m, h, w, c) -> 16 x (m*h/2*w/2, c): B^T d B of every 4x4 tile (stride 2) of the input padded by 1.
 
     A list, not one stacked array: each position feeds its own matmul, so no copy gathers the 16 (nor
-    their gradients' 16): the conv's forward and both gradients 12-18% faster at 8x8-32x32 maps on a
-    2-core Xeon, the train step 10-27% (results/cpu_2026-11-28_intel/winograd_lists/)."""
+    their gradients' 16): forward and both gradients 12-16% faster at 32x32x64-8x8x256 on a 2-core
+    Xeon, the train step 10-27% (results/cpu_2026-11-28_intel/winograd_lists/)."""
     m, h, w, c = x.shape
     t, s = h // 2, w // 2
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
