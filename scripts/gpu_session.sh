@@ -32,6 +32,12 @@
 # 24,000 img/s guess); both are logged and land in each run's config.json. SMOKE=1 shrinks everything for a
 # CPU dry run of this script.
 #
+# Before the first call, here (both folders are git-ignored; pass them as the device tool's carry):
+#   mkdir -p .gpu_data && cp ../shared/data/cifar10-jpeg.tar.gz .gpu_data/
+#   pip download tensorboardX==2.6.5 --no-deps -d .whl   # the image lacks it; its own jax/flax/optax/orbax
+#                                                          # are used (our pinned flax needs our jax)
+# then run this script through the device tool with carry [".whl", ".gpu_data"].
+#
 # Suggested for the next session (one command may run 600 s; the device lends ~900 s in all, start included):
 #   1. BUDGET=540 SKIP_BENCH=1 RUNS="article bn_ab" BN_LIST="fused onepass" bash scripts/gpu_session.sh (the
 #      article recipe alone on the GPU: its step measured 50,251 img/s on 2026-11-28, before the state was
