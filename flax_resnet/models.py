@@ -295,7 +295,7 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     """torch MaxPool2d(3, stride=2, padding=1): padding never wins the max (pads with -inf).
 
     On CPU with `_max_pool_first_max`'s gradient: XLA:CPU lowers select-and-scatter to an argmax over four
-    int32 index arrays the size of the padded input, ~50 ms of a ~280 ms imagenet-stem ResNet-18 step at
+    int32 index arrays the size of the padded input, ~55 ms of a ~280 ms imagenet-stem ResNet-18 step at
     batch 128 on a 2-core Xeon, against ~3 ms (results/cpu_2026-11-28_intel/max_pool/). Elsewhere XLA's own.
     """
     if jax.default_backend() == "cpu":
