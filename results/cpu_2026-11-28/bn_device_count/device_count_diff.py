@@ -17,12 +17,13 @@ tree = ast.parse((ROOT / "tests" / "test_sharding.py").read_text())
 common = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "COMMON")
 source = textwrap.dedent(common.func.value.args[0].value).format(root=str(ROOT))  # COMMON = dedent(...).format(...)
 scope: dict = {}
-exec(source, scope)  # defines run(steps, mesh, batch, size, batch_norm)
+exec(source, scope)  # defines run(steps, mesh, batch, size, batch_norm, lr)
 jax, distributed, run = scope["jax"], scope["distributed"], scope["run"]
 
+# lr 0.1: the test's problem as it was when output*.txt were measured (the test now uses 0.01, see its comment)
 for impl in sys.argv[1].split(","):  # whole-state relative L2 difference, the test's measure
     one, two = (
-        np.concatenate([x.ravel().astype(np.float64) for x in run(int(sys.argv[2]), mesh, batch_norm=impl)])
+        np.concatenate([x.ravel().astype(np.float64) for x in run(int(sys.argv[2]), mesh, batch_norm=impl, lr=0.1)])
         for mesh in (distributed.make_mesh(jax.devices()[:1]), distributed.make_mesh(jax.devices()[:2]))
     )
     print(impl, "rel diff 1 vs 2 devices:", np.linalg.norm(one - two) / np.linalg.norm(one), flush=True)
