@@ -638,9 +638,9 @@ def conv_shape_report(
 
     import torch
 
-    from flax_resnet.conv import choose_lowering, winograd_applies
+    from flax_resnet.conv import choose_lowering, lowering_applies
 
-    lowerings = ("xla", "matmul", "mixed", "chunked", "winograd")
+    lowerings = ("xla", "matmul", "mixed", "chunked", "winograd", "dense")
     load_before = os.getloadavg()
     rows = []
     totals = {v: {name: 0.0 for name in (*lowerings, "torch", "chosen")} for v in ("cifar", "imagenet")}
@@ -648,7 +648,7 @@ def conv_shape_report(
         h, w, cin, cout, k, stride = shape
         p = k // 2
         x_shape, k_shape, padding = (batch_size, h, w, cin), (k, k, cin, cout), ((p, p), (p, p))
-        usable = [lo for lo in lowerings if lo != "winograd" or winograd_applies(x_shape, k_shape, stride, padding)]
+        usable = [lo for lo in lowerings if lowering_applies(lo, x_shape, k_shape, stride, padding)]
         t = conv_shape_times(shape, batch_size, repeats, usable)
         chosen = choose_lowering(x_shape, k_shape, stride, padding)
         best = min(usable, key=lambda name: t[name])
@@ -682,8 +682,10 @@ def conv_shape_report(
         "matmul (gradients by autodiff of that); `mixed` = XLA convolution forward and input gradient, "
         "patches-matmul kernel gradient (custom VJP); `chunked` = patches + matmul a few images at a time "
         "(lax.scan over the batch; both gradients chunked the same way); `winograd` = Winograd F(2x2, 3x3) a few "
-        "images at a time (3x3 stride-1 convs padded by 1 on even maps only; `-` elsewhere, and its column total "
-        "counts those shapes at chunked's time). Times in ms; `speedup` = torch / chosen.\n\n"
+        "images at a time (3x3 stride-1 convs padded by 1 on even maps only); `dense` = one matmul by a block "
+        "matrix of the kernel's taps (only where every output pixel sees the whole input map: 1x1 maps, 2x2 under "
+        "a 3x3 kernel). `-` where a lowering does not apply; its column total counts those shapes at chunked's "
+        "time. Times in ms; `speedup` = torch / chosen.\n\n"
         f"| map | channels | kernel/stride | layers | {' | '.join(lowerings)} | torch | fastest | chosen | speedup |\n"
         f"|{'---|' * (len(lowerings) + 8)}\n"
     )

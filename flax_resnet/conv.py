@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-Lowering = Literal["auto", "xla", "matmul", "mixed", "chunked", "winograd"]
-LOWERINGS: tuple[str, ...] = ("auto", "xla", "matmul", "mixed", "chunked", "winograd")
+Lowering = Literal["auto", "xla", "matmul", "mixed", "chunked", "winograd", "dense"]
+LOWERINGS: tuple[str, ...] = ("auto", "xla", "matmul", "mixed", "chunked", "winograd", "dense")
+GEOMETRY_BOUND: tuple[str, ...] = ("winograd", "dense")  # lowerings that handle some geometries only
 
 # On CPU (results/conv_shapes.md, ResNet-18 shapes at batch 128): XLA's convolution is slow, above all its
 # kernel gradient, and patches + one matmul over the whole batch streams a patch buffer of up to ~300 MB
@@ -23,12 +24,22 @@ LOWERINGS: tuple[str, ...] = ("auto", "xla", "matmul", "mixed", "chunked", "wino
 # gradient with a patches-matmul kernel gradient ("mixed"); the 3x3 stem conv on 3 input channels (a small
 # patch matrix) is one patches-matmul; float32 3x3 stride-1 "same" convs on even maps of at least 4x4 (most
 # of a ResNet's work) are Winograd F(2x2, 3x3) a few images at a time ("winograd", 2.25x fewer multiplies);
-# every other conv is patches-matmul a few images at a time ("chunked"), forward and both gradients. Winograd
+# every other conv is patches-matmul a few images at a time ("chunked"), forward and both gradients; except
+# where every output pixel's window covers the whole input map (1x1 maps, 2x2 under a 3x3 kernel), which is
+# one matmul by a block matrix of the kernel's taps ("dense": no products with the padding). Winograd
 # only for float32: in float64 (the parity suite) it measured slower at small batches and compiles ~2x slower
 # per shape, and in bfloat16 its tile transforms would add rounding that a direct conv does not have.
 CPU_CHUNKED_MIN_CHANNELS = 16
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _out_hw(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int, padding: Padding) -> tuple[int, int]:
+    """Output height and width of a conv over NHWC `x_shape` with an HWIO kernel."""
+    return (
+        (x_shape[1] + sum(padding[0]) - kernel_shape[0]) // stride + 1,
+        (x_shape[2] + sum(padding[1]) - kernel_shape[1]) // stride + 1,
+    )
 
 
 def choose_lowering(
@@ -40,6 +51,8 @@ def choose_lowering(
     kh, kw, cin = kernel_shape[0], kernel_shape[1], kernel_shape[2]
     if kh == kw == 1:
         return "matmul"
+    if dense_applies(x_shape, kernel_shape, stride, padding):
+        return "dense"
     if kh >= 7:
         return "mixed"
     if cin < CPU_CHUNKED_MIN_CHANNELS:
@@ -114,11 +127,8 @@ def _images_per_chunk(n: int, bytes_per_image: int, budget: int) -> int:
 
 def _chunk_images(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int, padding: Padding) -> int:
     """Images per chunk of the `chunked` lowering: its patch buffer fits in CHUNK_BYTES."""
-    n, h, w, cin = x_shape
-    kh, kw = kernel_shape[0], kernel_shape[1]
-    ho = (h + sum(padding[0]) - kh) // stride + 1
-    wo = (w + sum(padding[1]) - kw) // stride + 1
-    return _images_per_chunk(n, ho * wo * kh * kw * cin * 4, CHUNK_BYTES)
+    ho, wo = _out_hw(x_shape, kernel_shape, stride, padding)
+    return _images_per_chunk(x_shape[0], ho * wo * kernel_shape[0] * kernel_shape[1] * x_shape[3] * 4, CHUNK_BYTES)
 
 
 def _chunks(a: jax.Array, m: int) -> jax.Array:
@@ -274,6 +284,67 @@ def _conv_winograd_bwd(residuals, g: jax.Array):
 _conv_winograd.defvjp(_conv_winograd_fwd, _conv_winograd_bwd)
 
 
+# `dense`: when every output pixel's window covers every input pixel (a 1x1 map under any kernel, a 2x2 map
+# under a 3x3 kernel padded by 1), the conv is one matmul of each flattened image (h*w*cin) by a block matrix
+# (h*w*cin, ho*wo*cout) whose block (input pixel, output pixel) is the kernel tap joining them. It multiplies
+# only real data: patches + matmul also multiplies the zero padding, 9x the products on a 1x1 map and 2.25x
+# on 2x2. The gradients are autodiff's: two matmuls, and the block matrix's gradient summed back into taps.
+# ResNet-18's imagenet stem runs its last two stages at 2x2 and 1x1 (results/cpu_2026-11-28_intel/dense/).
+DENSE_MAX_BLOCKS_PER_TAP = 2  # the block matrix holds at most this many copies of the kernel
+
+
+def _dense_taps(
+    x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int, padding: Padding
+) -> list[tuple[int, int]] | None:
+    """The tap joining each (input pixel, output pixel) pair, input-major; None if a pair has no tap."""
+    h, w = x_shape[1], x_shape[2]
+    kh, kw = kernel_shape[0], kernel_shape[1]
+    ho, wo = _out_hw(x_shape, kernel_shape, stride, padding)
+    taps = [
+        (yi - yo * stride + padding[0][0], xi - xo * stride + padding[1][0])
+        for yi in range(h)
+        for xi in range(w)
+        for yo in range(ho)
+        for xo in range(wo)
+    ]
+    if ho < 1 or wo < 1 or not all(0 <= i < kh and 0 <= j < kw for i, j in taps):
+        return None
+    return taps
+
+
+def dense_applies(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int, padding: Padding) -> bool:
+    """Whether the `dense` lowering handles this conv: every output pixel's window covers the whole input map
+    (so the block matrix has no zero blocks), and that matrix holds at most DENSE_MAX_BLOCKS_PER_TAP copies
+    of each tap's weights on average."""
+    taps = _dense_taps(x_shape, kernel_shape, stride, padding)
+    return taps is not None and len(taps) <= DENSE_MAX_BLOCKS_PER_TAP * kernel_shape[0] * kernel_shape[1]
+
+
+def _conv_dense(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+    n, h, w, cin = x.shape
+    cout = kernel.shape[3]
+    taps = _dense_taps(x.shape, kernel.shape, stride, padding)
+    assert taps is not None
+    p_out = len(taps) // (h * w)
+    rows = [  # one (cin, p_out, cout) slab per input pixel: the taps to each output pixel, side by side
+        jnp.stack([kernel[i, j] for i, j in taps[p * p_out : (p + 1) * p_out]], axis=1) for p in range(h * w)
+    ]
+    weights = jnp.stack(rows).reshape(h * w * cin, p_out * cout)
+    y = jnp.dot(x.reshape(n, h * w * cin), weights)
+    return y.reshape(n, *_out_hw(x.shape, kernel.shape, stride, padding), cout)
+
+
+def lowering_applies(
+    lowering: str, x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int, padding: Padding
+) -> bool:
+    """Whether `lowering` handles this geometry (all but those in GEOMETRY_BOUND handle every one)."""
+    if lowering == "winograd":
+        return winograd_applies(x_shape, kernel_shape, stride, padding)
+    if lowering == "dense":
+        return dense_applies(x_shape, kernel_shape, stride, padding)
+    return True
+
+
 def conv2d(
     x: jax.Array, kernel: jax.Array, stride: int, padding: Padding, lowering: Lowering = "auto"
 ) -> jax.Array:
@@ -291,6 +362,14 @@ def conv2d(
                 f"kernel {kernel.shape[:2]}, stride {stride}, padding {padding}, input {x.shape}"
             )
         return _conv_winograd(x, kernel)
+    if lowering == "dense":
+        if not dense_applies(x.shape, kernel.shape, stride, padding):
+            raise ValueError(
+                f"the dense lowering needs every output pixel's window to cover the whole input map (e.g. 1x1 maps, "
+                f"or 2x2 under a 3x3 kernel padded by 1); got kernel {kernel.shape[:2]}, stride {stride}, "
+                f"padding {padding}, input {x.shape}"
+            )
+        return _conv_dense(x, kernel, stride, padding)
     if lowering in ("mixed", "chunked"):
         padding = (tuple(padding[0]), tuple(padding[1]))  # hashable: it is a static argument of the custom VJP
         return (_conv_mixed if lowering == "mixed" else _conv_chunked)(x, kernel, stride, padding)

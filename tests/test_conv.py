@@ -5,17 +5,18 @@ from __future__ import annotations
 from functools import partial
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
 from flax_resnet import conv
-from flax_resnet.conv import LOWERINGS, choose_lowering, conv2d
+from flax_resnet.conv import GEOMETRY_BOUND, LOWERINGS, choose_lowering, conv2d
 
 SIZES = (1, 2, 5, 32, 33)
 CONCRETE = tuple(lo for lo in LOWERINGS if lo != "auto")
-GENERAL = tuple(lo for lo in CONCRETE if lo != "winograd")  # winograd: 3x3 stride-1 "same" convs only
+GENERAL = tuple(lo for lo in CONCRETE if lo not in GEOMETRY_BOUND)  # those handle some geometries only
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -111,7 +112,7 @@ def test_auto_picks_winograd_for_float32_same_convs_only() -> None:
             assert choose_lowering(big, k, 1, same, dtype) == "chunked"
         assert choose_lowering(big, k, 2, same, np.float32) == "chunked"
         assert choose_lowering((128, 5, 5, 64), k, 1, same, np.float32) == "chunked"
-        assert choose_lowering((128, 2, 2, 64), k, 1, same, np.float32) == "chunked"
+        assert choose_lowering((128, 2, 2, 64), k, 1, same, np.float32) == "dense"
         assert choose_lowering((128, 4, 4, 64), k, 1, same, np.float32) == "winograd"
 
 
@@ -133,13 +134,85 @@ def test_unknown_lowering_is_a_value_error() -> None:
         conv2d(np.zeros((1, 4, 4, 1), np.float32), np.zeros((3, 3, 1, 1), np.float32), 1, ((1, 1), (1, 1)), "fft")
 
 
-def test_model_wide_winograd_falls_back_where_it_cannot_apply() -> None:
-    # resnet18 cifar has stride-2 3x3 and 1x1 convs: with conv_lowering="winograd" those use auto's choice, and
-    # the logits equal the all-chunked model's (same seed, same weights) to float32 roundoff.
+@pytest.mark.parametrize("lowering", GEOMETRY_BOUND)
+def test_model_wide_geometry_bound_lowering_falls_back_where_it_cannot_apply(lowering: str) -> None:
+    # resnet18 cifar on 16x16 images has maps from 16x16 to 2x2, stride-2 3x3 and 1x1 convs: with a model-wide
+    # winograd or dense lowering the convs it cannot take use auto's choice, and the logits equal the
+    # all-chunked model's (same seed, same weights) to float32 roundoff.
     from flax_resnet import create_model, predict
 
     x = np.random.default_rng(0).standard_normal((2, 16, 16, 3)).astype(np.float32)
-    wino = np.asarray(predict(create_model("resnet18", "cifar", conv_lowering="winograd"), x))
+    bound = np.asarray(predict(create_model("resnet18", "cifar", conv_lowering=lowering), x))
     chunked = np.asarray(predict(create_model("resnet18", "cifar", conv_lowering="chunked"), x))
-    assert wino.shape == (2, 10)
-    assert _rel(wino, chunked) <= 1e-5
+    assert bound.shape == (2, 10)
+    assert _rel(bound, chunked) <= 1e-5
+
+
+SAME = ((1, 1), (1, 1))
+# (size, k, stride, padding, cin, cout) where every output pixel's window covers the whole input map
+DENSE_CASES = [
+    (1, 3, 1, SAME, 8, 16),  # a 1x1 map: only the centre tap touches data
+    (1, 7, 1, ((3, 3), (3, 3)), 3, 5),
+    (1, 1, 1, ((0, 0), (0, 0)), 4, 6),
+    (2, 3, 1, SAME, 16, 8),  # 2x2 -> 2x2: all 16 (input, output) pairs, 4 taps each
+    (2, 3, 2, SAME, 8, 16),  # 2x2 -> 1x1
+    (2, 3, 2, ((0, 1), (1, 0)), 3, 5),  # asymmetric padding
+]
+
+
+def test_dense_matches_torch() -> None:
+    _check("dense", DENSE_CASES, n=3)
+
+
+def test_dense_refuses_other_geometries() -> None:
+    # a 3x3 map (the corner output does not see the far row), stride 2 on 4x4, a window smaller than the map
+    for size, k, stride, padding in ((3, 3, 1, SAME), (4, 3, 2, SAME), (2, 1, 1, ((0, 0),) * 2)):
+        with pytest.raises(ValueError, match="dense lowering needs"):
+            conv2d(np.zeros((1, size, size, 2), np.float32), np.zeros((k, k, 2, 2), np.float32), stride, padding,
+                   "dense")
+
+
+def _matmul_flops(lowering: str, x_shape: tuple[int, ...], k_shape: tuple[int, ...], stride: int) -> int:
+    """2 x the multiplies in the dot_generals of forward + both gradients of one conv, from its jaxpr."""
+    x, k = jnp.zeros(x_shape, jnp.float32), jnp.zeros(k_shape, jnp.float32)
+
+    def fwd_bwd(x, k):
+        y, vjp = jax.vjp(lambda a, b: conv2d(a, b, stride, SAME, lowering), x, k)
+        return (y, *vjp(y))
+
+    def count(jaxpr) -> int:
+        total = 0
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                (_, rc), (_, rb) = eqn.params["dimension_numbers"]
+                rhs = eqn.invars[1].aval.shape
+                free = [d for i, d in enumerate(rhs) if i not in rc and i not in rb]
+                total += 2 * int(np.prod(eqn.invars[0].aval.shape)) * int(np.prod(free))
+            assert eqn.primitive.name != "conv_general_dilated", "a lowering without convolutions"
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                total += count(sub)
+        return total
+
+    return count(jax.make_jaxpr(fwd_bwd)(x, k).jaxpr)
+
+
+def test_dense_multiplies_only_real_data() -> None:
+    # Hand count of the products that touch data (forward, input gradient, kernel gradient: 3 x 2 flops each):
+    # a 1x1 map has 1 live tap of 9 per output pixel; a 2x2 map, 4 per output pixel (16 of 36 in all).
+    n, c = 4, 32
+    for size, stride, live_taps in ((1, 1, 1), (2, 1, 16), (2, 2, 4)):
+        real = 3 * 2 * n * live_taps * c * c
+        dense = _matmul_flops("dense", (n, size, size, c), (3, 3, c, c), stride)
+        patches = _matmul_flops("matmul", (n, size, size, c), (3, 3, c, c), stride)
+        assert dense == real, (size, stride, dense, real)
+        assert patches >= 2 * real, (size, stride, patches, real)  # the patches form also multiplies the padding
+
+
+def test_auto_picks_dense_where_the_window_covers_the_map() -> None:
+    if jax.default_backend() != "cpu":
+        return
+    assert choose_lowering((128, 1, 1, 512), (3, 3, 512, 512), 1, SAME) == "dense"
+    assert choose_lowering((128, 2, 2, 256), (3, 3, 256, 256), 1, SAME) == "dense"
+    assert choose_lowering((128, 2, 2, 256), (3, 3, 256, 512), 2, SAME) == "dense"
+    assert choose_lowering((128, 4, 4, 128), (3, 3, 128, 256), 2, SAME) == "chunked"  # 25 of 36 pairs
+    assert choose_lowering((128, 1, 1, 512), (1, 1, 512, 512), 1, ((0, 0), (0, 0))) == "matmul"
