@@ -211,8 +211,9 @@ def _wino_input(x: jax.Array) -> list[jax.Array]:
 def _wino_kernel(kernel: jax.Array) -> jax.Array:
     """(3, 3, cin, cout) -> (16, cin, cout): G g G^T, as one (16, 9) x (9, cin*cout) matmul by G (x) G.
 
-    The einsum form ("ai,ijck,bj->abck") ran as general dots on XLA:CPU: 1-31 ms per conv from 64 to 512
-    channels, forward, against 0.07-1.0 ms for this matmul (its gradient likewise 2-9x faster)."""
+    The einsum form ("ai,ijck,bj->abck") ran as general dots on XLA:CPU: 1.0-28 ms per conv from 64 to 512
+    channels, forward, against 0.15-1.0 ms for this matmul; gradient 0.28-6.5 against 0.11-0.75 ms
+    (results/cpu_2026-11-29_intel/wino_kernel.py)."""
     g = jnp.kron(jnp.asarray(_WINO_G, kernel.dtype), jnp.asarray(_WINO_G, kernel.dtype))
     u = jnp.matmul(g, kernel.reshape(9, -1), precision=lax.Precision.HIGHEST)
     return u.reshape(16, *kernel.shape[2:])
@@ -289,7 +290,7 @@ _conv_winograd.defvjp(_conv_winograd_fwd, _conv_winograd_bwd)
 # (h*w*cin, ho*wo*cout) whose block (input pixel, output pixel) is the kernel tap joining them. It multiplies
 # only real data: patches + matmul also multiplies the zero padding, 9x the products on a 1x1 map and 2.25x
 # on 2x2. The gradients are autodiff's: two matmuls, and the block matrix's gradient summed back into taps.
-# ResNet-18's imagenet stem runs its last two stages at 2x2 and 1x1 (results/cpu_2026-11-28_intel/dense/).
+# ResNet-18's imagenet stem runs its last two stages at 2x2 and 1x1 (results/cpu_2026-11-29_intel/).
 DENSE_MAX_BLOCKS_PER_TAP = 2  # the block matrix holds at most this many copies of the kernel
 
 
@@ -300,16 +301,18 @@ def _dense_taps(
     h, w = x_shape[1], x_shape[2]
     kh, kw = kernel_shape[0], kernel_shape[1]
     ho, wo = _out_hw(x_shape, kernel_shape, stride, padding)
-    taps = [
+    # per axis first (h*ho checks, not h*w*ho*wo): a pair has a tap iff both its row and column offsets do
+    rows_ok = all(0 <= yi - yo * stride + padding[0][0] < kh for yi in range(h) for yo in range(ho))
+    cols_ok = all(0 <= xi - xo * stride + padding[1][0] < kw for xi in range(w) for xo in range(wo))
+    if ho < 1 or wo < 1 or not (rows_ok and cols_ok):
+        return None
+    return [
         (yi - yo * stride + padding[0][0], xi - xo * stride + padding[1][0])
         for yi in range(h)
         for xi in range(w)
         for yo in range(ho)
         for xo in range(wo)
     ]
-    if ho < 1 or wo < 1 or not all(0 <= i < kh and 0 <= j < kw for i, j in taps):
-        return None
-    return taps
 
 
 def dense_applies(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int, padding: Padding) -> bool:
