@@ -13,6 +13,7 @@ twice. Unattributed kernels are listed by op name, kernel kind and result shape.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import gzip
 import json
@@ -23,10 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 import jax
-import numpy as np
+from ab_step import build  # this folder's A/B script (the script's folder is on sys.path)
 
-from flax_resnet import config as config_lib
-from flax_resnet import conv, models, train
+from flax_resnet import conv, models
 
 PARTS = re.compile(r"(CONV_\w+|BNORM|MAXPOOL)")
 
@@ -72,18 +72,7 @@ def leaf_events(events: list[dict]) -> list[dict]:
 
 def main(variant: str, batch_size: int = 128, steps: int = 5) -> None:
     install_scopes()
-    config = config_lib.make_config("article", arch="resnet18", variant=variant, batch_size=batch_size)
-    model = models.create_model("resnet18", variant)
-    tx = train.make_optimizer(config.lr, config.momentum, config.nesterov, config.weight_decay)
-    graphdef, state = train.init_state(model, tx)
-    step = train.make_train_step(graphdef, tx, config, augment=False)
-    rng = np.random.default_rng(0)
-    batch = {
-        "image": jax.device_put(rng.integers(0, 255, (batch_size, 32, 32, 3), dtype=np.uint8)),
-        "label": jax.device_put(rng.integers(0, 10, batch_size).astype(np.int32)),
-    }
-    key = jax.random.key(0)
-    compiled = step.lower(state, batch, key).compile()
+    compiled, state, batch, key = build(variant, batch_size, contextlib.nullcontext())  # the A/B's fixed step
     op_names, shapes = {}, {}
     for line in compiled.as_text().splitlines():
         m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\w+\[[\d,]*\])", line)
