@@ -83,7 +83,7 @@ class Conv(nnx.Module):
         lowering = self.lowering
         if lowering in GEOMETRY_BOUND and not lowering_applies(lowering, x.shape, kernel.shape, self.stride,
                                                                 self.padding):
-            lowering = "auto"  # a model-wide "winograd" means: Winograd wherever the geometry allows it
+            lowering = "auto"  # a model-wide "winograd" or "dense": that lowering wherever the geometry allows it
         y = conv2d(x, kernel, self.stride, self.padding, lowering)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
