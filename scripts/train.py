@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--conv-lowering",
         choices=LOWERINGS,
-        help="convolution lowering (default: auto; winograd: where the geometry allows, auto elsewhere)",
+        help="convolution lowering (default: auto; winograd, dense: where the geometry allows, auto elsewhere)",
     )
     p.add_argument(
         "--batch-norm",
