@@ -298,21 +298,17 @@ def _dense_taps(
     x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int, padding: Padding
 ) -> list[tuple[int, int]] | None:
     """The tap joining each (input pixel, output pixel) pair, input-major; None if a pair has no tap."""
-    h, w = x_shape[1], x_shape[2]
-    kh, kw = kernel_shape[0], kernel_shape[1]
     ho, wo = _out_hw(x_shape, kernel_shape, stride, padding)
-    # per axis first (h*ho checks, not h*w*ho*wo): a pair has a tap iff both its row and column offsets do
-    rows_ok = all(0 <= yi - yo * stride + padding[0][0] < kh for yi in range(h) for yo in range(ho))
-    cols_ok = all(0 <= xi - xo * stride + padding[1][0] < kw for xi in range(w) for xo in range(wo))
-    if ho < 1 or wo < 1 or not (rows_ok and cols_ok):
+    # per axis first (h*ho offsets, not h*w*ho*wo pairs): a pair has a tap iff its row and column offsets do
+    rows = [[yi - yo * stride + padding[0][0] for yo in range(ho)] for yi in range(x_shape[1])]
+    cols = [[xi - xo * stride + padding[1][0] for xo in range(wo)] for xi in range(x_shape[2])]
+    if ho < 1 or wo < 1:
         return None
-    return [
-        (yi - yo * stride + padding[0][0], xi - xo * stride + padding[1][0])
-        for yi in range(h)
-        for xi in range(w)
-        for yo in range(ho)
-        for xo in range(wo)
-    ]
+    if not all(0 <= i < kernel_shape[0] for r in rows for i in r) or not all(
+        0 <= j < kernel_shape[1] for c in cols for j in c
+    ):
+        return None
+    return [(i, j) for r in rows for c in cols for i in r for j in c]
 
 
 def dense_applies(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int, padding: Padding) -> bool:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from flax_resnet.conv import GEOMETRY_BOUND, LOWERINGS, Lowering, conv2d, lowering_applies
+from flax_resnet.conv import LOWERINGS, Lowering, conv2d, lowering_applies
 
 ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
     "resnet18": ("basic", (2, 2, 2, 2)),
@@ -81,8 +81,7 @@ class Conv(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x, kernel = x.astype(self.dtype), self.kernel[...].astype(self.dtype)
         lowering = self.lowering
-        if lowering in GEOMETRY_BOUND and not lowering_applies(lowering, x.shape, kernel.shape, self.stride,
-                                                                self.padding):
+        if not lowering_applies(lowering, x.shape, kernel.shape, self.stride, self.padding):
             lowering = "auto"  # a model-wide "winograd" or "dense": that lowering wherever the geometry allows it
         y = conv2d(x, kernel, self.stride, self.padding, lowering)
         if self.bias is not None:
