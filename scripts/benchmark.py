@@ -96,4 +96,7 @@ def _write(path: str, text: str) -> int:
 
 
 if __name__ == "__main__":
+    from flax_resnet.hugepages import reexec_with_hugepages
+
+    reexec_with_hugepages()  # malloc with huge pages (flax_resnet/hugepages.py); replaces this process once
     sys.exit(main())

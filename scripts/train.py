@@ -79,4 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from flax_resnet.hugepages import reexec_with_hugepages
+
+    reexec_with_hugepages()  # malloc with huge pages (flax_resnet/hugepages.py); replaces this process once
     sys.exit(main())
