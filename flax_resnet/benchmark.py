@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_resnet import data as data_lib
-from flax_resnet import models, profiling
+from flax_resnet import hugepages, models, profiling
 from flax_resnet.distributed import make_mesh, put_batch
 from flax_resnet.packing import StatePacking
 
@@ -216,6 +216,7 @@ def _record(
         "achieved_tflops": achieved,
         "fraction_of_peak": achieved / peak_tflops if peak_tflops else None,
         "window_images_per_second": per_window,
+        "malloc_hugepages": hugepages.enabled(),  # this process's malloc asks for huge pages (hugepages.py)
     }
 
 
@@ -370,20 +371,9 @@ def bench_jax(
 # -------------------------------------------------------------------------------------------- torch
 
 
-def bench_torch(
-    arch: str,
-    variant: str,
-    batch_size: int,
-    mode: str,
-    dtype: str,
-    *,
-    steps: int,
-    warmup: int,
-    windows: int,
-    peak_tflops: float | None = None,
-    profile_dir: str | None = None,
-) -> dict[str, Any]:
-    """The torch_ref model with torch.optim.SGD (article settings) on one fixed normalized batch.
+def make_torch_step(arch: str, variant: str, batch_size: int, mode: str, dtype: str) -> dict[str, Any]:
+    """The torch_ref model with torch.optim.SGD (article settings) on one fixed normalized batch: `train_step`
+    and `eval_forward` (no-argument calls; compiled for mode "compile"), `model`, `sync` and `cuda`.
 
     `mode` is "eager" or "compile" (torch.compile); dtype "bfloat16" means AMP autocast + channels_last (GPU).
     """
@@ -428,16 +418,36 @@ def bench_torch(
         with torch.no_grad(), autocast:
             return model(x_t)
 
-    if mode == "compile":
-        train_step = torch.compile(train_step)
-        eval_forward_c = torch.compile(eval_forward)
-    else:
-        eval_forward_c = eval_forward
-
-    def sync(_):
+    def sync(_=None):
         if cuda:
             torch.cuda.synchronize()
 
+    if mode == "compile":
+        return {"train_step": torch.compile(train_step), "eval_forward": torch.compile(eval_forward),
+                "model": model, "sync": sync, "cuda": cuda}
+    return {"train_step": train_step, "eval_forward": eval_forward, "model": model, "sync": sync, "cuda": cuda}
+
+
+def bench_torch(
+    arch: str,
+    variant: str,
+    batch_size: int,
+    mode: str,
+    dtype: str,
+    *,
+    steps: int,
+    warmup: int,
+    windows: int,
+    peak_tflops: float | None = None,
+    profile_dir: str | None = None,
+) -> dict[str, Any]:
+    """Time make_torch_step's train step and eval forward: windows after warm-up, compile time, peak memory."""
+    import torch
+
+    built = make_torch_step(arch, variant, batch_size, mode, dtype)
+    train_step, eval_forward_c, model, sync, cuda = (
+        built["train_step"], built["eval_forward"], built["model"], built["sync"], built["cuda"]
+    )
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     def first_call(fn) -> float:
@@ -535,6 +545,9 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
             f"{r['framework']:9} {r['mode']:7} {r['dtype']:8} {r['input']:9} {r['train_images_per_second']:11.1f} "
             f"{ev:>10} {r['compile_seconds']:9.2f} {r['achieved_tflops']:8.4f} {frac:>7} {r['peak_memory_mb']:8.0f}"
         )
+    if records:
+        on = records[0].get("malloc_hugepages")
+        lines.append(f"host malloc: {'transparent huge pages' if on else '4 KiB pages'} (flax_resnet/hugepages.py)")
     torch_runs = [r for r in records if r["framework"] == "torch"]
     for r in records:
         for t in torch_runs:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flax_resnet import benchmark
+from flax_resnet import benchmark, hugepages
 from torch_ref import models as torch_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +82,11 @@ def test_cli_writes_records(tmp_path: Path) -> None:
         assert (r["arch"], r["variant"], r["batch_size"]) == ("resnet18", "imagenet", 8)
         assert r["device"].startswith("cpu (" + _cpu_model_name()), r["device"]  # CPU ratios depend on the model
     assert "ratio jax float32 (augmented) / torch eager float32" in proc.stdout
+    # the script re-executes itself with malloc huge pages where the machine has them (flax_resnet/hugepages.py),
+    # and each record says which pages its process had
+    on = hugepages.enabled() or hugepages.wanted()  # set by the user already, or by the script's re-execution
+    assert {r["malloc_hugepages"] for r in records} == {on}
+    assert ("host malloc: transparent huge pages" if on else "host malloc: 4 KiB pages") in proc.stdout
     for r in records:
         if r["input"] == "augmented":  # the input work alone is part of the augmented step, so it is shorter
             step_ms = 1000 * r["batch_size"] / r["train_images_per_second"]
