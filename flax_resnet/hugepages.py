@@ -4,7 +4,7 @@ XLA:CPU allocates one temp buffer per execution (1.36 GB for the cifar-stem ResN
 157 MB for the imagenet stem); glibc serves it with a fresh mmap and unmaps it after the step, so every step
 faults its pages in again: ~348,000 4 KiB faults and ~0.7 s of kernel time per cifar step on a 2-core Xeon.
 With glibc's `glibc.malloc.hugetlb=1` tunable, malloc asks for transparent huge pages on its mappings
-(madvise), and the same step takes ~1,100 faults (results/cpu_2026-11-29_hugepages/). Tunables are read only
+(madvise), and the same step takes ~1,400 faults (results/cpu_2026-11-29_hugepages/). Tunables are read only
 when a process starts, so the command-line scripts re-execute themselves once with it set (same PID, same
 arguments). `FLAX_RESNET_HUGEPAGES=0` turns this off.
 """

@@ -45,10 +45,12 @@ def test_with_tunable_keeps_the_users_other_tunables() -> None:
     assert not hugepages.enabled({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) and not hugepages.enabled({})
 
 
-def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _python(code: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -c code args...` from the repo root, with no hugetlb setting inherited but the `env` given."""
     environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "FLAX_RESNET_HUGEPAGES")}
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env={**environ, **env}, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code, *args], cwd=REPO, env={**environ, **env}, capture_output=True, text=True,
+        timeout=120,
     )
 
 
@@ -61,10 +63,7 @@ def test_reexec_happens_once_in_the_same_process_with_the_same_arguments() -> No
         "reexec_with_hugepages()\n"
         "print('main', os.getpid(), os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, "--arg", "x y"], cwd=REPO, capture_output=True, text=True, timeout=120,
-        env={k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "FLAX_RESNET_HUGEPAGES")},
-    )
+    proc = _python(code, "--arg", "x y")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     pid = lines[0].split()[1]
