@@ -16,7 +16,6 @@ from jax import lax
 
 Lowering = Literal["auto", "xla", "matmul", "mixed", "chunked", "winograd", "dense"]
 LOWERINGS: tuple[str, ...] = ("auto", "xla", "matmul", "mixed", "chunked", "winograd", "dense")
-GEOMETRY_BOUND: tuple[str, ...] = ("winograd", "dense")  # lowerings that handle some geometries only
 
 # On CPU (results/conv_shapes.md, ResNet-18 shapes at batch 128): XLA's convolution is slow, above all its
 # kernel gradient, and patches + one matmul over the whole batch streams a patch buffer of up to ~300 MB
@@ -299,11 +298,11 @@ def _dense_taps(
 ) -> list[tuple[int, int]] | None:
     """The tap joining each (input pixel, output pixel) pair, input-major; None if a pair has no tap."""
     ho, wo = _out_hw(x_shape, kernel_shape, stride, padding)
+    if ho < 1 or wo < 1:
+        return None
     # per axis first (h*ho offsets, not h*w*ho*wo pairs): a pair has a tap iff its row and column offsets do
     rows = [[yi - yo * stride + padding[0][0] for yo in range(ho)] for yi in range(x_shape[1])]
     cols = [[xi - xo * stride + padding[1][0] for xo in range(wo)] for xi in range(x_shape[2])]
-    if ho < 1 or wo < 1:
-        return None
     if not all(0 <= i < kernel_shape[0] for r in rows for i in r) or not all(
         0 <= j < kernel_shape[1] for c in cols for j in c
     ):
@@ -333,15 +332,17 @@ def _conv_dense(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) 
     return y.reshape(n, *_out_hw(x.shape, kernel.shape, stride, padding), cout)
 
 
+# The lowerings that handle some geometries only, each with its check; every other lowering handles all.
+_GEOMETRY_CHECKS = {"winograd": winograd_applies, "dense": dense_applies}
+GEOMETRY_BOUND: tuple[str, ...] = tuple(_GEOMETRY_CHECKS)
+
+
 def lowering_applies(
     lowering: str, x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int, padding: Padding
 ) -> bool:
     """Whether `lowering` handles this geometry (all but those in GEOMETRY_BOUND handle every one)."""
-    if lowering == "winograd":
-        return winograd_applies(x_shape, kernel_shape, stride, padding)
-    if lowering == "dense":
-        return dense_applies(x_shape, kernel_shape, stride, padding)
-    return True
+    check = _GEOMETRY_CHECKS.get(lowering)
+    return check is None or check(x_shape, kernel_shape, stride, padding)
 
 
 def conv2d(
