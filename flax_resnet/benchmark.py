@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -371,9 +371,18 @@ def bench_jax(
 # -------------------------------------------------------------------------------------------- torch
 
 
-def make_torch_step(arch: str, variant: str, batch_size: int, mode: str, dtype: str) -> dict[str, Any]:
-    """The torch_ref model with torch.optim.SGD (article settings) on one fixed normalized batch: `train_step`
-    and `eval_forward` (no-argument calls; compiled for mode "compile"), `model`, `sync` and `cuda`.
+class TorchStep(NamedTuple):
+    """make_torch_step's result: no-argument train step and eval forward (compiled for mode "compile")."""
+
+    train_step: Callable[[], Any]
+    eval_forward: Callable[[], Any]
+    model: Any
+    sync: Callable[..., None]
+    cuda: bool
+
+
+def make_torch_step(arch: str, variant: str, batch_size: int, mode: str, dtype: str) -> TorchStep:
+    """The torch_ref model with torch.optim.SGD (article settings) on one fixed normalized batch.
 
     `mode` is "eager" or "compile" (torch.compile); dtype "bfloat16" means AMP autocast + channels_last (GPU).
     """
@@ -423,9 +432,8 @@ def make_torch_step(arch: str, variant: str, batch_size: int, mode: str, dtype: 
             torch.cuda.synchronize()
 
     if mode == "compile":
-        return {"train_step": torch.compile(train_step), "eval_forward": torch.compile(eval_forward),
-                "model": model, "sync": sync, "cuda": cuda}
-    return {"train_step": train_step, "eval_forward": eval_forward, "model": model, "sync": sync, "cuda": cuda}
+        return TorchStep(torch.compile(train_step), torch.compile(eval_forward), model, sync, cuda)
+    return TorchStep(train_step, eval_forward, model, sync, cuda)
 
 
 def bench_torch(
@@ -444,10 +452,7 @@ def bench_torch(
     """Time make_torch_step's train step and eval forward: windows after warm-up, compile time, peak memory."""
     import torch
 
-    built = make_torch_step(arch, variant, batch_size, mode, dtype)
-    train_step, eval_forward_c, model, sync, cuda = (
-        built["train_step"], built["eval_forward"], built["model"], built["sync"], built["cuda"]
-    )
+    train_step, eval_forward_c, model, sync, cuda = make_torch_step(arch, variant, batch_size, mode, dtype)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     def first_call(fn) -> float:

@@ -37,7 +37,7 @@ def main(variant: str, rounds: int = 10, steps: int = 2, pause: float = 0.5) -> 
 
     compiled, state, batch, key = build(variant, 128, contextlib.nullcontext())
     built = make_torch_step("resnet18", variant, 128, "eager", "float32")
-    built["model"].train()
+    built.model.train()
     holder = {"state": state}
 
     def jax_steps() -> float:
@@ -50,7 +50,7 @@ def main(variant: str, rounds: int = 10, steps: int = 2, pause: float = 0.5) -> 
     def torch_steps() -> float:
         t0 = time.perf_counter()
         for _ in range(steps):
-            built["train_step"]()
+            built.train_step()
         return time.perf_counter() - t0
 
     jax_steps(), torch_steps()  # warm-up
