@@ -92,6 +92,11 @@ def test_cli_writes_records(tmp_path: Path) -> None:
             step_ms = 1000 * r["batch_size"] / r["train_images_per_second"]
             assert 0 < r["input_ms_per_step"] < step_ms, (r["input_ms_per_step"], step_ms)
     assert "input work alone:" in proc.stdout
+    # the augmented and fixed steps were timed in alternating windows, and their ratio is per window pair
+    paired = {r["dtype"]: r["augmented_over_fixed_windows"] for r in records if r["input"] == "augmented"}
+    assert set(paired) == {"float32", "bfloat16"} and all(len(v) == 5 and min(v) > 0 for v in paired.values())
+    assert "input pipeline jax float32: augmented / fixed batch = " in proc.stdout
+    assert "median of 5 paired windows" in proc.stdout
     # The trainer's call passes the state packed (flax_resnet/packing.py: 44 arrays for this ResNet-18, counted
     # in tests/test_packing.py) because the host's work per call grows with the arrays, and more so for the
     # TrainState pytree that the fixed step takes: 62 params (20 conv kernels, 20 BatchNorms' scale and bias,
@@ -127,3 +132,15 @@ def test_cli_output_in_a_missing_folder_is_refused_before_measuring(tmp_path: Pa
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{flag} {out}: no such directory" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_alternating_windows_time_each_call_in_abba_order() -> None:
+    """Window by window, the calls take turns, reversed on odd windows, after each call's own warm-up."""
+    log: list[str] = []
+    synced: list[str] = []
+    runs = [lambda: log.append("a") or "a", lambda: log.append("b") or "b"]
+    times = benchmark.time_windows_alternating(runs, synced.append, warmup=1, windows=4, steps=2)
+    assert "".join(log) == "a" + "b" + "aa" + "bb" + "bb" + "aa" + "aa" + "bb" + "bb" + "aa"
+    assert "".join(synced) == "ab" + "abbaabba"  # after each call's warm-up, then after each window
+    assert [len(t) for t in times] == [4, 4] and all(x >= 0 for t in times for x in t)
+    assert benchmark.time_windows(runs[0], synced.append, warmup=0, windows=3, steps=1) and log.count("a") == 12
