@@ -445,7 +445,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     """
     from flax_resnet.checkpoint import Checkpointer
     from flax_resnet.distributed import make_mesh, put_batch, put_replicated
-    from flax_resnet.reporting import Reporter, truncate_metrics
+    from flax_resnet.reporting import Reporter, format_final, truncate_metrics
 
     t_start = time.time()
     is_main = jax.process_index() == 0
@@ -701,10 +701,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
         reporter.print(f"stopped by {stopped} at step {step} of {total_steps}, checkpoint saved; "
                        "the same command resumes")  # fmt: skip
     elif record is not None:
-        split = f"holdout ({config.holdout} training images)" if config.holdout else "test"
-        acc = 100 * record["test_acc"]
-        flip = f"; with flip TTA {100 * record['test_acc_flip']:.2f}%" if "test_acc_flip" in record else ""
-        reporter.print(f"final: step {step}, {split} accuracy {acc:.2f}% (final epoch, not best-of){flip}")
+        reporter.print(format_final(record, config.holdout))
     return result
 
 

@@ -177,6 +177,7 @@ def test_script_trains_and_writes_a_checkpoint_both_frameworks_load(tmp_path: Pa
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "epoch 1 (partial) step 3 " in proc.stdout  # 3 of the 5 steps of an epoch
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("final: step 3, test accuracy ")  # as train.py says it
 
     config = Config.from_json((workdir / "config.json").read_text())
     assert (config.arch, config.variant, config.batch_size, config.epochs, config.max_steps) == (
@@ -229,8 +230,13 @@ def test_holdout_trains_on_the_rest_and_evaluates_on_the_held_out_images(tmp_pat
         progress=False, data=str(data), data_dir=str(tmp_path / "cache"), workdir=str(tmp_path / "run"),
     )  # fmt: skip
     torch.set_num_threads(1)
-    (row,) = torch_train(config, TorchOptions(device="cpu"), out=io.StringIO())
+    out = io.StringIO()
+    (row,) = torch_train(config, TorchOptions(device="cpu"), out=out)
     assert row["step"] == (80 - 20) // 16  # 3 steps; the 80 images alone would give 5
+    assert out.getvalue().rstrip().splitlines()[-1] == (  # the JAX trainer's last line, word for word
+        f"final: step 3, holdout (20 training images) accuracy {100 * row['test_acc']:.2f}% (final epoch, not "
+        f"best-of); with flip TTA {100 * row['test_acc_flip']:.2f}%"
+    )
 
     held = data_lib.hold_out(data_lib.load_dataset(data, tmp_path / "cache"), 20)
     assert np.bincount(held.test_labels).tolist() == [2] * 10

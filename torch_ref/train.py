@@ -27,7 +27,7 @@ from torch import nn
 from flax_resnet import data as data_lib
 from flax_resnet.config import SCHEDULES, Config
 from flax_resnet.convert import save_safetensors
-from flax_resnet.reporting import Reporter
+from flax_resnet.reporting import Reporter, format_final
 from torch_ref import data as tdata
 from torch_ref.models import create_model
 
@@ -325,6 +325,8 @@ def train(
             reporter.log_epoch(record, history, force_plot=finished)  # the plot at most every PLOT_SECONDS
             history.append(record)
         reporter.flush_plots()  # a run stopped by --max-steps: its last record is plotted too
+        if history:
+            reporter.print(format_final(history[-1], config.holdout))
     finally:
         reporter.close()
     return history
