@@ -30,7 +30,8 @@
 # The epoch count of the default-recipe runs is chosen from the measured benchmark throughput so that every
 # run finishes inside the budget (at most the recipe's 40), the article's from the article benchmark (or a
 # 24,000 img/s guess); both are logged and land in each run's config.json. SMOKE=1 shrinks everything for a
-# CPU dry run of this script.
+# CPU dry run of this script (tests/test_gpu_session.py runs one on tiny data; CACHE, the decoded-dataset
+# cache, and WHL, the carried wheels' folder, can be moved).
 #
 # Before the first call, here (both folders are git-ignored; pass them as the device tool's carry):
 #   mkdir -p .gpu_data && cp ../shared/data/cifar10-jpeg.tar.gz .gpu_data/
@@ -56,6 +57,7 @@ OUT=${OUT:-/tmp/gpu_out}
 DATA=${DATA:-.gpu_data/cifar10-jpeg.tar.gz}
 BUDGET=${BUDGET:-540}
 SMOKE=${SMOKE:-0}
+WHL=${WHL:-.whl}  # carried wheels, if any
 RUNS=${RUNS:-torch_seeds jpeg_quality}
 SWEEP=${SWEEP:-"base= cutout8=--cutout,8 cutout16=--cutout,16 wd1e-3=--weight-decay,1e-3 b256=--batch-size,256 lr0.4=--lr,0.4"}
 wants() { case " $RUNS " in *" $1 "*) return 0;; esac; return 1; }
@@ -71,8 +73,8 @@ pack() { (cd "$R" && find -L . -name checkpoints -prune -o \( -name "*.log" -o -
 trap pack EXIT
 
 # Carried pure-Python wheels (the versions this repo pins), if present; fall back to the image's own.
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+if ls "$WHL"/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHL"/*.whl \
     && export PYTHONPATH=/tmp/site
 fi
 VERS='import sys, jax, flax, optax, orbax.checkpoint as o, numpy, torch, torchvision
@@ -84,7 +86,7 @@ m = flax_resnet.create_model("resnet18")
 print("smoke logits", flax_resnet.predict(m, np.zeros((2, 32, 32, 3), np.float32)).shape)'
 if ! python3 -c "$VERS" >>"$R/versions.txt" 2>&1; then
   log "carried wheels failed to import; using the image's packages (plus carried tensorboardX)"
-  rm -rf /tmp/site; python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/tensorboard[xX]*.whl
+  rm -rf /tmp/site; python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHL"/tensorboard[xX]*.whl
   python3 -c "$VERS" >>"$R/versions.txt" 2>&1 || log "image packages failed too"
 fi
 cat "$R/versions.txt" | tee -a "$OUT/session.log"
@@ -93,7 +95,7 @@ log "gpu: $(tail -n1 "$R/gpu.txt")"
 
 # Decode the JPEG tar once into the .npz cache (CPU) while the benchmark holds the GPU; write the re-encoded
 # copies for the JPEG-quality runs and decode them too. Only for training runs (bn_ab and profile need no data).
-CACHE=/tmp/cifar_cache
+CACHE=${CACHE:-/tmp/cifar_cache}  # the decoded-dataset cache (.npz)
 QUALITIES="50 25"
 TRAINING=0; for run in jax_seeds torch_seeds jpeg_quality article sweep; do wants $run && TRAINING=1; done
 PREP=""

@@ -1,0 +1,48 @@
+"""scripts/gpu_session.sh's CPU dry run (SMOKE=1) on the tiny data set.
+
+A lent GPU gives a session 15 minutes in all, so the script that spends them must not have rotted since its
+last run: this runs its training paths (three JAX seeds and two torch seeds of the default recipe, the
+article recipe after its benchmark) and checks the logs, the results table and the archive it leaves.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from conftest import REPO, cli_env
+
+RUNS = ("jax_default_r18_s0", "jax_default_r18_s1", "jax_default_r18_s2", "torch_default_r18_s1",
+        "torch_default_r18_s2", "jax_article_r18_s0")
+
+
+def test_smoke_run_trains_every_run_and_tabulates_them(tmp_path: Path, tiny_data: Path) -> None:
+    out = tmp_path / "out"
+    env = dict(
+        cli_env(),
+        SMOKE="1", SKIP_BENCH="1", RUNS="jax_seeds torch_seeds article", BUDGET="800", DATA=str(tiny_data),
+        OUT=str(out), RUNDIR=str(tmp_path / "runs"), CACHE=str(tmp_path / "cache"), WHL=str(tmp_path / "no_wheels"),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # its python3 is this Python
+    )
+    proc = subprocess.run(["bash", "scripts/gpu_session.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = (out / "session.log").read_text()
+    assert "training epochs: 1 (runs: jax_seeds torch_seeds article)" in log
+    for run in RUNS:  # each run stopped at its --max-steps 2 and evaluated, on a 3-class data set
+        assert re.search(rf"runs/{run}\.log: final: step 2, test accuracy \d+\.\d\d%", log), (run, log[-3000:])
+    # reproduce.py's table: one row per setting, the seeds of a setting together
+    rows = {tuple(c.strip() for c in line.split("|")[1:5]): line for line in log.splitlines() if line.startswith("| ")}
+    assert "| 0,1,2 |" in rows[("jax", "resnet18", "cifar", "default")]
+    assert "| 1,2 |" in rows[("torch", "resnet18", "cifar", "default")]
+    assert "| 0 |" in rows[("jax", "resnet18", "article", "article")]
+    with tarfile.open(out / "results.tar.gz") as tar:
+        names = set(tar.getnames())
+    for run in RUNS:
+        assert {f"./runs/{run}/metrics.jsonl", f"./runs/{run}/config.json", f"./runs/{run}.log"} <= names, run
+    assert "./bench_resnet18_article.json" in names  # the article run's epochs are planned from its benchmark
+    assert not any("checkpoints" in n for n in names)
