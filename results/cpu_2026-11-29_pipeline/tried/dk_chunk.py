@@ -4,7 +4,6 @@ channel-major so the dots are NN (dk_nn.py), and each transform alone. Usage: dk
 """
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
@@ -13,18 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from dk_nn import _grad_tiles_cmajor
+from timing import timeit  # this folder (the script's own, on sys.path)
 
 from flax_resnet import conv
-
-
-def timeit(f, *a, r: int = 40) -> float:
-    jax.block_until_ready(f(*a))
-    ts = []
-    for _ in range(r):
-        s = time.perf_counter()
-        jax.block_until_ready(f(*a))
-        ts.append(time.perf_counter() - s)
-    return 1000 * float(np.median(ts))
 
 
 def main() -> None:
@@ -47,7 +37,7 @@ def main() -> None:
     }
     print(f"{h}x{h}x{c}, chunk of {m} images")
     for name, f in parts.items():
-        print(f"  {name:26s} {timeit(jax.jit(f), xc, gc):.3f} ms")
+        print(f"  {name:26s} {timeit(jax.jit(f), xc, gc, repeats=40):.3f} ms")
 
 
 if __name__ == "__main__":

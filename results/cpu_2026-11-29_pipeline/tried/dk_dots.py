@@ -4,21 +4,11 @@ batched dot; positions paired (128 wide) or in fours (256 wide), keeping the dia
 left operand stored channel-major, (c, tiles) @ (tiles, k). Throwaway measurement: usage dk_dots.py.
 """
 
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-
-def timeit(f, *a, r: int = 30) -> float:
-    jax.block_until_ready(f(*a))
-    ts = []
-    for _ in range(r):
-        s = time.perf_counter()
-        jax.block_until_ready(f(*a))
-        ts.append(time.perf_counter() - s)
-    return 1000 * float(np.median(ts))
+from timing import timeit  # this folder (the script's own, on sys.path)
 
 
 def blocks(width: int, c: int):
@@ -55,7 +45,7 @@ def main() -> None:
         ("NN", nn, (vt, ds)),
     ):
         out = f(*a)
-        print(f"{name:10s} {timeit(f, *a):.2f} ms  max diff {float(jnp.max(jnp.abs(out - ref))):.2e}")
+        print(f"{name:10s} {timeit(f, *a, repeats=30):.2f} ms  max diff {float(jnp.max(jnp.abs(out - ref))):.2e}")
 
 
 if __name__ == "__main__":

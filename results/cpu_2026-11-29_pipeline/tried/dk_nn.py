@@ -5,15 +5,14 @@ Usage: dk_nn.py H C [REPEATS]. Throwaway measurement: backward of one Winograd c
 """
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
+from timing import conv_inputs, timeit  # this folder (the script's own, on sys.path)
 
 from flax_resnet import conv
 
@@ -60,23 +59,10 @@ def _bwd(residuals, g):
 wino_nn.defvjp(_fwd, _bwd)
 
 
-def timeit(fn, *args, repeats):
-    jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t)
-    return 1000 * float(np.median(ts))
-
-
 def main() -> None:
     h, c = int(sys.argv[1]), int(sys.argv[2])
     repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 9
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((128, h, h, c), np.float32))
-    k = jnp.asarray(rng.standard_normal((3, 3, c, c), np.float32) * 0.05)
-    g = jnp.asarray(rng.standard_normal((128, h, h, c), np.float32))
+    x, k, g = conv_inputs(h, c)
     fns = {name: jax.jit(lambda x, k, f=f: jax.vjp(f, x, k)[1](g))
            for name, f in (("TN (conv.py)", conv._conv_winograd), ("NN", wino_nn))}
     outs = {name: f(x, k) for name, f in fns.items()}

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from timing import conv_inputs, timeit  # this folder (the script's own, on sys.path)
 
 from flax_resnet import conv
 
@@ -51,24 +51,10 @@ def looped(x, kernel):
     return conv._conv_winograd(x, kernel)
 
 
-def timeit(fn, *args, repeats):
-    out = fn(*args)
-    jax.block_until_ready(out)
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t)
-    return 1000 * float(np.median(ts))
-
-
 def main() -> None:
     h, c = int(sys.argv[1]), int(sys.argv[2])
     repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 7
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((128, h, h, c), np.float32))
-    k = jnp.asarray(rng.standard_normal((3, 3, c, c), np.float32) * 0.05)
-    g = jnp.asarray(rng.standard_normal((128, h, h, c), np.float32))
+    x, k, g = conv_inputs(h, c)
     res = {}
     for name, f in (("loop", looped), ("unrolled", unrolled)):
         fw = jax.jit(f)
