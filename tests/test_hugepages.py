@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from flax_resnet import hugepages
 
-REPO = Path(__file__).resolve().parents[1]
 ON_THIS_MACHINE = hugepages.wanted(env={})  # glibc >= 2.35 on Linux with THP in madvise or always mode
 
 
