@@ -17,7 +17,8 @@ RECIPES = ("default", "article")
 
 
 # What a config saved before a field existed ran with, where that field's default has changed since:
-# batch_norm was "autodiff" (the only implementation) until fused measured faster on a GPU (2026-11-28).
+# batch_norm was "autodiff" (the only implementation) until fused measured faster on a GPU (2026-11-28); every
+# config saved since has the key (the default moved on to onepass on 2026-12-04).
 LEGACY_DEFAULTS: dict[str, Any] = {"batch_norm": "autodiff"}
 
 
@@ -43,7 +44,7 @@ class Config:
     cutout: int = 0  # side of the square erased from each training image after crop and flip; 0: none
     dtype: str = "auto"  # auto: bfloat16 on GPU/TPU, float32 on CPU
     conv_lowering: str = "auto"
-    batch_norm: str = "fused"  # how train-mode BatchNorm computes statistics and gradient (models.BATCH_NORMS)
+    batch_norm: str = "onepass"  # how train-mode BatchNorm computes statistics and gradient (models.BATCH_NORMS)
     data: str = "tfds"
     data_dir: str | None = None
     holdout: int = 0  # training images held out to evaluate on instead of the test set (recipe selection)

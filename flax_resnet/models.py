@@ -99,14 +99,15 @@ class Conv(nnx.Module):
 #             shift gives the same function; one near the batch mean keeps E[(x-s)^2] - E[x-s]^2 free of
 #             cancellation (its relative rounding grows with 1 + (mean - s)^2 / var).
 # On a GPU, BatchNorm is memory-bound and each pass over a ResNet-50's activations costs time: on an H200
-# (2026-11-28, resnet50 bf16 batch 512) onepass trains at 24,054 img/s, fused 22,969, autodiff 21,779
-# (results/gpu_2026-11-28_session2/bn_*.json); on the CPU all three tie. That onepass shifted by the running
+# (resnet50 bf16 batch 512) fused trains 5.5% faster than autodiff (2026-11-28,
+# results/gpu_2026-11-28_session2/bn_*.json) and onepass 2.5% faster than fused (23,711 vs 23,129 img/s,
+# 2026-12-04, results/gpu_2026-12-04/); on the CPU all three tie. The first onepass shifted by the running
 # mean, which is 0 at the first step and lags the batch mean for many more, so its variance lost up to
 # log2(1 + mean^2/var) bits: a 1-vs-2-device difference 20x autodiff's after two steps of
 # tests/test_sharding.py's problem. The centre-pixel shift brings it to autodiff's (1.3e-6 vs 1.4e-6;
-# results/cpu_2026-11-28/bn_device_count/); its GPU speed is not measured yet, so fused stays the default.
+# results/cpu_2026-11-28/bn_device_count/), and it is the default since it measured fastest on the GPU.
 BATCH_NORMS: tuple[str, ...] = ("autodiff", "fused", "onepass")
-DEFAULT_BATCH_NORM = "fused"  # the models' and the benchmark's default; Config.batch_norm names it too
+DEFAULT_BATCH_NORM = "onepass"  # the models' and the benchmark's default; Config.batch_norm names it too
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))

@@ -39,19 +39,16 @@
 #                                                          # are used (our pinned flax needs our jax)
 # then run this script through the device tool with carry [".whl", ".gpu_data"].
 #
-# Suggested for the next session (one command may run 600 s; the device lends ~900 s in all, start included):
-#   1. BUDGET=540 SKIP_BENCH=1 RUNS="article bn_ab" BN_LIST="fused onepass" bash scripts/gpu_session.sh (the
-#      article recipe alone on the GPU: its step measured 50,251 img/s on 2026-11-28, before the state was
-#      packed (flax_resnet/packing.py; its host time per call is logged first), so all 270 epochs should fit
-#      now that checkpoints and plots are throttled, ~1.3 s per epoch at most; the plan shortens the schedule
-#      proportionally if they do not; bn_ab gets only what the article run leaves). If its deadline stops
-#      it, the same command with ARTICLE_EPOCHS=<the logged count> on the still-warm machine resumes it (the
-#      workdirs live in $RUNDIR, outside $OUT);
-#   2. on the still-warm machine, BUDGET=<what is left - 30> RUNS=bn_ab BN_LIST="fused onepass" SKIP_BENCH=1
-#      unless the first call got to it (resnet50: the centre-pixel-shift onepass against fused, then torch
-#      eager and torch.compile if 150 s are left; it decides the default BatchNorm); then, if time is left,
-#      BN_ARCH=resnet18 the same way.
-#   Later sessions: RUNS=sweep (recipe candidates on held-out training images), RUNS=profile (~7 min).
+# Suggested for the next session (one command may run 600 s; the device lends ~900 s in all, start included).
+# Done so far: the article recipe's 270 epochs (2026-12-04, results/gpu_2026-12-04/), the BatchNorm options on
+# resnet50 (onepass is now the default), both frameworks' benchmarks. Open: the default recipe's accuracy goal.
+#   1. BUDGET=555 RUNS=sweep bash scripts/gpu_session.sh: the resnet18 benchmark first (~4 min: its rates,
+#      now with onepass, plan the epochs), then the SWEEP candidates side by side on held-out training images;
+#   2. on the still-warm machine, the winner's 3 seeds on the test set: BUDGET=<what is left - 30>
+#      SKIP_BENCH=1 FORCE_EPOCHS=40 RUNS=jax_seeds SEED_FLAGS=<its flags> (three runs of 40 epochs at
+#      ~0.6 s each time-share the GPU: ~2 min plus compilation; without FORCE_EPOCHS the plan, having no
+#      benchmark numbers, assumes 15,000 img/s and gives fewer epochs).
+#   Later sessions: RUNS=profile (~7 min: where resnet50's step goes, JAX against torch.compile).
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 DATA=${DATA:-.gpu_data/cifar10-jpeg.tar.gz}

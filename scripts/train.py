@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-norm",
         choices=BATCH_NORMS,
-        help="train-mode BatchNorm: fused (default: hand-written backward), onepass (fused + one-pass statistics), "
-        "autodiff; same function, different memory passes (flax_resnet/models.py)",
+        help="train-mode BatchNorm: onepass (default: hand-written backward, one-pass statistics), fused "
+        "(hand-written backward), autodiff; same function, different memory passes (flax_resnet/models.py)",
     )
     p.add_argument(
         "--checkpoint-every", type=flags.positive_int, help="checkpoint every N steps (default: at epoch ends)"

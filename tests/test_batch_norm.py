@@ -103,7 +103,7 @@ def test_unknown_name_is_a_clear_error() -> None:
 
 
 def test_trainer_and_models_default_to_the_same_batch_norm() -> None:
-    assert config_lib.Config().batch_norm == models.DEFAULT_BATCH_NORM == "fused"
+    assert config_lib.Config().batch_norm == models.DEFAULT_BATCH_NORM == "onepass"
 
 
 @pytest.mark.parametrize("impl", ["fused", "onepass"])

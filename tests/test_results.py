@@ -81,16 +81,17 @@ def test_table_separates_every_setting_that_changes_the_result(tmp_path: Path) -
 
 
 def test_configs_saved_before_batch_norm_existed_ran_autodiff(tmp_path: Path) -> None:
-    # batch_norm's default became "fused" on 2026-11-28; a config.json without the key ran "autodiff".
+    # batch_norm's default became "fused" on 2026-11-28 ("onepass" on 2026-12-04); a config.json without the
+    # key was saved before either and ran "autodiff".
     run = _fake_run(tmp_path / "a", 0, [0.90], 1)
     old = json.loads((run / "config.json").read_text())
     del old["batch_norm"]
     (run / "config.json").write_text(json.dumps(old))
-    assert Config().batch_norm == "fused"
+    assert Config().batch_norm == "onepass"
     assert Config.from_json(json.dumps(old)).batch_norm == "autodiff"
     assert results.summarize_run(run).config["batch_norm"] == "autodiff"
-    old["batch_norm"] = "onepass"  # a saved key wins
-    assert Config.from_json(json.dumps(old)).batch_norm == "onepass"
+    old["batch_norm"] = "fused"  # a saved key wins
+    assert Config.from_json(json.dumps(old)).batch_norm == "fused"
 
 
 def test_summarize_rejects_non_run(tmp_path: Path) -> None:
