@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,14 +145,13 @@ PLANS: dict[str, list[tuple[str, str, list[str]]]] = {
         ("torch_r18_imagenet_e2", "train_torch.py", [*_R18_IMAGENET, "--epochs", "2", "--batch-size", "128",
                                                      "--device", "cpu"]),
     ],
-    # Issue "results": the most epochs each framework fits in <= 20 minutes of training on the 2-core CPU,
-    # with ~8% margin for this machine's drift. Epoch times at batch 128, imagenet stem, measured by these runs
-    # on 2026-11-28: JAX 139-159 s (7 epochs: 17.0 min; 8 would need ~18.7), torch 215-220 s (5 epochs:
-    # ~18.2 min). On 2026-11-27 (before the chunked/Winograd lowerings) they were ~176 s and ~250 s: 6 and 4.
+    # Issue "results": the most epochs each framework fits in <= 20 minutes of training on the CPU that runs
+    # the plan. Its --epochs come from a benchmark run first on that machine (SIZED_PLANS, `budget_epochs`):
+    # the CPUs this project has met train an epoch in 50-160 s (JAX) and 66-260 s (torch), so no fixed count
+    # fits them all. (The 2026-11-28 runs used fixed counts, JAX 7 and torch 5, sized by hand for that EPYC.)
     "cpu-budget": [
-        ("jax_r18_imagenet_budget20", "train.py", [*_R18_IMAGENET, "--epochs", "7", "--batch-size", "128"]),
-        ("torch_r18_imagenet_budget20", "train_torch.py", [*_R18_IMAGENET, "--epochs", "5", "--batch-size", "128",
-                                                          "--device", "cpu"]),
+        ("jax_r18_imagenet_budget20", "train.py", [*_R18_IMAGENET, "--batch-size", "128"]),
+        ("torch_r18_imagenet_budget20", "train_torch.py", [*_R18_IMAGENET, "--batch-size", "128", "--device", "cpu"]),
     ],
     # On a GPU: default recipe x 3 seeds (JAX), the torch reference on the same recipe, the article recipe.
     "gpu": [
@@ -169,12 +168,73 @@ PLANS: dict[str, list[tuple[str, str, list[str]]]] = {
 }
 
 
-def plan_commands(plan: str, root: str | Path, data: str, extra: Sequence[str] = ()) -> list[list[str]]:
-    """The argument vectors (script path first) of a named plan, each with its own --workdir under root."""
+# Plans sized on the machine that runs them: the `scripts/benchmark.py` arguments measured first (the
+# training step of each plan command, same arch, variant, batch and dtype). `scripts/reproduce.py run` then
+# passes each framework the `--epochs` that `budget_epochs` gives.
+SIZED_PLANS: dict[str, list[str]] = {
+    "cpu-budget": ["--arch", "resnet18", "--variant", "imagenet", "--batch-size", "128", "--dtypes", "float32",
+                   "--frameworks", "jax,torch", "--modes", "jit,eager", "--steps", "10", "--warmup", "2",
+                   "--windows", "5"],
+}
+CIFAR10_TRAIN_IMAGES = 50_000
+
+
+def _framework(script: str) -> str:
+    return "torch" if script == "train_torch.py" else "jax"
+
+
+def plan_commands(
+    plan: str, root: str | Path, data: str, extra: Sequence[str] = (), epochs: Mapping[str, int] | None = None
+) -> list[list[str]]:
+    """The argument vectors (script path first) of a named plan, each with its own --workdir under root.
+
+    `epochs` (framework -> count) adds `--epochs` to each command: how a sized plan gets its benchmark's counts.
+    """
     if plan not in PLANS:
         raise ValueError(f"unknown plan {plan!r}; valid choices: {', '.join(PLANS)}")
     scripts = Path(__file__).resolve().parents[1] / "scripts"
-    return [
-        [str(scripts / script), *[a.format(data=data) for a in args], "--workdir", str(Path(root) / name), *extra]
-        for name, script, args in PLANS[plan]
-    ]
+    commands = []
+    for name, script, args in PLANS[plan]:
+        sized = ["--epochs", str(epochs[_framework(script)])] if epochs is not None else []
+        commands.append([str(scripts / script), *[a.format(data=data) for a in args], *sized,
+                         "--workdir", str(Path(root) / name), *extra])
+    return commands
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochBudget:
+    """How many epochs of one framework's training fit a time budget, and the measurement that says so."""
+
+    framework: str
+    images_per_second: float  # the slowest timed window of the trainer's own step in the benchmark
+    epoch_seconds: float  # a whole epoch's batches at that rate
+    epochs: int
+
+
+def budget_epochs(
+    records: Sequence[Mapping[str, Any]], budget_seconds: float, margin: float = 0.1,
+    train_images: int = CIFAR10_TRAIN_IMAGES,
+) -> dict[str, EpochBudget]:
+    """Per framework in `scripts/benchmark.py` records, the most epochs whose steps fit budget * (1 - margin).
+
+    The rate is the slowest timed window of the step the trainer runs (JAX: the augmented-input call; torch:
+    eager), not the median, and the margin is left for drift: on 2026-11-29 (Xeon) the trainers' epochs ran
+    7-9% below the benchmark's median. An epoch is every full batch (the trainers drop the last partial one).
+    Raises ValueError when a framework's record is missing or one epoch does not fit.
+    """
+    wanted = {"jax": lambda r: r.get("input") == "augmented", "torch": lambda r: r.get("mode") == "eager"}
+    budgets = {}
+    for framework, is_trainers_step in wanted.items():
+        found = [r for r in records if r.get("framework") == framework and is_trainers_step(r)]
+        if not found:
+            raise ValueError(f"the benchmark has no {framework} training-step record to size the plan from")
+        record = found[0]
+        rate = min(record["window_images_per_second"])
+        batch = int(record["batch_size"])
+        epoch_seconds = (train_images // batch) * batch / rate
+        epochs = int(budget_seconds * (1 - margin) // epoch_seconds)
+        if epochs < 1:
+            raise ValueError(f"one {framework} epoch takes ~{epoch_seconds:.0f} s at {rate:.0f} img/s, more than "
+                             f"{budget_seconds * (1 - margin):.0f} s (budget less margin)")
+        budgets[framework] = EpochBudget(framework, rate, epoch_seconds, epochs)
+    return budgets
