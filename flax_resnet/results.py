@@ -146,7 +146,7 @@ PLANS: dict[str, list[tuple[str, str, list[str]]]] = {
                                                      "--device", "cpu"]),
     ],
     # Issue "results": the most epochs each framework fits in <= 20 minutes of training on the CPU that runs
-    # the plan. Its --epochs come from a benchmark run first on that machine (SIZED_PLANS, `budget_epochs`):
+    # the plan. Its --epochs come from short runs of the two trainers on that machine first (SIZED_PLANS):
     # the CPUs this project has met train an epoch in 50-160 s (JAX) and 66-260 s (torch), so no fixed count
     # fits them all. (The 2026-11-28 runs used fixed counts, JAX 7 and torch 5, sized by hand for that EPYC.)
     "cpu-budget": [
@@ -168,14 +168,13 @@ PLANS: dict[str, list[tuple[str, str, list[str]]]] = {
 }
 
 
-# Plans sized on the machine that runs them: the `scripts/benchmark.py` arguments measured first (the
-# training step of each plan command, same arch, variant, batch and dtype). `scripts/reproduce.py run` then
-# passes each framework the `--epochs` that `budget_epochs` gives.
-SIZED_PLANS: dict[str, list[str]] = {
-    "cpu-budget": ["--arch", "resnet18", "--variant", "imagenet", "--batch-size", "128", "--dtypes", "float32",
-                   "--frameworks", "jax,torch", "--modes", "jit,eager", "--steps", "10", "--warmup", "2",
-                   "--windows", "5"],
-}
+# Plans sized on the machine that runs them: plan -> calibration steps. `scripts/reproduce.py run` first runs
+# each command of the plan for that many steps (`calibration_commands`), reads the trainer's own img/s
+# (`calibrated_rate`), and passes each framework the `--epochs` that `budget_epochs` gives. The trainers
+# themselves, not scripts/benchmark.py: on 2026-12-04 (EPYC) the torch trainer's epochs ran at 490-570 img/s
+# minutes after the benchmark's torch step had measured 658-697 (its windows): the 14 epochs planned from the
+# benchmark were on course for ~23 minutes of training, and that run was stopped.
+SIZED_PLANS: dict[str, int] = {"cpu-budget": 60}
 CIFAR10_TRAIN_IMAGES = 50_000
 
 
@@ -188,7 +187,7 @@ def plan_commands(
 ) -> list[list[str]]:
     """The argument vectors (script path first) of a named plan, each with its own --workdir under root.
 
-    `epochs` (framework -> count) adds `--epochs` to each command: how a sized plan gets its benchmark's counts.
+    `epochs` (framework -> count) adds `--epochs` to each command: how a sized plan gets its calibrated counts.
     """
     if plan not in PLANS:
         raise ValueError(f"unknown plan {plan!r}; valid choices: {', '.join(PLANS)}")
@@ -201,37 +200,57 @@ def plan_commands(
     return commands
 
 
+def calibration_commands(plan: str, root: str | Path, data: str, extra: Sequence[str] = ()) -> list[list[str]]:
+    """A sized plan's commands cut to its calibration steps (one short epoch each), with workdirs under root."""
+    steps = ["--epochs", "1", "--max-steps", str(SIZED_PLANS[plan])]
+    return plan_commands(plan, root, data, extra=[*steps, *extra])
+
+
+def plan_frameworks(plan: str) -> set[str]:
+    """The frameworks ("jax", "torch") a plan trains."""
+    return {_framework(script) for _, script, _ in PLANS[plan]}
+
+
+def plan_batch_size(plan: str) -> int:
+    """The --batch-size every command of a sized plan passes (ValueError if they differ or one has none)."""
+    sizes = {args[args.index("--batch-size") + 1] if "--batch-size" in args else None for _, _, args in PLANS[plan]}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"plan {plan!r} has no single --batch-size")
+    return int(sizes.pop())
+
+
+def calibrated_rate(workdir: str | Path) -> tuple[str, float, int]:
+    """(framework, timed img/s, batch size) of a calibration run: its last metrics line, first step excluded."""
+    run = summarize_run(workdir)
+    lines = [line for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rate = json.loads(lines[-1]).get("images_per_second", 0.0) if lines else 0.0
+    if not rate > 0:
+        raise ValueError(f"{workdir}: the calibration run timed no steps")
+    return run.framework, float(rate), int(run.config["batch_size"])
+
+
 @dataclasses.dataclass(frozen=True)
 class EpochBudget:
     """How many epochs of one framework's training fit a time budget, and the measurement that says so."""
 
     framework: str
-    images_per_second: float  # the slowest timed window of the trainer's own step in the benchmark
+    images_per_second: float  # the trainer's own rate in its calibration run
     epoch_seconds: float  # a whole epoch's batches at that rate
     epochs: int
 
 
 def budget_epochs(
-    records: Sequence[Mapping[str, Any]], budget_seconds: float, margin: float = 0.1,
+    rates: Mapping[str, float], batch_size: int, budget_seconds: float, margin: float = 0.1,
     train_images: int = CIFAR10_TRAIN_IMAGES,
 ) -> dict[str, EpochBudget]:
-    """Per framework in `scripts/benchmark.py` records, the most epochs whose steps fit budget * (1 - margin).
+    """Per framework (name -> img/s), the most epochs whose steps fit budget * (1 - margin).
 
-    The rate is the slowest timed window of the step the trainer runs (JAX: the augmented-input call; torch:
-    eager), not the median, and the margin is left for drift: on 2026-11-29 (Xeon) the trainers' epochs ran
-    7-9% below the benchmark's median. An epoch is every full batch (the trainers drop the last partial one).
-    Raises ValueError when a framework's record is missing or one epoch does not fit.
+    An epoch is every full batch of the training set (the trainers drop the last partial one); the margin is
+    left for the machine's drift. Raises ValueError when not even one epoch fits.
     """
-    wanted = {"jax": lambda r: r.get("input") == "augmented", "torch": lambda r: r.get("mode") == "eager"}
     budgets = {}
-    for framework, is_trainers_step in wanted.items():
-        found = [r for r in records if r.get("framework") == framework and is_trainers_step(r)]
-        if not found:
-            raise ValueError(f"the benchmark has no {framework} training-step record to size the plan from")
-        record = found[0]
-        rate = min(record["window_images_per_second"])
-        batch = int(record["batch_size"])
-        epoch_seconds = (train_images // batch) * batch / rate
+    for framework, rate in rates.items():
+        epoch_seconds = (train_images // batch_size) * batch_size / rate
         epochs = int(budget_seconds * (1 - margin) // epoch_seconds)
         if epochs < 1:
             raise ValueError(f"one {framework} epoch takes ~{epoch_seconds:.0f} s at {rate:.0f} img/s, more than "

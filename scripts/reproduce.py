@@ -1,7 +1,7 @@
 """Run a named results plan, or summarize finished runs as the README's results table.
 
 python scripts/reproduce.py run cpu-realdata --root runs/reproduce        # JAX + torch, 2 epochs on the CPU
-python scripts/reproduce.py run cpu-budget --root runs/budget20         # benchmark, then 20 min of training each
+python scripts/reproduce.py run cpu-budget --root runs/budget20         # calibrate, then 20 min of training each
 python scripts/reproduce.py table runs/reproduce/* --device "2-core CPU"   # markdown table of final accuracies
 python scripts/reproduce.py plans                                        # list the plans and their commands
 """
@@ -9,9 +9,9 @@ python scripts/reproduce.py plans                                        # list 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--dry-run", action="store_true", help="print the commands only")
     run.add_argument("--budget-minutes", type=float, default=20.0,
                      help="sized plans (%(default)s): minutes of training per framework")
-    run.add_argument("--margin", type=float, default=0.1,
+    run.add_argument("--margin", type=float, default=0.15,
                      help="sized plans (%(default)s): fraction of the budget left unplanned, for the machine's drift")
-    run.add_argument("--bench-json", help="sized plans: take the epochs from this benchmark JSON instead of "
-                                          "measuring first")
+    run.add_argument("--rates", help="sized plans: FRAMEWORK=IMG_S,... (e.g. jax=800,torch=500) instead of "
+                                     "calibration runs")
     table = sub.add_parser("table", help="markdown table of finished runs")
     table.add_argument("workdirs", nargs="+", help="run workdirs (config.json + metrics.jsonl)")
     table.add_argument("--device", required=True, help="device label for the table, e.g. 'NVIDIA H200'")
@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in results.PLANS:
             print(f"{name}:")
             if name in results.SIZED_PLANS:
-                print(f"  python {shlex.join(_bench_command(name, 'runs/reproduce'))}")
-                print("  then, with --epochs from that benchmark (the most that fit --budget-minutes):")
+                for cmd in results.calibration_commands(name, "runs/reproduce/calibrate", results.CPU_DATA):
+                    print("  python " + shlex.join([os.path.relpath(cmd[0]), *cmd[1:]]))
+                print("  then, with --epochs from those runs' img/s (the most that fit --budget-minutes):")
             for cmd in results.plan_commands(name, "runs/reproduce", results.CPU_DATA):
                 print("  python " + shlex.join([os.path.relpath(cmd[0]), *cmd[1:]]))
         return 0
@@ -58,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         epochs = None
         if args.plan in results.SIZED_PLANS:
             epochs = _sized_epochs(args)
-            if epochs is None:
-                return 0 if args.dry_run else 1
+            if not epochs:
+                return 1 if epochs is None else 0  # {}: a dry run that showed the calibration runs
         for cmd in results.plan_commands(args.plan, args.root, args.data, epochs=epochs):
             print("$ python " + shlex.join(cmd), flush=True)
             if not args.dry_run:
@@ -83,39 +84,63 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _bench_command(plan: str, root: str) -> list[str]:
-    """The benchmark that sizes a plan, writing its records to ROOT/benchmark.json (path relative to the cwd)."""
-    script = os.path.relpath(Path(__file__).resolve().parent / "benchmark.py")
-    return [script, *results.SIZED_PLANS[plan], "--json", str(Path(root) / "benchmark.json")]
+def _parse_rates(text: str) -> dict[str, float]:
+    """'jax=800,torch=500' -> {'jax': 800.0, 'torch': 500.0}; ValueError on anything else."""
+    rates = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = 0.0
+        if name not in ("jax", "torch") or not rate > 0:
+            raise ValueError(f"--rates wants FRAMEWORK=IMG_S items with jax or torch and a rate > 0, got {item!r}")
+        rates[name] = rate
+    return rates
+
+
+def calibrate(plan: str, root: str | Path, data: str, extra: list[str] | None = None) -> tuple[dict[str, float], int]:
+    """Run each command of a sized plan for its calibration steps; ({framework: img/s}, batch size)."""
+    rates, batch = {}, results.plan_batch_size(plan)
+    for cmd in results.calibration_commands(plan, Path(root) / "calibrate", data, extra or []):
+        workdir = Path(cmd[cmd.index("--workdir") + 1])
+        shutil.rmtree(workdir, ignore_errors=True)  # a fresh measurement: never a resumed or refused earlier one
+        print("$ python " + shlex.join(cmd), flush=True)
+        rc = subprocess.call([sys.executable, *cmd])
+        if rc != 0:
+            raise ValueError(f"the calibration run failed with exit code {rc}")
+        framework, rate, batch = results.calibrated_rate(workdir)
+        rates[framework] = rate
+    return rates, batch
 
 
 def _sized_epochs(args: argparse.Namespace) -> dict[str, int] | None:
-    """Run (or read, --bench-json) the plan's benchmark and print what fits; None on an error or a dry run."""
-    bench = args.bench_json
-    if bench is None:
-        cmd = _bench_command(args.plan, args.root)
-        print("$ python " + shlex.join(cmd), flush=True)
-        if args.dry_run:
-            print("(dry run: the --epochs of the commands below come from that benchmark)")
+    """Calibrate the plan (or take --rates) and print what fits: {framework: epochs}; None on an error, {} on a
+    dry run without --rates (the calibration runs are printed, not run)."""
+    try:
+        if args.rates is not None:
+            rates = _parse_rates(args.rates)
+            batch = results.plan_batch_size(args.plan)
+        elif args.dry_run:
+            print("(dry run: the --epochs of the plan's commands come from these calibration runs)")
+            for cmd in results.calibration_commands(args.plan, Path(args.root) / "calibrate", args.data):
+                print("$ python " + shlex.join(cmd))
             for cmd in results.plan_commands(args.plan, args.root, args.data):
                 print("$ python " + shlex.join(cmd))
-            return None
-        Path(args.root).mkdir(parents=True, exist_ok=True)
-        rc = subprocess.call([sys.executable, *cmd])
-        if rc != 0:
-            print(f"error: the benchmark failed with exit code {rc}", file=sys.stderr)
-            return None
-        bench = cmd[-1]
-    budget = 60 * args.budget_minutes
-    try:
-        budgets = results.budget_epochs(json.loads(Path(bench).read_text()), budget, args.margin)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        print(f"error: cannot size the plan from {bench}: {e}", file=sys.stderr)
+            return {}
+        else:
+            rates, batch = calibrate(args.plan, args.root, args.data)
+        missing = results.plan_frameworks(args.plan) - set(rates)
+        if missing:
+            raise ValueError(f"no rate for {', '.join(sorted(missing))}")
+        budgets = results.budget_epochs(rates, batch, 60 * args.budget_minutes, args.margin)
+    except (OSError, ValueError) as e:
+        print(f"error: cannot size the plan: {e}", file=sys.stderr)
         return None
     for b in budgets.values():
-        print(f"{b.framework}: slowest window {b.images_per_second:.0f} img/s -> {b.epoch_seconds:.1f} s per epoch "
-              f"-> {b.epochs} epochs ({b.epochs * b.epoch_seconds / 60:.1f} of {args.budget_minutes:g} min planned, "
-              f"margin {args.margin:g})", flush=True)
+        print(f"{b.framework}: {b.images_per_second:.0f} img/s -> {b.epoch_seconds:.1f} s per epoch -> {b.epochs} "
+              f"epochs ({b.epochs * b.epoch_seconds / 60:.1f} of {args.budget_minutes:g} min planned, margin "
+              f"{args.margin:g})", flush=True)
     return {name: b.epochs for name, b in budgets.items()}
 
 

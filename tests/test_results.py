@@ -110,6 +110,10 @@ def test_plans_are_valid_cli_invocations() -> None:
     for plan in results.PLANS:
         for cmd in results.plan_commands(plan, "runs/x", "data.tar.gz"):
             parsers[Path(cmd[0]).name].parse_args(cmd[1:])
+    for plan in results.SIZED_PLANS:
+        for cmd in results.plan_commands(plan, "runs/x", "data.tar.gz", epochs={"jax": 3, "torch": 2}):
+            parsed = parsers[Path(cmd[0]).name].parse_args(cmd[1:])
+            assert parsed.epochs == (2 if cmd[0].endswith("train_torch.py") else 3)
     with pytest.raises(ValueError, match="valid choices"):
         results.plan_commands("nope", "r", "d")
 
@@ -123,3 +127,52 @@ def test_cli_table_and_errors(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, script, "table", str(tmp_path), "--device", "cpu"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "error:" in bad.stderr
+
+
+def _bench_records() -> list[dict]:
+    """scripts/benchmark.py records: the trainers' steps (JAX augmented, torch eager) and two that must not count."""
+    common = {"arch": "resnet18", "variant": "imagenet", "batch_size": 128, "dtype": "float32"}
+    w = "window_images_per_second"
+    return [
+        {**common, "framework": "jax", "mode": "jit", "input": "augmented", w: [1000, 800, 900]},
+        {**common, "framework": "jax", "mode": "jit", "input": "fixed", w: [100, 100]},
+        {**common, "framework": "torch", "mode": "eager", "input": "fixed", w: [640, 500]},
+        {**common, "framework": "torch", "mode": "compile", "input": "fixed", w: [50]},
+    ]
+
+
+def test_budget_epochs_from_the_slowest_window_of_each_trainers_step() -> None:
+    # By hand: an epoch is 390 full batches of 128 = 49,920 images; 20 min less 10% = 1,080 s.
+    # JAX at 800 img/s: 62.4 s per epoch, 1080 / 62.4 = 17.3 -> 17. Torch at 500: 99.84 s, 10.8 -> 10.
+    budgets = results.budget_epochs(_bench_records(), 1200, margin=0.1)
+    assert budgets["jax"].images_per_second == 800 and budgets["jax"].epoch_seconds == pytest.approx(62.4)
+    assert (budgets["jax"].epochs, budgets["torch"].epochs) == (17, 10)
+    assert budgets["torch"].epoch_seconds == pytest.approx(99.84)
+    # No margin: 1200 / 62.4 = 19.2 -> 19; 1200 / 99.84 = 12.02 -> 12.
+    assert {k: b.epochs for k, b in results.budget_epochs(_bench_records(), 1200, margin=0).items()} == {
+        "jax": 19, "torch": 12}
+    with pytest.raises(ValueError, match="no torch training-step record"):
+        results.budget_epochs(_bench_records()[:2], 1200)
+    with pytest.raises(ValueError, match="one jax epoch takes ~62 s"):
+        results.budget_epochs(_bench_records(), 60)
+
+
+def test_cli_sizes_a_plan_from_a_benchmark_file(tmp_path: Path) -> None:
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps(_bench_records()))
+    script = str(ROOT / "scripts" / "reproduce.py")
+    base = [sys.executable, script, "run", "cpu-budget", "--dry-run", "--root", str(tmp_path / "r")]
+    ok = subprocess.run([*base, "--bench-json", str(bench)], capture_output=True, text=True, check=True)
+    commands = [line for line in ok.stdout.splitlines() if line.startswith("$ python")]
+    assert len(commands) == 2
+    assert "train.py" in commands[0] and "--epochs 17 " in commands[0]
+    assert "train_torch.py" in commands[1] and "--epochs 10 " in commands[1]
+    assert "jax: slowest window 800 img/s -> 62.4 s per epoch -> 17 epochs" in ok.stdout
+    # Without a benchmark file a dry run shows the benchmark it would run first and sizes nothing.
+    dry = subprocess.run(base, capture_output=True, text=True, check=True)
+    assert "benchmark.py" in dry.stdout and "--epochs" not in dry.stdout
+    bench.write_text("[]")
+    bad = subprocess.run([*base, "--bench-json", str(bench)], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "no jax training-step record" in bad.stderr
+    flag = subprocess.run([*base, "--margin", "1"], capture_output=True, text=True)
+    assert flag.returncode == 2 and "--margin" in flag.stderr
