@@ -129,50 +129,54 @@ def test_cli_table_and_errors(tmp_path: Path) -> None:
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "error:" in bad.stderr
 
 
-def _bench_records() -> list[dict]:
-    """scripts/benchmark.py records: the trainers' steps (JAX augmented, torch eager) and two that must not count."""
-    common = {"arch": "resnet18", "variant": "imagenet", "batch_size": 128, "dtype": "float32"}
-    w = "window_images_per_second"
-    return [
-        {**common, "framework": "jax", "mode": "jit", "input": "augmented", w: [1000, 800, 900]},
-        {**common, "framework": "jax", "mode": "jit", "input": "fixed", w: [100, 100]},
-        {**common, "framework": "torch", "mode": "eager", "input": "fixed", w: [640, 500]},
-        {**common, "framework": "torch", "mode": "compile", "input": "fixed", w: [50]},
-    ]
-
-
-def test_budget_epochs_from_the_slowest_window_of_each_trainers_step() -> None:
+def test_budget_epochs_hand_computed() -> None:
     # By hand: an epoch is 390 full batches of 128 = 49,920 images; 20 min less 10% = 1,080 s.
     # JAX at 800 img/s: 62.4 s per epoch, 1080 / 62.4 = 17.3 -> 17. Torch at 500: 99.84 s, 10.8 -> 10.
-    budgets = results.budget_epochs(_bench_records(), 1200, margin=0.1)
-    assert budgets["jax"].images_per_second == 800 and budgets["jax"].epoch_seconds == pytest.approx(62.4)
-    assert (budgets["jax"].epochs, budgets["torch"].epochs) == (17, 10)
+    budgets = results.budget_epochs({"jax": 800, "torch": 500}, 128, 1200, margin=0.1)
+    assert budgets["jax"].epoch_seconds == pytest.approx(62.4)
     assert budgets["torch"].epoch_seconds == pytest.approx(99.84)
+    assert (budgets["jax"].epochs, budgets["torch"].epochs) == (17, 10)
     # No margin: 1200 / 62.4 = 19.2 -> 19; 1200 / 99.84 = 12.02 -> 12.
-    assert {k: b.epochs for k, b in results.budget_epochs(_bench_records(), 1200, margin=0).items()} == {
+    assert {k: b.epochs for k, b in results.budget_epochs({"jax": 800, "torch": 500}, 128, 1200, 0).items()} == {
         "jax": 19, "torch": 12}
-    with pytest.raises(ValueError, match="no torch training-step record"):
-        results.budget_epochs(_bench_records()[:2], 1200)
     with pytest.raises(ValueError, match="one jax epoch takes ~62 s"):
-        results.budget_epochs(_bench_records(), 60)
+        results.budget_epochs({"jax": 800}, 128, 60)
+    assert results.plan_batch_size("cpu-budget") == 128
+    assert results.plan_frameworks("cpu-budget") == {"jax", "torch"}
+    with pytest.raises(ValueError, match="no single --batch-size"):
+        results.plan_batch_size("gpu")
 
 
-def test_cli_sizes_a_plan_from_a_benchmark_file(tmp_path: Path) -> None:
-    bench = tmp_path / "bench.json"
-    bench.write_text(json.dumps(_bench_records()))
+def test_cli_sizes_a_plan_from_given_rates(tmp_path: Path) -> None:
     script = str(ROOT / "scripts" / "reproduce.py")
     base = [sys.executable, script, "run", "cpu-budget", "--dry-run", "--root", str(tmp_path / "r")]
-    ok = subprocess.run([*base, "--bench-json", str(bench)], capture_output=True, text=True, check=True)
+    ok = subprocess.run([*base, "--rates", "jax=800,torch=500", "--margin", "0.1"], capture_output=True, text=True,
+                        check=True)
     commands = [line for line in ok.stdout.splitlines() if line.startswith("$ python")]
     assert len(commands) == 2
     assert "train.py" in commands[0] and "--epochs 17 " in commands[0]
     assert "train_torch.py" in commands[1] and "--epochs 10 " in commands[1]
-    assert "jax: slowest window 800 img/s -> 62.4 s per epoch -> 17 epochs" in ok.stdout
-    # Without a benchmark file a dry run shows the benchmark it would run first and sizes nothing.
+    assert "jax: 800 img/s -> 62.4 s per epoch -> 17 epochs" in ok.stdout
+    # Without rates a dry run shows the calibration runs (60 steps each) and sizes nothing.
     dry = subprocess.run(base, capture_output=True, text=True, check=True)
-    assert "benchmark.py" in dry.stdout and "--epochs" not in dry.stdout
-    bench.write_text("[]")
-    bad = subprocess.run([*base, "--bench-json", str(bench)], capture_output=True, text=True)
-    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "no jax training-step record" in bad.stderr
+    assert dry.stdout.count("--max-steps 60") == 2 and "--epochs 1 " in dry.stdout
+    for bad_rates in ("jax=800", "jax=x,torch=500", "tf=3"):
+        bad = subprocess.run([*base, "--rates", bad_rates], capture_output=True, text=True)
+        assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "cannot size the plan" in bad.stderr
     flag = subprocess.run([*base, "--margin", "1"], capture_output=True, text=True)
     assert flag.returncode == 2 and "--margin" in flag.stderr
+
+
+def test_calibration_runs_both_trainers_afresh(tmp_path: Path, tiny_data: Path) -> None:
+    # The real trainers on the tiny data, cut to 3 steps of 16; a second calibration measures again rather than
+    # resuming (JAX) or refusing (torch) the first one's workdirs.
+    spec = importlib.util.spec_from_file_location("reproduce_cli", ROOT / "scripts" / "reproduce.py")
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    extra = ["--batch-size", "16", "--max-steps", "3", "--data-dir", str(tmp_path / "cache")]
+    for _ in range(2):
+        rates, batch = reproduce.calibrate("cpu-budget", tmp_path, str(tiny_data), extra)
+        assert set(rates) == {"jax", "torch"} and all(r > 0 for r in rates.values()) and batch == 16
+        for name in ("jax_r18_imagenet_budget20", "torch_r18_imagenet_budget20"):
+            lines = (tmp_path / "calibrate" / name / "metrics.jsonl").read_text().splitlines()
+            assert len(lines) == 1 and json.loads(lines[0])["step"] == 3
