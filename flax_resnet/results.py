@@ -176,6 +176,9 @@ PLANS: dict[str, list[tuple[str, str, list[str]]]] = {
 # benchmark were on course for ~23 minutes of training, and that run was stopped.
 SIZED_PLANS: dict[str, int] = {"cpu-budget": 60}
 CIFAR10_TRAIN_IMAGES = 50_000
+# The share of a budget left unplanned, for drift: on 2026-12-04 the torch trainer's epochs ran 6-30% above its
+# 60-step calibration, and JAX's epochs spread 759-896 img/s within one run.
+BUDGET_MARGIN = 0.15
 
 
 def _framework(script: str) -> str:
@@ -240,7 +243,7 @@ class EpochBudget:
 
 
 def budget_epochs(
-    rates: Mapping[str, float], batch_size: int, budget_seconds: float, margin: float = 0.1,
+    rates: Mapping[str, float], batch_size: int, budget_seconds: float, margin: float = BUDGET_MARGIN,
     train_images: int = CIFAR10_TRAIN_IMAGES,
 ) -> dict[str, EpochBudget]:
     """Per framework (name -> img/s), the most epochs whose steps fit budget * (1 - margin).

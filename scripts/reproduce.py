@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--dry-run", action="store_true", help="print the commands only")
     run.add_argument("--budget-minutes", type=float, default=20.0,
                      help="sized plans (%(default)s): minutes of training per framework")
-    run.add_argument("--margin", type=float, default=0.15,
+    run.add_argument("--margin", type=float, default=results.BUDGET_MARGIN,
                      help="sized plans (%(default)s): fraction of the budget left unplanned, for the machine's drift")
     run.add_argument("--rates", help="sized plans: FRAMEWORK=IMG_S,... (e.g. jax=800,torch=500) instead of "
                                      "calibration runs")
