@@ -9,6 +9,7 @@ python scripts/reproduce.py plans                                        # list 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+SIZED_FILE = "sized_epochs.json"  # under --root: the epochs a sized plan gave its runs
+
+
 def _parse_rates(text: str) -> dict[str, float]:
     """'jax=800,torch=500' -> {'jax': 800.0, 'torch': 500.0}; ValueError on anything else."""
     rates = {}
@@ -116,7 +120,26 @@ def calibrate(plan: str, root: str | Path, data: str, extra: list[str] | None = 
 
 def _sized_epochs(args: argparse.Namespace) -> dict[str, int] | None:
     """Calibrate the plan (or take --rates) and print what fits: {framework: epochs}; None on an error, {} on a
-    dry run without --rates (the calibration runs are printed, not run)."""
+    dry run without --rates (the calibration runs are printed, not run).
+
+    The counts are saved in ROOT/sized_epochs.json before any run starts, and a rerun into the same root takes
+    them from there: rerunning the command then resumes the same runs (JAX) instead of re-sizing them.
+    """
+    saved = Path(args.root) / SIZED_FILE
+    if saved.exists():
+        if args.rates is not None:
+            print(f"error: {saved} already sizes the runs of this root; use another --root for new rates",
+                  file=sys.stderr)
+            return None
+        try:
+            epochs = {k: int(v) for k, v in json.loads(saved.read_text()).items()}
+            if set(epochs) != results.plan_frameworks(args.plan) or min(epochs.values()) < 1:
+                raise ValueError(f"not one epoch count >= 1 per framework of {args.plan}")
+        except (OSError, ValueError, AttributeError, TypeError) as e:
+            print(f"error: {saved}: unusable ({e}); use another --root", file=sys.stderr)
+            return None
+        print(f"epochs sized by an earlier run of this plan ({saved}): {json.dumps(epochs, sort_keys=True)}")
+        return epochs
     try:
         if args.rates is not None:
             rates = _parse_rates(args.rates)
@@ -141,7 +164,13 @@ def _sized_epochs(args: argparse.Namespace) -> dict[str, int] | None:
         print(f"{b.framework}: {b.images_per_second:.0f} img/s -> {b.epoch_seconds:.1f} s per epoch -> {b.epochs} "
               f"epochs ({b.epochs * b.epoch_seconds / 60:.1f} of {args.budget_minutes:g} min planned, margin "
               f"{args.margin:g})", flush=True)
-    return {name: b.epochs for name, b in budgets.items()}
+    epochs = {name: b.epochs for name, b in budgets.items()}
+    if not args.dry_run:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        tmp = saved.with_name(saved.name + ".tmp")
+        tmp.write_text(json.dumps(epochs, sort_keys=True) + "\n")
+        tmp.replace(saved)  # atomic: a reader sees the whole file or none
+    return epochs
 
 
 if __name__ == "__main__":

@@ -167,6 +167,27 @@ def test_cli_sizes_a_plan_from_given_rates(tmp_path: Path) -> None:
     assert flag.returncode == 2 and "--margin" in flag.stderr
 
 
+def test_cli_saves_the_sized_epochs_and_a_rerun_reuses_them(tmp_path: Path) -> None:
+    script = str(ROOT / "scripts" / "reproduce.py")
+    root = tmp_path / "r"
+    base = [sys.executable, script, "run", "cpu-budget", "--root", str(root)]
+    # A real (not dry) run whose first command fails at once (no data): the counts are saved before it starts.
+    failed = subprocess.run([*base, "--rates", "jax=800,torch=500", "--margin", "0.1", "--data",
+                             str(tmp_path / "missing")], capture_output=True, text=True)
+    assert failed.returncode == 1 and "command failed" in failed.stderr
+    assert json.loads((root / "sized_epochs.json").read_text()) == {"jax": 17, "torch": 10}
+    # Rerun: the same counts, no calibration, so the JAX run resumes rather than changing its schedule.
+    rerun = subprocess.run([*base, "--dry-run"], capture_output=True, text=True, check=True)
+    commands = [line for line in rerun.stdout.splitlines() if line.startswith("$ python")]
+    assert len(commands) == 2 and "--epochs 17 " in commands[0] and "--epochs 10 " in commands[1]
+    assert "--max-steps" not in rerun.stdout
+    new_rates = subprocess.run([*base, "--dry-run", "--rates", "jax=1,torch=1"], capture_output=True, text=True)
+    assert new_rates.returncode == 1 and "use another --root" in new_rates.stderr
+    (root / "sized_epochs.json").write_text('{"jax": 3}')
+    partial = subprocess.run([*base, "--dry-run"], capture_output=True, text=True)
+    assert partial.returncode == 1 and partial.stderr.count("\n") == 1 and "unusable" in partial.stderr
+
+
 def test_calibration_runs_both_trainers_afresh(tmp_path: Path, tiny_data: Path) -> None:
     # The real trainers on the tiny data, cut to 3 steps of 16; a second calibration measures again rather than
     # resuming (JAX) or refusing (torch) the first one's workdirs.
