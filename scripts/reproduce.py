@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         epochs = None
         if args.plan in results.SIZED_PLANS:
             epochs = _sized_epochs(args)
-            if not epochs:
-                return 1 if epochs is None else 0  # {}: a dry run that showed the calibration runs
+            if epochs is None:
+                return 1
+            epochs = epochs or None  # {}: a dry run that showed the calibration runs; the plan follows, unsized
         for cmd in results.plan_commands(args.plan, args.root, args.data, epochs=epochs):
             print("$ python " + shlex.join(cmd), flush=True)
             if not args.dry_run:
@@ -147,8 +148,6 @@ def _sized_epochs(args: argparse.Namespace) -> dict[str, int] | None:
         elif args.dry_run:
             print("(dry run: the --epochs of the plan's commands come from these calibration runs)")
             for cmd in results.calibration_commands(args.plan, Path(args.root) / "calibrate", args.data):
-                print("$ python " + shlex.join(cmd))
-            for cmd in results.plan_commands(args.plan, args.root, args.data):
                 print("$ python " + shlex.join(cmd))
             return {}
         else:
