@@ -199,33 +199,54 @@ class Checkpointer:
         """Restore the newest readable checkpoint, or None if there is none.
 
         `target` as for `restore`. An unreadable newer step (metadata or arrays) is reported through `warn`
-        (one line) and skipped; with `quarantine`, it is moved there so a resumed run can save that step number
-        again. If every step is unreadable, raise.
+        (one line) and skipped. With `quarantine`, the skipped steps are moved there once an older step has
+        restored, so a resumed run can save those step numbers again; if no step restores, nothing is moved
+        and this raises: the cause may be the machine's (out of memory, a full or unreadable disk), not the
+        files, and a rerun must find the checkpoints where they were. With many processes (one shared
+        directory), only process 0 moves them, and the others wait for it.
         """
         steps = self.all_steps()
-        errors = []
+        errors: list[tuple[int, str]] = []
         for step in reversed(steps):
             try:
                 result = self.restore(step, target)
             except CheckpointMismatchError:
                 raise  # sound but made with other settings: nothing to quarantine or fall back from
             except CheckpointError as e:
-                errors.append(str(e))
-                moved = ""
-                if quarantine is not None and not self.read_only:
-                    dest = quarantine / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.move(str(self.step_dir(step)), str(dest))
-                    self._manager.reload()
-                    moved = f"; moved to {dest}"
-                older = [s for s in steps if s < step]
-                then = f"falling back to step {older[-1]}" if older else "no older checkpoint"
-                warn(f"warning: {e}{moved}; {then}")
+                errors.append((step, str(e)))
                 continue
+            moved = {}
+            if errors and quarantine is not None and not self.read_only:
+                moved = self._quarantine([s for s, _ in errors], quarantine)
+            for bad, message in errors:
+                where = f"; moved to {moved[bad]}" if bad in moved else ""
+                warn(f"warning: {message}{where}; falling back to step {step}")
             return result
+        for _, message in errors:
+            warn(f"warning: {message}")
         if errors:
-            raise CheckpointError(f"no readable checkpoint in {self.directory} (newest error: {errors[0]})")
+            raise CheckpointError(
+                f"no readable checkpoint in {self.directory} (newest error: {errors[0][1]}); nothing was moved "
+                "or deleted: if the cause is the machine's (memory, disk), the same command resumes once it is fixed"
+            )
         return None
+
+    def _quarantine(self, steps: list[int], quarantine: Path) -> dict[int, Path]:
+        """Move unreadable `steps` into `quarantine` (process 0 only: one shared directory), let every process
+        see the change, and return where each went (empty on the other processes)."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        moved = {}
+        if jax.process_index() == 0:
+            quarantine.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                moved[step] = quarantine / f"{step}-{stamp}"
+                shutil.move(str(self.step_dir(step)), str(moved[step]))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("flax_resnet checkpoint quarantine")
+        self._manager.reload()
+        return moved
 
     def close(self) -> None:
         """Wait for pending work and release the manager."""

@@ -95,6 +95,27 @@ def test_every_checkpoint_corrupt_is_a_clear_error(tmp_path: Path) -> None:
         ckpt.restore_latest(_state(0), lambda line: None)
 
 
+def test_nothing_is_moved_when_no_step_restores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every step failing may be the machine's fault (device out of memory, an unreadable disk), not the files':
+    # the checkpoints must stay where they are, so that the same command resumes once the cause is gone.
+    ckpt = Checkpointer(tmp_path / "ck")
+    ckpt.save(2, _state(2), {})
+    ckpt.save(4, _state(4), {})
+
+    def failing(self, step, target):
+        raise CheckpointError(f"{self.step_dir(step)}: unreadable checkpoint (RESOURCE_EXHAUSTED: out of memory)")
+
+    monkeypatch.setattr(Checkpointer, "restore", failing)
+    warnings: list[str] = []
+    with pytest.raises(CheckpointError, match=r"no readable checkpoint .*nothing was moved"):
+        ckpt.restore_latest(_state(0), warnings.append, quarantine=tmp_path / "bad")
+    assert len(warnings) == 2 and "ck/4" in warnings[0] and "ck/2" in warnings[1]
+    assert ckpt.all_steps() == [2, 4] and not (tmp_path / "bad").exists()
+    monkeypatch.undo()
+    restored, meta = ckpt.restore_latest(_state(0), warnings.append, quarantine=tmp_path / "bad")
+    assert meta["step"] == 4 and _equal(restored, _state(4))
+
+
 def test_disk_full_mid_save_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ckpt = Checkpointer(tmp_path / "ck")
     ckpt.save(2, _state(2), {})
