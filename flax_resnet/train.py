@@ -163,11 +163,6 @@ def resolve_dtype(name: str) -> str:
     return name
 
 
-def tree_size(tree: Any) -> int:
-    """Number of scalars in a pytree of arrays."""
-    return sum(int(x.size) for x in jax.tree.leaves(tree))
-
-
 # ------------------------------------------------------------------------------------------------ the loop
 
 
@@ -204,6 +199,22 @@ def check_workdir(workdir: str | Path, config: Config, keys: tuple[str, ...] = R
             "refusing to resume (use another --workdir)"
         )
     return saved
+
+
+def check_step_geometry(meta: dict[str, Any], batch_size: int, n_train: int, steps_per_epoch: int, where: Path) -> None:
+    """RunError unless a checkpoint's batch size and training-set size are this run's: its step count means
+    epochs, schedule position and batch order only under those (e.g. a run of batch 512 stopped at epoch 10 of
+    40 and resumed at batch 128 would restart its warm-up and run 4x the steps)."""
+    saved_bs = meta.get("config", {}).get("batch_size", batch_size)
+    saved_n = meta.get("train_images", n_train)  # checkpoints before 2026-12-04 record only the batch size
+    if (saved_bs, saved_n) != (batch_size, n_train):
+        saved_spe = meta.get("steps_per_epoch", saved_n // saved_bs)
+        raise RunError(
+            f"{where} was made with batch size {saved_bs} over {saved_n} training images ({saved_spe} steps per "
+            f"epoch); this run has batch size {batch_size} over {n_train} ({steps_per_epoch}): its saved step "
+            "would mean another epoch and learning rate; resume with the run's own --batch-size and data (its "
+            "config.json) or use another --workdir"
+        )
 
 
 def build_state(
@@ -266,7 +277,9 @@ def load_run(path: str | Path, warn: Callable[[str], None] | None = None) -> Loa
             raise CheckpointError(f"{where}: metadata holds no valid config ({e})") from None
         key = config.to_json()
         if key not in built:
-            built[key] = (config, *build_state(config)[:2])
+            # Only the state's structure matters here; any steps-per-epoch gives it, if the schedule is valid
+            # (a cosine schedule needs more steps than its warm-up, which one step per epoch may not give).
+            built[key] = (config, *build_state(config, int(meta.get("steps_per_epoch") or 1000))[:2])
         return built[key][2]
 
     try:
@@ -499,6 +512,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     step = 0
     if restored is not None:
         state, meta = restored
+        check_step_geometry(meta, bs, n_train, steps_per_epoch, ckpt.step_dir(int(meta["step"])))
         step = int(meta["step"])
         acc = dict(meta.get("epoch_sums", acc))
         reporter.print(f"resuming from checkpoint step {step} ({ckpt.step_dir(step)})")
@@ -551,6 +565,8 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             )
         meta = {
             "epoch": step // steps_per_epoch,
+            "steps_per_epoch": steps_per_epoch,
+            "train_images": n_train,
             "config": dataclasses.asdict(config),
             "class_names": list(dataset.class_names),
             "epoch_sums": epoch_sums,

@@ -100,6 +100,28 @@ def test_schedule_too_short_to_decay_is_a_run_error_before_any_file(tiny_data: P
     assert not (tmp_path / "run").exists()
 
 
+def test_cosine_run_loads_and_refuses_a_resume_with_another_batch_size(tiny_data: Path, tmp_path: Path) -> None:
+    # 96 training images at batch 16: 6 steps per epoch, so a one-epoch cosine run is valid (6 steps > its 1
+    # warm-up step); loading it must not rebuild the schedule with one step per epoch, where it is not.
+    n_train = 3 * TINY_TRAIN_PER_CLASS
+    assert n_train == 96
+    config = _config(tiny_data, tmp_path, schedule="cosine", epochs=1, max_steps=2)
+    assert train(config)["step"] == 2
+    run = load_run(tmp_path / "run")
+    assert run.step == 2 and run.config.schedule == "cosine" and run.config.epochs == 1
+    # At batch 32 (3 steps per epoch) saved step 2 would be most of an epoch, not a third of one.
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    message = (
+        r"/run/checkpoints/2 was made with batch size 16 over 96 training images \(6 steps per epoch\); "
+        r"this run has batch size 32 over 96 \(3\)"
+    )
+    with pytest.raises(RunError, match=message):
+        train(_config(tiny_data, tmp_path, schedule="cosine", epochs=1, batch_size=32))
+    assert Checkpointer(tmp_path / "run" / "checkpoints").all_steps() == [2]
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == metrics
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 16
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
