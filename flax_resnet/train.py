@@ -92,7 +92,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return optax.softmax_cross_entropy(logits, targets)
 
 
-CUTOUT_STREAM = 1  # fold_in tag of the cutout key: crop and flip keep their keys whether cutout is on or off
+# fold_in tag of the cutout key: crop and flip keep their keys whether cutout is on or off. Not 0 or 1: with
+# jax's partitionable threefry (the default), split(rng)[i] is fold_in(rng, i), the crop and flip keys.
+CUTOUT_STREAM = 2
 
 
 def make_train_step(

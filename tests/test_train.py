@@ -20,6 +20,7 @@ from flax_resnet.distributed import make_mesh, put_replicated
 from flax_resnet.models import predict
 from flax_resnet.packing import StatePacking
 from flax_resnet.train import (
+    CUTOUT_STREAM,
     RunError,
     build_state,
     evaluate,
@@ -177,6 +178,15 @@ def test_holdout_trains_on_the_rest_and_evaluates_on_the_held_out_images(
     assert result["test_loss_flip"] == pytest.approx(-np.mean(log_p[np.arange(30), held.test_labels]), rel=1e-5)
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert (last["test_acc_flip"], last["test_loss_flip"]) == (result["test_acc_flip"], result["test_loss_flip"])
+
+
+def test_cutout_key_is_neither_the_crop_nor_the_flip_key() -> None:
+    # data.augment splits the step's key into the crop and flip keys; the cutout key must be a third one.
+    for seed in range(4):
+        rng = jax.random.fold_in(jax.random.key(seed), 7)
+        used = {tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in jax.random.split(rng)}
+        cutout_key = tuple(np.asarray(jax.random.key_data(jax.random.fold_in(rng, CUTOUT_STREAM))).ravel())
+        assert len(used) == 2 and cutout_key not in used
 
 
 def test_cutout_covering_the_whole_image_makes_the_step_blind_to_pixels(tiny_data: Path, tmp_path: Path) -> None:
