@@ -643,8 +643,10 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                         img_s=f"{(now['count'] - counted_at_t0) / max(1e-9, time.time() - t0):.0f}",
                     )
                     if due and not end_epoch and step != last_saved:
+                        saving_from = time.time()
                         save(step, packed, dict(now, seconds=seconds))
                         last_saved = step
+                        t0 += time.time() - saving_from  # epoch_seconds and img/s time the steps alone
                 if stopping:
                     break
             bar.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
 import jax
@@ -178,6 +179,25 @@ def test_holdout_trains_on_the_rest_and_evaluates_on_the_held_out_images(
     assert result["test_loss_flip"] == pytest.approx(-np.mean(log_p[np.arange(30), held.test_labels]), rel=1e-5)
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert (last["test_acc_flip"], last["test_loss_flip"]) == (result["test_acc_flip"], result["test_loss_flip"])
+
+
+def test_epoch_seconds_leave_out_checkpoints_saved_inside_the_epoch(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 6 steps per epoch, a checkpoint every 2 steps: steps 2 and 4 are saved inside the epoch, each made to take
+    # 2.5 s more here; epoch_seconds (and so img/s) must time the steps alone (~0.4 s), wall_seconds everything.
+    original = Checkpointer.save
+
+    def slow(self, step, state, meta):
+        time.sleep(2.5)
+        return original(self, step, state, meta)
+
+    monkeypatch.setattr(Checkpointer, "save", slow)
+    train(_config(tiny_data, tmp_path, epochs=1, checkpoint_every=2, checkpoint_seconds=0))
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert record["wall_seconds"] > 5.0
+    assert record["epoch_seconds"] < 2.5
+    assert record["images_per_second"] == pytest.approx(5 * 16 / record["epoch_seconds"])  # the first step: compile
 
 
 def test_cutout_key_is_neither_the_crop_nor_the_flip_key() -> None:
