@@ -635,8 +635,9 @@ def train_batch_indices(seed: int, epoch: int, n: int, batch_size: int) -> np.nd
     return epoch_order(seed, epoch, n)[: steps * batch_size].astype(np.int32).reshape(steps, batch_size)
 
 
-def eval_batches(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and float32 mask, both (ceil(n / batch_size), batch_size), covering 0..n-1 once each.
+def eval_batches(n: int, batch_size: int, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and float32 mask, both (ceil(n / batch_size), batch_size), covering 0..n-1 once each, in
+    `order` (a permutation of 0..n-1; default 0..n-1).
 
     The last batch is padded with index 0 and mask 0, so every batch has one shape (one compilation).
     """
@@ -645,6 +646,6 @@ def eval_batches(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     steps = -(-n // batch_size)
     indices = np.zeros(steps * batch_size, np.int32)
     mask = np.zeros(steps * batch_size, np.float32)
-    indices[:n] = np.arange(n, dtype=np.int32)
+    indices[:n] = np.arange(n, dtype=np.int32) if order is None else order
     mask[:n] = 1.0
     return indices.reshape(steps, batch_size), mask.reshape(steps, batch_size)

@@ -325,10 +325,13 @@ def evaluate(
     """Test loss/accuracy over every image exactly once (padded last batch, one compiled shape).
 
     `eval_fn` is `make_eval_fn(graphdef, packing)` and `packed` is `packing.pack_jit(state)`. With
-    `keep_logits`, also returns the (n, classes) float32 logits in dataset order.
+    `keep_logits`, also returns the (n, classes) logits (float32 or wider) in dataset order. The images go in a fixed
+    shuffled order, so that the first batch, whose logits are always returned (`first_logits` of the images
+    `first_indices`, for predictions.png), mixes the classes of a test set stored class by class.
     """
     n = int(labels.shape[0])
-    idx, mask = data_lib.eval_batches(n, batch_size)
+    order = np.random.default_rng(0).permutation(n).astype(np.int32)
+    idx, mask = data_lib.eval_batches(n, batch_size, order)
     sums, logits = [], []
     for i in range(len(idx)):
         out = eval_fn(packed, images, labels, put_batch(idx[i], mesh), put_batch(mask[i], mesh))
@@ -338,9 +341,12 @@ def evaluate(
     loss_sum, correct, count = (float(sum(np.asarray(s[j], np.float64) for s in sums)) for j in range(3))
     result: dict[str, Any] = {"loss": loss_sum / count, "accuracy": correct / count, "count": int(count)}
     host_logits = [to_host(x) for x in logits]  # on many hosts, each holds only its part of the batch
-    result["first_logits"] = host_logits[0]
+    result["first_logits"] = host_logits[0][: min(n, batch_size)]
+    result["first_indices"] = order[: min(n, batch_size)]
     if keep_logits:
-        result["logits"] = np.concatenate(host_logits)[:n]
+        dtype = np.result_type(host_logits[0].dtype, np.float32)
+        result["logits"] = np.empty((n, host_logits[0].shape[-1]), dtype)
+        result["logits"][order] = np.concatenate(host_logits)[:n]
     return result
 
 
@@ -735,9 +741,9 @@ def max_over_processes(value: int) -> int:
 
 
 def _plot_predictions(path: Path, ev: dict[str, Any], dataset: data_lib.Dataset) -> None:
-    """predictions.png from the first evaluation batch (up to 32 test images)."""
+    """predictions.png from the first evaluation batch (up to 32 test images, in `evaluate`'s shuffled order)."""
     from flax_resnet.reporting import plot_predictions
 
-    k = min(32, len(dataset.test_labels), ev["first_logits"].shape[0])
-    preds = np.argmax(ev["first_logits"][:k], -1)
-    plot_predictions(dataset.test_images[:k], dataset.test_labels[:k], preds, dataset.class_names, path)
+    shown = ev["first_indices"][:32]
+    preds = np.argmax(ev["first_logits"][: len(shown)], -1)
+    plot_predictions(dataset.test_images[shown], dataset.test_labels[shown], preds, dataset.class_names, path)

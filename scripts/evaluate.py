@@ -1,6 +1,7 @@
 """Evaluate a checkpoint on the test split: loss, accuracy, per-class accuracy and a confusion-matrix PNG.
 
-`python scripts/evaluate.py runs/r18` (latest checkpoint) or `.../checkpoints/<step>`.
+`python scripts/evaluate.py runs/r18` (latest checkpoint) or `.../checkpoints/<step>`. A run trained with
+`--holdout N` is scored on its N held-out training images, as during training, never on the test split.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{source}: classes ({', '.join(dataset.class_names)}) are not the checkpoint's, in its order "
                 f"({', '.join(run.class_names)})"
             )
+        # A --holdout run chose its recipe without the test set; evaluating it stays on its held-out images.
+        dataset = data_lib.hold_out(dataset, run.config.holdout)
         mesh = make_mesh()
         batch = -(-args.batch_size // mesh.size) * mesh.size
         state = put_replicated(run.state, mesh)
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     matrix = np.zeros((k, k), np.int64)
     np.add.at(matrix, (dataset.test_labels, preds), 1)
     print(f"checkpoint: {run.path} (step {run.step}, {run.config.arch}/{run.config.variant})")
-    print(f"test images: {ev['count']}  loss: {ev['loss']:.4f}  accuracy: {100 * ev['accuracy']:.2f}%")
+    scored = f"holdout ({ev['count']} training images)" if run.config.holdout else f"test images: {ev['count']} "
+    print(f"{scored} loss: {ev['loss']:.4f}  accuracy: {100 * ev['accuracy']:.2f}%")
     if args.flip_tta:
         print(f"with flip TTA:  loss: {tta['loss']:.4f}  accuracy: {100 * tta['accuracy']:.2f}%")
     width = max(len(n) for n in run.class_names)

@@ -3,6 +3,7 @@ evaluation on held-out training images, cutout inside the step."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import signal
 import time
@@ -31,6 +32,8 @@ from flax_resnet.train import (
     merge_model,
     train,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _config(tiny_data: Path, tmp_path: Path, **kw):
@@ -75,6 +78,11 @@ def test_eval_counts_every_test_image_once(tiny_data: Path, tmp_path: Path) -> N
     assert ev["accuracy"] == correct / n
     np.testing.assert_allclose(ev["loss"], nll.mean(), rtol=1e-5)
     np.testing.assert_allclose(ev["logits"], logits, rtol=1e-4, atol=1e-4)
+    # The first batch (predictions.png) mixes the classes of this class-by-class test set; its logits are those
+    # of the images it names.
+    first = ev["first_indices"]
+    assert len(first) == 16 and len(set(first)) == 16 and len(set(dataset.test_labels[first])) == 3
+    np.testing.assert_array_equal(ev["first_logits"], ev["logits"][first])
 
 
 def test_refuses_workdir_of_another_architecture(tiny_data: Path, tmp_path: Path) -> None:
@@ -179,6 +187,14 @@ def test_holdout_trains_on_the_rest_and_evaluates_on_the_held_out_images(
     assert result["test_loss_flip"] == pytest.approx(-np.mean(log_p[np.arange(30), held.test_labels]), rel=1e-5)
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert (last["test_acc_flip"], last["test_loss_flip"]) == (result["test_acc_flip"], result["test_loss_flip"])
+    # scripts/evaluate.py scores such a run on the same held-out images, not on the test set.
+    spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "scripts" / "evaluate.py")
+    evaluate_cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate_cli)
+    assert evaluate_cli.main([str(tmp_path / "run"), "--out", str(tmp_path / "cm.png")]) == 0
+    out = capsys.readouterr().out
+    scores = f"loss: {result['test_loss']:.4f}  accuracy: {100 * result['test_acc']:.2f}%"
+    assert f"holdout (30 training images) {scores}" in out
 
 
 def test_epoch_seconds_leave_out_checkpoints_saved_inside_the_epoch(
