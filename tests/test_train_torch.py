@@ -31,7 +31,7 @@ from flax_resnet.reporting import METRIC_KEYS
 from flax_resnet.train import make_schedule
 from torch_ref import data as tdata
 from torch_ref.models import create_model
-from torch_ref.train import TorchOptions, lr_at, total_steps
+from torch_ref.train import TorchOptions, TrainError, lr_at, total_steps
 from torch_ref.train import train as torch_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,6 +251,33 @@ def test_holdout_trains_on_the_rest_and_evaluates_on_the_held_out_images(tmp_pat
     assert row["test_acc_flip"] == pytest.approx(float((tta.argmax(1).numpy() == held.test_labels).mean()), abs=1e-9)
     y = torch.from_numpy(held.test_labels.astype("int64"))
     assert row["test_loss_flip"] == pytest.approx(torch.nn.functional.cross_entropy(tta, y).item(), rel=1e-5)
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_weights(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _make_image_folder(data, n_train=2, n_test=1)  # 20 training images: one step of 16 per epoch
+    values = dict(
+        arch="resnet18", variant="imagenet", batch_size=16, epochs=3, lr=0.01, progress=False, data=str(data),
+        data_dir=str(tmp_path / "cache"), workdir=str(tmp_path / "run"),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    calls = {"n": 0}
+    original = tdata.augment
+
+    def poisoned(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:  # the second step's images: NaN
+        calls["n"] += 1
+        y = original(x, generator)
+        return y.float().fill_(float("nan")) if calls["n"] == 2 else y
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tdata, "augment", poisoned)
+        with pytest.raises(TrainError, match=r"^loss is not finite \(nan/inf\) in epoch 2 \(steps 2-2\); stopping; "
+                           r"model.safetensors holds epoch 1's weights$"):  # fmt: skip
+            torch_train(make_config("default", **values), TorchOptions(device="cpu"), out=io.StringIO())
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1]  # nothing logged from the non-finite epoch
+    weights = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert all(torch.isfinite(w.float()).all() for w in weights.values())
 
 
 @pytest.mark.parametrize(

@@ -303,6 +303,12 @@ def train(
             _sync(device)
             seconds = time.perf_counter() - t0
             bar.close()
+            if not math.isfinite(float(loss_sum)):  # as the JAX trainer: stop, and keep the last good weights
+                kept = f"model.safetensors holds epoch {epoch}'s weights" if history else "no weights were saved"
+                raise TrainError(
+                    f"loss is not finite (nan/inf) in epoch {epoch + 1} (steps {step - n_steps + 1}-{step}); "
+                    f"stopping; {kept}"
+                )
             finished = epoch + 1 == config.epochs and n_steps == steps_per_epoch  # the recipe's end: flip TTA too
             test = evaluate(forward, test_images, test_labels, config.batch_size, options, flip_tta=finished)
             record = {
