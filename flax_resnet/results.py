@@ -107,7 +107,7 @@ def _mean_std(values: Sequence[float]) -> str:
 
 
 def results_table(runs: Sequence[RunSummary], device: str) -> str:
-    """Markdown table of the grouped runs; accuracies in percent, time per run in minutes.
+    """Markdown table of the grouped runs; accuracies in percent, time per run in minutes (of the finished runs).
 
     "other" lists the settings that differ from the run's recipe; a run evaluated on held-out training
     images (`--holdout`) says so in the data column, and its accuracy is that of those images, not the test set.
@@ -126,7 +126,7 @@ def results_table(runs: Sequence[RunSummary], device: str) -> str:
         flips = [100 * r.final_flip_acc for r in finished if r.final_flip_acc is not None]
         flip = _mean_std(flips) if flips and len(flips) == len(finished) else "not measured"
         seeds = ",".join(str(r.config["seed"]) for r in group)
-        minutes = statistics.mean(r.train_seconds for r in group) / 60
+        minutes = statistics.mean(r.train_seconds for r in finished or group) / 60  # a stopped run: less
         s = setting
         rows.append(
             f"| {s['framework']} | {s['arch']} | {s['variant']} | {s['recipe']} | {s['epochs']} | {s['batch_size']} "
@@ -230,6 +230,19 @@ def calibrated_rate(workdir: str | Path) -> tuple[str, float, int]:
     if not rate > 0:
         raise ValueError(f"{workdir}: the calibration run timed no steps")
     return run.framework, float(rate), int(run.config["batch_size"])
+
+
+def recorded_train_images(workdir: str | Path) -> int | None:
+    """The training-set size a JAX run's latest checkpoint records (None: no checkpoint, or one from before
+    2026-12-04): what an epoch of that run's data is, e.g. for a calibration on a subset of CIFAR-10."""
+    from flax_resnet.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(Path(workdir) / "checkpoints", read_only=True)
+    try:
+        step = ckpt.latest_step()
+        return None if step is None else ckpt.read_meta(step).get("train_images")
+    finally:
+        ckpt.close()
 
 
 @dataclasses.dataclass(frozen=True)

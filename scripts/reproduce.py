@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             epochs = epochs or None  # {}: a dry run that showed the calibration runs; the plan follows, unsized
         for cmd in results.plan_commands(args.plan, args.root, args.data, epochs=epochs):
+            workdir = Path(cmd[cmd.index("--workdir") + 1])
+            if _unfinished_torch_run(workdir):  # the torch trainer does not resume: rerunning the plan restarts it
+                print(f"note: {workdir} holds an unfinished torch run; training it again (--overwrite)")
+                cmd = [*cmd, "--overwrite"]
             print("$ python " + shlex.join(cmd), flush=True)
             if not args.dry_run:
                 rc = subprocess.call([sys.executable, *cmd])
@@ -75,15 +79,34 @@ def main(argv: list[str] | None = None) -> int:
     if not dirs:
         print("error: none of the given paths is a run workdir (config.json + metrics.jsonl)", file=sys.stderr)
         return 1
-    try:
-        text = results.results_table([results.summarize_run(d) for d in dirs], args.device)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    summaries = []
+    for d in dirs:
+        try:
+            summaries.append(results.summarize_run(d))
+        except ValueError as e:  # e.g. a run that stopped before its first epoch: the others still make a table
+            print(f"warning: {e}; left out of the table", file=sys.stderr)
+    if not summaries:
+        print("error: none of the given workdirs has readable metrics", file=sys.stderr)
         return 1
+    text = results.results_table(summaries, args.device)
     print(text, end="")
     if args.out:
-        Path(args.out).write_text(text)
+        try:
+            Path(args.out).write_text(text)
+        except OSError as e:
+            print(f"error: {args.out}: cannot write the table ({e.strerror or e})", file=sys.stderr)
+            return 1
     return 0
+
+
+def _unfinished_torch_run(workdir: Path) -> bool:
+    """Whether `workdir` holds a torch run that stopped before its last epoch (or logged none)."""
+    if not (workdir / "torch_options.json").is_file():
+        return False
+    try:
+        return results.summarize_run(workdir).final_test_acc is None
+    except (OSError, ValueError):
+        return True  # no readable config or metrics: nothing finished to keep
 
 
 SIZED_FILE = "sized_epochs.json"  # under --root: the epochs a sized plan gave its runs
@@ -104,9 +127,12 @@ def _parse_rates(text: str) -> dict[str, float]:
     return rates
 
 
-def calibrate(plan: str, root: str | Path, data: str, extra: list[str] | None = None) -> tuple[dict[str, float], int]:
-    """Run each command of a sized plan for its calibration steps; ({framework: img/s}, batch size)."""
-    rates, batch = {}, results.plan_batch_size(plan)
+def calibrate(
+    plan: str, root: str | Path, data: str, extra: list[str] | None = None
+) -> tuple[dict[str, float], int, int]:
+    """Run each command of a sized plan for its calibration steps; ({framework: img/s}, batch size, training
+    images of the data, as the JAX run's checkpoint records them)."""
+    rates, batch, train_images = {}, results.plan_batch_size(plan), None
     for cmd in results.calibration_commands(plan, Path(root) / "calibrate", data, extra or []):
         workdir = Path(cmd[cmd.index("--workdir") + 1])
         shutil.rmtree(workdir, ignore_errors=True)  # a fresh measurement: never a resumed or refused earlier one
@@ -116,7 +142,11 @@ def calibrate(plan: str, root: str | Path, data: str, extra: list[str] | None = 
             raise ValueError(f"the calibration run failed with exit code {rc}")
         framework, rate, batch = results.calibrated_rate(workdir)
         rates[framework] = rate
-    return rates, batch
+        if framework == "jax":
+            train_images = results.recorded_train_images(workdir)
+    if train_images is None:
+        raise ValueError("the calibration runs recorded no training-set size (a sized plan needs its JAX run)")
+    return rates, batch, train_images
 
 
 def _sized_epochs(args: argparse.Namespace) -> dict[str, int] | None:
@@ -144,18 +174,19 @@ def _sized_epochs(args: argparse.Namespace) -> dict[str, int] | None:
     try:
         if args.rates is not None:
             rates = _parse_rates(args.rates)
-            batch = results.plan_batch_size(args.plan)
+            batch, train_images = results.plan_batch_size(args.plan), results.CIFAR10_TRAIN_IMAGES
+            print(f"(--rates: epochs of CIFAR-10's {train_images:,} training images)")
         elif args.dry_run:
             print("(dry run: the --epochs of the plan's commands come from these calibration runs)")
             for cmd in results.calibration_commands(args.plan, Path(args.root) / "calibrate", args.data):
                 print("$ python " + shlex.join(cmd))
             return {}
         else:
-            rates, batch = calibrate(args.plan, args.root, args.data)
+            rates, batch, train_images = calibrate(args.plan, args.root, args.data)
         missing = results.plan_frameworks(args.plan) - set(rates)
         if missing:
             raise ValueError(f"no rate for {', '.join(sorted(missing))}")
-        budgets = results.budget_epochs(rates, batch, 60 * args.budget_minutes, args.margin)
+        budgets = results.budget_epochs(rates, batch, 60 * args.budget_minutes, args.margin, train_images)
     except (OSError, ValueError) as e:
         print(f"error: cannot size the plan: {e}", file=sys.stderr)
         return None

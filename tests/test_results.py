@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_TRAIN_PER_CLASS
 from flax_resnet import results
 from flax_resnet.config import Config, make_config
 
@@ -49,9 +50,9 @@ def test_table_mean_std_of_final_epoch(tmp_path: Path) -> None:
     lines = text.strip().splitlines()
     assert len(lines) == 4  # header, rule, jax row, torch row
     jax_row, torch_row = lines[2], lines[3]
-    # mean 92.00, sample std of (90, 92, 94) = 2.00; with flip TTA (91, 93, 95): 93.00 ± 2.00; minutes per run:
-    # (90 + 90 + 90 + 30) s / 4 / 60 = 1.25
-    assert "| 0,1,2,5 | 92.00 ± 2.00 (1 of 4 unfinished) | 93.00 ± 2.00 | 1.25 | cpu | cifar10-jpeg.tar.gz |" in jax_row
+    # mean 92.00, sample std of (90, 92, 94) = 2.00; with flip TTA (91, 93, 95): 93.00 ± 2.00; minutes per run,
+    # of the finished runs (the stopped one's 30 s is not what a run takes): (90 + 90 + 90) s / 3 / 60 = 1.50
+    assert "| 0,1,2,5 | 92.00 ± 2.00 (1 of 4 unfinished) | 93.00 ± 2.00 | 1.50 | cpu | cifar10-jpeg.tar.gz |" in jax_row
     assert torch_row.startswith("| torch |") and "| 91.00 | not measured |" in torch_row
 
 
@@ -127,6 +128,40 @@ def test_cli_table_and_errors(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, script, "table", str(tmp_path), "--device", "cpu"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "error:" in bad.stderr
+    # A run that stopped before its first metrics line is left out with a warning; the others are tabulated.
+    (tmp_path / "b").mkdir()
+    make_config("default", workdir=str(tmp_path / "b")).save(tmp_path / "b" / "config.json")
+    both = subprocess.run([sys.executable, script, "table", str(tmp_path / "a"), str(tmp_path / "b"), "--device",
+                           "cpu"], capture_output=True, text=True, check=True)  # fmt: skip
+    assert "| 90.00 |" in both.stdout and both.stdout.count("| jax |") == 1
+    assert both.stderr.count("\n") == 1 and "b: not a finished run" in both.stderr and "left out" in both.stderr
+    only_bad = subprocess.run([sys.executable, script, "table", str(tmp_path / "b"), "--device", "cpu"],
+                              capture_output=True, text=True)  # fmt: skip
+    assert only_bad.returncode == 1 and "error: none of the given workdirs has readable metrics" in only_bad.stderr
+    out = tmp_path / "missing" / "table.md"
+    unwritable = subprocess.run([sys.executable, script, "table", str(tmp_path / "a"), "--device", "cpu", "--out",
+                                 str(out)], capture_output=True, text=True)  # fmt: skip
+    assert unwritable.returncode == 1 and unwritable.stderr.count("\n") == 1
+    assert "cannot write the table" in unwritable.stderr
+
+
+def test_rerun_of_a_plan_restarts_an_unfinished_torch_run_and_keeps_a_finished_one(tmp_path: Path) -> None:
+    # The torch trainer does not resume and refuses an unfinished run's workdir without --overwrite: a rerun of
+    # the plan (after Ctrl-C, say) must restart that run, and must never pass --overwrite over a finished one.
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "sized_epochs.json").write_text('{"jax": 3, "torch": 3}')
+    script = str(ROOT / "scripts" / "reproduce.py")
+    base = [sys.executable, script, "run", "cpu-budget", "--root", str(root), "--dry-run"]
+    _fake_run(root / "torch_r18_imagenet_budget20", 0, [0.5], 3, torch=True)  # stopped after epoch 1 of 3
+    dry = subprocess.run(base, capture_output=True, text=True, check=True)
+    commands = [line for line in dry.stdout.splitlines() if line.startswith("$ python")]
+    assert "--overwrite" not in commands[0] and commands[1].endswith("--overwrite")
+    assert "holds an unfinished torch run; training it again" in dry.stdout
+    done = _fake_run(tmp_path / "done", 0, [0.5, 0.6, 0.7], 3, torch=True)
+    (root / "torch_r18_imagenet_budget20" / "metrics.jsonl").write_bytes((done / "metrics.jsonl").read_bytes())
+    dry = subprocess.run(base, capture_output=True, text=True, check=True)
+    assert "--overwrite" not in dry.stdout and "unfinished" not in dry.stdout
 
 
 def test_budget_epochs_hand_computed() -> None:
@@ -196,8 +231,9 @@ def test_calibration_runs_both_trainers_afresh(tmp_path: Path, tiny_data: Path) 
     spec.loader.exec_module(reproduce)
     extra = ["--batch-size", "16", "--max-steps", "3", "--data-dir", str(tmp_path / "cache")]
     for _ in range(2):
-        rates, batch = reproduce.calibrate("cpu-budget", tmp_path, str(tiny_data), extra)
+        rates, batch, train_images = reproduce.calibrate("cpu-budget", tmp_path, str(tiny_data), extra)
         assert set(rates) == {"jax", "torch"} and all(r > 0 for r in rates.values()) and batch == 16
+        assert train_images == 3 * TINY_TRAIN_PER_CLASS  # the data's, not CIFAR-10's 50,000
         for name in ("jax_r18_imagenet_budget20", "torch_r18_imagenet_budget20"):
             lines = (tmp_path / "calibrate" / name / "metrics.jsonl").read_text().splitlines()
             assert len(lines) == 1 and json.loads(lines[0])["step"] == 3
