@@ -16,16 +16,31 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
+class DistributedError(Exception):
+    """Joining a multi-host run failed; str(e) is one line."""
+
+
 def initialize(coordinator_address: str | None, num_processes: int, process_id: int) -> None:
-    """Join a multi-host run (GPU cluster, TPU pod, or several CPU processes); no-op for one process."""
+    """Join a multi-host run (GPU cluster, TPU pod, or several CPU processes); no-op for one process.
+
+    Errors jax raises become one-line DistributedError. (A coordinator that never answers is not one of them:
+    XLA ends the process itself after jax's initialization timeout, with its own message.)
+    """
     if num_processes <= 1:
         return
     # CPU processes need gloo for their collectives (it only concerns the CPU client, so it is harmless on
     # GPU/TPU). Nothing here may ask for the backend first: jax.distributed.initialize must come before that.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
-    )
+    try:
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+        )
+    except Exception as e:  # jax's own errors (a used port, a second initialize...) vary in type
+        text = " ".join(str(e).split())[:300]
+        raise DistributedError(
+            f"cannot join the run at {coordinator_address} as process {process_id} of {num_processes} "
+            f"({type(e).__name__}: {text})"
+        ) from None
 
 
 def make_mesh(devices: list[Any] | None = None) -> Mesh:

@@ -56,18 +56,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.num_processes > 1 and not args.coordinator:
         parser.error("--num-processes > 1 needs --coordinator HOST:PORT")
+    if not 0 <= args.process_id < args.num_processes:
+        parser.error(f"--process-id must be in [0, {args.num_processes}) for --num-processes {args.num_processes}")
+    host, _, port = (args.coordinator or "").rpartition(":")
+    if args.num_processes > 1 and not (host and port.isdigit() and 0 < int(port) < 65536):
+        parser.error(f"--coordinator wants HOST:PORT (a port in 1-65535), got {args.coordinator!r}")
 
     from flax_resnet.checkpoint import CheckpointError
     from flax_resnet.config import make_config
     from flax_resnet.data import DataError
-    from flax_resnet.distributed import initialize
+    from flax_resnet.distributed import DistributedError, initialize
     from flax_resnet.train import RunError, train
 
     try:
         initialize(args.coordinator, args.num_processes, args.process_id)
         config = make_config(args.recipe, **flags.config_overrides(args))
         result = train(config)
-    except (DataError, CheckpointError, RunError, OSError) as e:
+    except (DataError, CheckpointError, RunError, DistributedError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # before the loop's own handler, or a second signal: the last checkpoint stands

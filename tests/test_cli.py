@@ -6,6 +6,8 @@ import importlib.util
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,7 @@ def _one_error_line(proc) -> str:
     return lines[0]
 
 
-def test_help_and_bad_flags() -> None:
+def test_help_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
     proc = run_cli("train.py", "--help", check=True)
     for flag in (
         "--arch",
@@ -65,6 +67,26 @@ def test_help_and_bad_flags() -> None:
         assert info.value.code == 2
     args = parser.parse_args(["--lr", "0.3", "--no-nesterov"])
     assert args.lr == 0.3 and args.nesterov is False and args.epochs is None and args.progress is None
+    main = _script("train").main  # checks across flags: exit 2 before anything is imported or joined
+    for bad, words in (
+        (["--num-processes", "2", "--coordinator", "h:1234", "--process-id", "2"], "--process-id must be in [0, 2)"),
+        (["--process-id", "-1"], "--process-id must be in [0, 1)"),
+        (["--num-processes", "2", "--coordinator", "h", "--process-id", "1"], "--coordinator wants HOST:PORT"),
+        (["--num-processes", "2", "--coordinator", "h:99999"], "--coordinator wants HOST:PORT"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(bad)
+        assert info.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_a_failed_join_is_one_line() -> None:
+    # jax's own error (here an IndexError from an address without a port) becomes one DistributedError line.
+    code = (
+        "from flax_resnet.distributed import DistributedError, initialize\n"
+        "try:\n    initialize('nohost', 2, 0)\nexcept DistributedError as e:\n    print('ERR', e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("ERR cannot join the run at nohost as process 0 of 2 (IndexError: ")
 
 
 def test_smoke_run_writes_every_output(trained_run: Path) -> None:
