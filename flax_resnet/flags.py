@@ -30,6 +30,26 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def batch_size(text: str) -> int:
+    """argparse type: an integer >= 2 (train-mode BatchNorm needs two values per channel; on 32x32 inputs the
+    imagenet and article variants end in 1x1 maps, so one image per batch would give one)."""
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 (BatchNorm needs 2 images per batch), got {value}")
+    return value
+
+
+SEED_LIMIT = 2**32  # both frameworks take any seed below it (JAX fails from 2**63, torch from 2**64)
+
+
+def seed(text: str) -> int:
+    """argparse type: an integer in [0, 2**32)."""
+    value = int(text)
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     """argparse type: a float >= 0 (nan rejected)."""
     value = float(text)
@@ -58,7 +78,7 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", choices=VARIANTS, help=f"stem/shortcut/head variant (default: {Config.variant})")
     p.add_argument("--recipe", choices=RECIPES, default="default", help="hyperparameter recipe (default: default)")
     p.add_argument("--epochs", type=positive_int, help=recipe_default("epochs"))
-    p.add_argument("--batch-size", type=positive_int, help="global batch size; " + recipe_default("batch_size"))
+    p.add_argument("--batch-size", type=batch_size, help="global batch size; " + recipe_default("batch_size"))
     p.add_argument("--lr", type=non_negative_float, help="peak learning rate; " + recipe_default("lr"))
     p.add_argument("--momentum", type=non_negative_float, help=recipe_default("momentum"))
     p.add_argument(
@@ -87,7 +107,7 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="TFDS data dir, or the decoded-dataset cache dir for paths")
     p.add_argument("--workdir", help=f"run directory: config, metrics, plots, checkpoints (default: {Config.workdir})")
     p.add_argument(
-        "--seed", type=non_negative_int, help=f"seed for init, batch order and augmentation (default: {Config.seed})"
+        "--seed", type=seed, help=f"seed for init, batch order and augmentation (default: {Config.seed})"
     )
     p.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps in total (smoke runs)")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no tqdm progress bars")

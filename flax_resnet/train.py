@@ -25,7 +25,7 @@ from flax import nnx, struct
 from jax import lax
 
 from flax_resnet import data as data_lib
-from flax_resnet.config import SCHEDULES, Config
+from flax_resnet.config import SCHEDULES, Config, data_problem
 from flax_resnet.distributed import put_batch, to_host
 from flax_resnet.packing import StatePacking
 
@@ -476,6 +476,9 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     check_workdir(workdir, config, ("arch", "variant", "dtype"))  # cheap checks before loading any data
     dataset = data_lib.hold_out(data_lib.load_dataset(config.data, config.data_dir), config.holdout)
     config = dataclasses.replace(config, num_classes=len(dataset.class_names))
+    problem = data_problem(config, dataset.train_images.shape, workdir)
+    if problem:
+        raise RunError(problem)
     saved = check_workdir(workdir, config)
 
     mesh = make_mesh()
@@ -522,6 +525,12 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
         state, meta = restored
         check_step_geometry(meta, bs, n_train, steps_per_epoch, ckpt.step_dir(int(meta["step"])))
         step = int(meta["step"])
+        if step > total_steps:  # saving this config would label the run's epochs and metrics wrongly
+            limit = f"--epochs {config.epochs}" + (f", --max-steps {config.max_steps}" if config.max_steps else "")
+            raise RunError(
+                f"{ckpt.step_dir(step)} is past this run's end (step {total_steps}: {limit}): nothing to train; "
+                "rerun with the run's own settings (its config.json) or use another --workdir"
+            )
         acc = dict(meta.get("epoch_sums", acc))
         reporter.print(f"resuming from checkpoint step {step} ({ckpt.step_dir(step)})")
     if is_main:

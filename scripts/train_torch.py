@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_training_flags(p)
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for the model and inputs")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast for the forward pass (on cuda)")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast for the forward pass (cuda or cpu)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--overwrite", action="store_true", help="replace the torch run already in --workdir")
     return p

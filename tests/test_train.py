@@ -102,6 +102,16 @@ def test_refuses_workdir_of_another_architecture(tiny_data: Path, tmp_path: Path
         train(_config(tiny_data, tmp_path))
 
 
+def test_settings_the_data_cannot_take_are_run_errors_before_any_file(tiny_data: Path, tmp_path: Path) -> None:
+    # A cutout wider than the 32x32 images would erase them whole (train loss ln 10, exit 0 before).
+    with pytest.raises(RunError, match=r"^--cutout 33 is larger than the 32x32 images"):
+        train(_config(tiny_data, tmp_path, cutout=33))
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "run").write_text("")
+    with pytest.raises(RunError, match=r"^--workdir .*run is a file, not a directory$"):
+        train(_config(tiny_data, tmp_path))
+
+
 def test_schedule_too_short_to_decay_is_a_run_error_before_any_file(tiny_data: Path, tmp_path: Path) -> None:
     # 96 training images at batch 64: one step in all, which is the cosine schedule's one warm-up step.
     message = r"^the cosine schedule needs more than its 1 warm-up step\(s\); this run has 1$"
@@ -127,6 +137,9 @@ def test_cosine_run_loads_and_refuses_a_resume_with_another_batch_size(tiny_data
     )
     with pytest.raises(RunError, match=message):
         train(_config(tiny_data, tmp_path, schedule="cosine", epochs=1, batch_size=32))
+    # Fewer steps than the checkpoint holds: nothing to train, and the saved config must keep the run's own.
+    with pytest.raises(RunError, match=r"checkpoints/2 is past this run's end \(step 1: --epochs 1, --max-steps 1\)"):
+        train(_config(tiny_data, tmp_path, schedule="cosine", epochs=1, max_steps=1))
     assert Checkpointer(tmp_path / "run" / "checkpoints").all_steps() == [2]
     assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == metrics
     assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 16

@@ -253,6 +253,18 @@ def test_holdout_trains_on_the_rest_and_evaluates_on_the_held_out_images(tmp_pat
     assert row["test_loss_flip"] == pytest.approx(torch.nn.functional.cross_entropy(tta, y).item(), rel=1e-5)
 
 
+def test_cutout_wider_than_the_images_is_refused_before_any_file(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _make_image_folder(data, n_train=2, n_test=1)
+    config = make_config(
+        "default", arch="resnet18", variant="imagenet", batch_size=16, epochs=1, cutout=40, progress=False,
+        data=str(data), data_dir=str(tmp_path / "cache"), workdir=str(tmp_path / "run"),
+    )  # fmt: skip
+    with pytest.raises(TrainError, match=r"^--cutout 40 is larger than the 32x32 images"):
+        torch_train(config, TorchOptions(device="cpu"), out=io.StringIO())
+    assert not (tmp_path / "run").exists()
+
+
 def test_nonfinite_loss_stops_and_keeps_the_last_good_weights(tmp_path: Path) -> None:
     data = tmp_path / "data"
     _make_image_folder(data, n_train=2, n_test=1)  # 20 training images: one step of 16 per epoch

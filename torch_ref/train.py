@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flax_resnet import data as data_lib
-from flax_resnet.config import SCHEDULES, Config
+from flax_resnet.config import SCHEDULES, Config, data_problem
 from flax_resnet.convert import save_safetensors
 from flax_resnet.reporting import Reporter, format_final
 from torch_ref import data as tdata
@@ -205,6 +205,9 @@ def train(
     config = dataclasses.replace(
         config, num_classes=len(dataset.class_names), dtype="bfloat16" if options.amp else "float32"
     )
+    problem = data_problem(config, dataset.train_images.shape, workdir)
+    if problem:
+        raise TrainError(problem)
     n_train = len(dataset.train_images)
     steps_per_epoch = n_train // config.batch_size
     if steps_per_epoch == 0:
