@@ -120,21 +120,27 @@ class Checkpointer:
         Raises CheckpointError (e.g. disk full) naming the directory; any partial temporary directory is removed.
         """
         meta = dict(meta, step=int(step), digest=tree_digest(state), layout=tree_layout(state), format=META_FORMAT)
-        try:
-            self._manager.save(
-                int(step),
-                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                force=True,
-            )
-            self._manager.wait_until_finished()
-        except Exception as e:  # tensorstore/orbax wrap OSErrors in several types
-            self._remove_partial(step)
-            reason = "disk full" if _is_enospc(e) else "write failed"
+
+        def attempt() -> None:
+            try:
+                self._manager.save(
+                    int(step),
+                    args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                    force=True,
+                )
+                self._manager.wait_until_finished()
+            except Exception:
+                self._remove_partial(step)
+                raise
+
+        # Quietly: on a full disk orbax's and tensorstore's writers still in flight print ~170 tracebacks, which
+        # would bury the one line below. tensorstore/orbax wrap OSErrors in several types, hence the search.
+        _, error = _run_quietly(attempt, describe=lambda e: f"{'disk full' if _is_enospc(e) else 'write failed'}: "
+                                                           f"{_one_line(e)}")  # fmt: skip
+        if error is not None:
             kept = [s for s in self.all_steps() if s != step]
             previous = f"the previous checkpoint (step {kept[-1]}) is intact" if kept else "no earlier checkpoint"
-            raise CheckpointError(
-                f"saving checkpoint step {step} to {self.directory} failed ({reason}: {_one_line(e)}); {previous}"
-            ) from None
+            raise CheckpointError(f"saving checkpoint step {step} to {self.directory} failed ({error}); {previous}")
 
     def _remove_partial(self, step: int) -> None:
         with contextlib.suppress(Exception):  # let the item writers still running finish (or fail) first
@@ -254,8 +260,11 @@ class Checkpointer:
         self._manager.close()
 
 
-def _run_quietly(fn: Callable[[], Any], grace_seconds: float = 1.0) -> tuple[Any, str | None]:
-    """`(fn(), None)`, or `(None, one-line error)`; what it writes to stderr (fd 2) is replayed only on success.
+def _run_quietly(
+    fn: Callable[[], Any], grace_seconds: float = 1.0, describe: Callable[[Exception], str] | None = None
+) -> tuple[Any, str | None]:
+    """`(fn(), None)`, or `(None, one-line error)` (`describe(e)`, default the exception's own line); what it
+    writes to stderr (fd 2) is replayed only on success.
 
     When one array of a damaged checkpoint fails to decode, orbax abandons the read, and tensorstore's other
     reads, still in flight, each print a traceback as they land ("Event loop is closed") or as their abandoned
@@ -271,7 +280,7 @@ def _run_quietly(fn: Callable[[], Any], grace_seconds: float = 1.0) -> tuple[Any
             try:
                 result, error = fn(), None
             except Exception as e:
-                result, error = None, _one_line(e)
+                result, error = None, (describe or _one_line)(e)
             if error is not None:
                 time.sleep(grace_seconds)
                 gc.collect()

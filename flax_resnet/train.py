@@ -277,11 +277,18 @@ def load_run(path: str | Path, warn: Callable[[str], None] | None = None) -> Loa
         except (KeyError, ValueError, TypeError) as e:
             where = directory / str(meta.get("step"))
             raise CheckpointError(f"{where}: metadata holds no valid config ({e})") from None
+        where = directory / str(meta.get("step"))
+        names = meta.get("class_names")
+        if names is not None and (not isinstance(names, list) or len(names) != config.num_classes):
+            raise CheckpointError(f"{where}: metadata's class names do not match its {config.num_classes} classes")
         key = config.to_json()
         if key not in built:
-            # Only the state's structure matters here; any steps-per-epoch gives it, if the schedule is valid
-            # (a cosine schedule needs more steps than its warm-up, which one step per epoch may not give).
-            built[key] = (config, *build_state(config, int(meta.get("steps_per_epoch") or 1000))[:2])
+            try:
+                # Only the state's structure matters here; any steps-per-epoch gives it, if the schedule is valid
+                # (a cosine schedule needs more steps than its warm-up, which one step per epoch may not give).
+                built[key] = (config, *build_state(config, int(meta.get("steps_per_epoch") or 1000))[:2])
+            except (ValueError, TypeError) as e:  # e.g. an unknown arch or dtype: damaged metadata
+                raise CheckpointError(f"{where}: metadata holds an unusable config ({e})") from None
         return built[key][2]
 
     try:

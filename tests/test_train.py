@@ -125,7 +125,7 @@ def test_cosine_run_loads_and_refuses_a_resume_with_another_batch_size(tiny_data
     # warm-up step); loading it must not rebuild the schedule with one step per epoch, where it is not.
     n_train = 3 * TINY_TRAIN_PER_CLASS
     assert n_train == 96
-    config = _config(tiny_data, tmp_path, schedule="cosine", epochs=1, max_steps=2)
+    config = _config(tiny_data, tmp_path, schedule="cosine", epochs=1, max_steps=2, checkpoint_every=1)
     assert train(config)["step"] == 2
     run = load_run(tmp_path / "run")
     assert run.step == 2 and run.config.schedule == "cosine" and run.config.epochs == 1
@@ -140,9 +140,19 @@ def test_cosine_run_loads_and_refuses_a_resume_with_another_batch_size(tiny_data
     # Fewer steps than the checkpoint holds: nothing to train, and the saved config must keep the run's own.
     with pytest.raises(RunError, match=r"checkpoints/2 is past this run's end \(step 1: --epochs 1, --max-steps 1\)"):
         train(_config(tiny_data, tmp_path, schedule="cosine", epochs=1, max_steps=1))
-    assert Checkpointer(tmp_path / "run" / "checkpoints").all_steps() == [2]
+    assert Checkpointer(tmp_path / "run" / "checkpoints").all_steps() == [1, 2]
     assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == metrics
     assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 16
+    # Metadata that is sound JSON but names no model (damaged) is skipped like unreadable metadata: one warning,
+    # then the older step, not a traceback from building the model.
+    meta_file = tmp_path / "run" / "checkpoints" / "2" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta["config"]["arch"] = "resnet99"
+    meta_file.write_text(json.dumps(meta))
+    warnings: list[str] = []
+    assert load_run(tmp_path / "run", warn=warnings.append).step == 1
+    assert len(warnings) == 1 and "checkpoints/2: metadata holds an unusable config" in warnings[0]
+    assert "falling back to step 1" in warnings[0]
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(
