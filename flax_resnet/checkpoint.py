@@ -39,6 +39,7 @@ class CheckpointMismatchError(CheckpointError):
 
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
+    text = text.split(" See full TensorStore details:")[0]  # a repr of tensorstore's bound method: noise
     if len(text) > 300:
         text = text[:300] + "..."
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
@@ -318,6 +319,11 @@ def find_checkpoint(path: str | Path) -> tuple[Path, int | None]:
         raise CheckpointError(f"{p}: not a run directory or checkpoint (expected a workdir or a checkpoint step dir)")
     if (p / "checkpoints").is_dir():
         return p / "checkpoints", None
+    if (p / "torch_options.json").is_file():
+        raise CheckpointError(
+            f"{p}: a torch_ref run, whose weights are {p / 'model.safetensors'}; this tool reads the JAX trainer's "
+            "checkpoints (flax_resnet.load_weights_file + load_torch_state_dict load the torch weights into Flax)"
+        )
     if p.name.isdigit() and (p / "meta").is_dir() and (p / "state").is_dir():
         return p.parent, int(p.name)
     if any(c.is_dir() and c.name.isdigit() for c in p.iterdir()):

@@ -80,6 +80,7 @@ def test_corrupt_latest_falls_back_to_previous_with_warning(tmp_path: Path, dama
     restored, meta = ckpt.restore_latest(_state(0), warnings.append, quarantine=tmp_path / "bad")
     assert meta["step"] == 2 and _equal(restored, _state(2))
     assert len(warnings) == 1 and "ck/4" in warnings[0] and "falling back to step 2" in warnings[0]
+    assert "TensorStore details" not in warnings[0]  # tensorstore's repr of a bound method: noise, left out
     # The damaged step was moved aside, so a resumed run can write step 4 again.
     assert ckpt.all_steps() == [2] and len(list((tmp_path / "bad").iterdir())) == 1
     ckpt.save(4, _state(5), {})
@@ -149,6 +150,10 @@ def test_bad_paths_are_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(CheckpointError, match="not a run directory"):
         find_checkpoint(tmp_path / "file")
+    (tmp_path / "torch_run").mkdir()  # what scripts/train_torch.py leaves: no JAX checkpoints to read
+    (tmp_path / "torch_run" / "torch_options.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"torch_run: a torch_ref run, whose weights are .*model.safetensors"):
+        find_checkpoint(tmp_path / "torch_run")
 
 
 def test_another_layout_is_refused_and_nothing_is_moved(tmp_path: Path) -> None:
