@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--batch-size must be positive, got {args.batch_size}")
     if args.out and not Path(args.out).parent.is_dir():
         p.error(f"--out {args.out}: no such directory {str(Path(args.out).parent)!r}")
+    if args.out and (Path(args.out).suffix.lower() != ".png" or Path(args.out).is_dir()):
+        p.error(f"--out {args.out}: must be a .png file path (the confusion matrix is written as PNG)")
 
     import numpy as np
 
@@ -41,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = load_run(args.checkpoint)
         source = args.data or run.config.data
-        dataset = data_lib.load_dataset(source, args.data_dir if args.data_dir is not None else run.config.data_dir)
+        try:
+            dataset = data_lib.load_dataset(source, args.data_dir if args.data_dir is not None else run.config.data_dir)
+        except data_lib.DataError as e:
+            hint = "" if args.data else " (the data the run trained on; --data points at another copy)"
+            raise data_lib.DataError(f"{e}{hint}") from None
         if len(dataset.class_names) != run.config.num_classes:
             raise data_lib.DataError(
                 f"{source}: {len(dataset.class_names)} classes, but the checkpoint has {run.config.num_classes}"
@@ -55,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         # A --holdout run chose its recipe without the test set; evaluating it stays on its held-out images.
         dataset = data_lib.hold_out(dataset, run.config.holdout)
         mesh = make_mesh()
-        batch = -(-args.batch_size // mesh.size) * mesh.size
+        wanted = min(args.batch_size, len(dataset.test_labels))  # a larger batch would only be padding
+        batch = -(-wanted // mesh.size) * mesh.size
         state = put_replicated(run.state, mesh)
         images = put_replicated(dataset.test_images, mesh)
         labels = put_replicated(dataset.test_labels, mesh)

@@ -254,14 +254,27 @@ def test_mistakes_around_a_finished_run_keep_it_intact(tiny_data: Path, tmp_path
     # Damaged metadata of the newest step: the companion CLIs fall back to the step before.
     newest, older = steps[-1], steps[-2]
     (run / "checkpoints" / str(newest) / "meta" / "metadata").write_text("{x")
-    proc = run_cli("evaluate.py", str(run), check=True)
+    # A batch larger than the test set (here absurdly so) is cut to it rather than allocated.
+    proc = run_cli("evaluate.py", str(run), "--batch-size", str(10**12), check=True)
     assert f"falling back to step {older}" in proc.stderr and f"(step {older}," in proc.stdout
+    # The data the run recorded has moved: the error says that --data can point at another copy.
+    (run / "config.json").write_text("")  # evaluate reads the config from the checkpoint, not this file
+    moved = json.loads((run / "checkpoints" / str(older) / "meta" / "metadata").read_text())
+    moved["config"]["data"] = str(tmp_path / "moved_away")
+    (run / "checkpoints" / str(older) / "meta" / "metadata").write_text(json.dumps(moved))
+    proc = run_cli("evaluate.py", str(run))
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]  # after the step-12 warning
+    assert proc.returncode == 1 and "moved_away" in line and "--data points at another copy" in line
+    assert "Traceback" not in proc.stderr
 
     # Output paths: a missing folder is one line; an export is readable as the umask allows, with no temp left.
     proc = run_cli("export.py", str(run), str(tmp_path / "missing" / "w.safetensors"))
     assert proc.returncode == 2 and "no such directory" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("evaluate.py", str(run), "--out", str(tmp_path / "missing" / "cm.png"))
     assert proc.returncode == 2 and "no such directory" in proc.stderr and "Traceback" not in proc.stderr
+    for out in (tmp_path / "cm.pdf", tmp_path):  # PNG bytes under another suffix; a folder
+        proc = run_cli("evaluate.py", str(run), "--out", str(out))
+        assert proc.returncode == 2 and "must be a .png file path" in proc.stderr and "Traceback" not in proc.stderr
     run_cli("export.py", str(run), str(tmp_path / "w.safetensors"), check=True)
     assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("w.")] == ["w.safetensors"]
