@@ -39,10 +39,14 @@ def summarize_run(workdir: str | Path) -> RunSummary:
     try:
         # Fields added to Config after a run was made take what that run used: their default then.
         saved = json.loads((workdir / "config.json").read_text())
+        if not isinstance(saved, dict):
+            raise TypeError(f"config.json holds a {type(saved).__name__}, not a run config")
         config = {**dataclasses.asdict(Config()), **LEGACY_DEFAULTS, **saved}
         lines = (workdir / "metrics.jsonl").read_text().splitlines()
         records = [json.loads(line) for line in lines if line.strip()]
-    except (OSError, json.JSONDecodeError) as e:
+        if not all(isinstance(r, dict) and "epoch" in r and "epoch_seconds" in r for r in records):
+            raise TypeError("metrics.jsonl holds a line that is not an epoch record")
+    except (OSError, json.JSONDecodeError, TypeError) as e:
         raise ValueError(f"{workdir}: not a finished run ({e})") from e
     complete = [r for r in records if r.get("complete", True)]
     done = max((r["epoch"] for r in complete), default=0)

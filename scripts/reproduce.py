@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import shutil
@@ -55,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
                 print("  python " + shlex.join([os.path.relpath(cmd[0]), *cmd[1:]]))
         return 0
     if args.command == "run":
-        if not args.budget_minutes > 0 or not 0 <= args.margin < 1:
-            p.error("--budget-minutes must be > 0 and --margin in [0, 1)")
+        if not 0 < args.budget_minutes <= 7 * 24 * 60 or not 0 <= args.margin < 1:
+            p.error("--budget-minutes must be in (0, 10080] (a week) and --margin in [0, 1)")
+        if Path(args.root).exists() and not Path(args.root).is_dir():
+            p.error(f"--root {args.root} is a file, not a directory")
         epochs = None
         if args.plan in results.SIZED_PLANS:
             epochs = _sized_epochs(args)
@@ -121,7 +124,7 @@ def _parse_rates(text: str) -> dict[str, float]:
             rate = float(value)
         except ValueError:
             rate = 0.0
-        if name not in ("jax", "torch") or not rate > 0:
+        if name not in ("jax", "torch") or not 0 < rate < math.inf:
             raise ValueError(f"--rates wants FRAMEWORK=IMG_S items with jax or torch and a rate > 0, got {item!r}")
         rates[name] = rate
     return rates

@@ -98,6 +98,14 @@ def test_configs_saved_before_batch_norm_existed_ran_autodiff(tmp_path: Path) ->
 def test_summarize_rejects_non_run(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a finished run"):
         results.summarize_run(tmp_path)
+    run = _fake_run(tmp_path / "a", 0, [0.9], 1)
+    (run / "config.json").write_text("[1]")  # JSON, but not a config: a ValueError the table can leave out
+    with pytest.raises(ValueError, match=r"not a finished run \(config.json holds a list"):
+        results.summarize_run(run)
+    run = _fake_run(tmp_path / "b", 0, [0.9], 1)
+    (run / "metrics.jsonl").write_text("[1]\n")
+    with pytest.raises(ValueError, match=r"not a finished run \(metrics.jsonl holds a line that is not an epoch"):
+        results.summarize_run(run)
 
 
 def test_plans_are_valid_cli_invocations() -> None:
@@ -195,11 +203,16 @@ def test_cli_sizes_a_plan_from_given_rates(tmp_path: Path) -> None:
     # Without rates a dry run shows the calibration runs (60 steps each) and sizes nothing.
     dry = subprocess.run(base, capture_output=True, text=True, check=True)
     assert dry.stdout.count("--max-steps 60") == 2 and "--epochs 1 " in dry.stdout
-    for bad_rates in ("jax=800", "jax=x,torch=500", "tf=3"):
+    for bad_rates in ("jax=800", "jax=x,torch=500", "tf=3", "jax=inf,torch=500"):
         bad = subprocess.run([*base, "--rates", bad_rates], capture_output=True, text=True)
         assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "cannot size the plan" in bad.stderr
     flag = subprocess.run([*base, "--margin", "1"], capture_output=True, text=True)
     assert flag.returncode == 2 and "--margin" in flag.stderr
+    flag = subprocess.run([*base, "--budget-minutes", "inf"], capture_output=True, text=True)
+    assert flag.returncode == 2 and "--budget-minutes must be in (0, 10080]" in flag.stderr
+    (tmp_path / "file").write_text("")
+    flag = subprocess.run([*base[:-2], "--root", str(tmp_path / "file")], capture_output=True, text=True)
+    assert flag.returncode == 2 and "is a file, not a directory" in flag.stderr
 
 
 def test_cli_saves_the_sized_epochs_and_a_rerun_reuses_them(tmp_path: Path) -> None:
