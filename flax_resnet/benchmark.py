@@ -527,27 +527,34 @@ def run_benchmark(
     models.check_names(arch, variant)
     if steps < 1 or windows < 1 or warmup < 0 or batch_size < 2:
         raise ValueError("need --steps >= 1, --windows >= 1, --warmup >= 0 and --batch-size >= 2")
-    kw = dict(steps=steps, warmup=warmup, windows=windows, peak_tflops=peak_tflops, profile_dir=profile_dir)
-    records: list[dict[str, Any]] = []
-    if "jax" in frameworks and "jit" in modes:
-        for dtype in dtypes:
-            if log:
-                log(f"jax jit {dtype} ...")
-            records += bench_jax(
-                arch, variant, batch_size, dtype, conv_lowering=conv_lowering, batch_norm=batch_norm, **kw
-            )
+    plan = [("jax", "jit", dtype) for dtype in dtypes if "jax" in frameworks and "jit" in modes]
     if "torch" in frameworks:
         import torch
 
-        for mode in ("eager", "compile"):
-            if mode not in modes:
-                continue
-            for dtype in dtypes:
-                if dtype == "bfloat16" and not torch.cuda.is_available():
-                    continue  # CPU bf16 autocast is not a meaningful baseline here
-                if log:
-                    log(f"torch {mode} {dtype} ...")
-                records.append(bench_torch(arch, variant, batch_size, mode, dtype, **kw))
+        plan += [
+            ("torch", mode, dtype)
+            for mode in ("eager", "compile")
+            if mode in modes
+            for dtype in dtypes
+            if dtype != "bfloat16" or torch.cuda.is_available()  # CPU bf16 autocast is not a meaningful baseline
+        ]
+    if not plan:  # an empty table with exit 0 would look like a result
+        raise ValueError(
+            f"nothing to measure for frameworks {','.join(frameworks) or '-'}, modes {','.join(modes) or '-'}, "
+            f"dtypes {','.join(dtypes) or '-'}: jax runs mode jit, torch runs eager and compile, and torch "
+            "bfloat16 only on a GPU"
+        )
+    kw = dict(steps=steps, warmup=warmup, windows=windows, peak_tflops=peak_tflops, profile_dir=profile_dir)
+    records: list[dict[str, Any]] = []
+    for framework, mode, dtype in plan:
+        if log:
+            log(f"{framework} {mode} {dtype} ...")
+        if framework == "jax":
+            records += bench_jax(
+                arch, variant, batch_size, dtype, conv_lowering=conv_lowering, batch_norm=batch_norm, **kw
+            )
+        else:
+            records.append(bench_torch(arch, variant, batch_size, mode, dtype, **kw))
     return records
 
 

@@ -21,10 +21,10 @@ import json
 import os
 import pickle
 import re
+import sys
 import tarfile
 import tempfile
 import time
-import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -150,9 +150,10 @@ def write_image_folder(
                     archive.addfile(info, buffer)
         os.replace(tmp, dest)
     except OSError as e:
-        raise DataError(f"{dest}: cannot write ({_one_line(e)})") from None
+        raise DataError(f"{dest}: cannot write ({e.strerror or _one_line(e)})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. NotADirectoryError when DEST's folder is a file
+            tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -334,6 +335,9 @@ def _assemble_folder(tree: _Tree, root: str) -> Dataset:
             raise DataError(f"{split_dir[split]}: no images (.png, .jpg, .jpeg) in its class folders")
     classes = tuple(sorted(by_split["train"]))
     unknown = sorted(set(by_split["test"]) - set(classes))
+    empty = [c for c in unknown if f"{prefix}train/{c}" in tree.dirs]  # the folder is there, its images are not
+    if empty:
+        raise DataError(f"{tree.where(f'{prefix}train/{empty[0]}')}: class folder holds no images (.png, .jpg, .jpeg)")
     if unknown:
         raise DataError(f"{split_dir['test']}: class folder {unknown[0]!r} has no counterpart in train/")
     index = {c: i for i, c in enumerate(classes)}
@@ -361,7 +365,8 @@ def _decode_image(data: bytes, where: str) -> np.ndarray:
     except DataError:
         raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files
-        raise DataError(f"{where}: cannot decode image ({_one_line(e)})") from None
+        detail = re.sub(r" ?<[\w.]+ object at 0x[0-9a-fA-F]+>", "", _one_line(e))  # PIL names our BytesIO
+        raise DataError(f"{where}: cannot decode image ({detail})") from None
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -484,7 +489,8 @@ def _write_cache(cache_file: Path, dataset: Dataset) -> None:
                 old.unlink(missing_ok=True)
         _remove_stale_temps(cache_file)
     except OSError as e:
-        warnings.warn(f"could not write dataset cache {cache_file}: {_one_line(e)}", stacklevel=3)
+        # one line, not a Python warning with its source location; the run goes on without the cache
+        print(f"warning: could not write dataset cache {cache_file}: {_one_line(e)}", file=sys.stderr)
     finally:
         if tmp_name is not None:
             Path(tmp_name).unlink(missing_ok=True)

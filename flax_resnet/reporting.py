@@ -5,6 +5,7 @@ Everything here is host-side and called at most a few times per epoch; the train
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -272,5 +273,10 @@ def _save(fig: Any, path: str | Path) -> None:
     """Write a figure atomically (a reader never sees a half-written PNG)."""
     path = Path(path)
     tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(path)
+    except BaseException:  # e.g. `path` is a directory: leave no temp file behind
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise

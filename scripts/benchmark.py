@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     for flag, out in (("--json", args.json), ("--conv-table", args.conv_table)):  # before minutes of measuring
         if out and not Path(out).parent.is_dir():
             parser.error(f"{flag} {out}: no such directory {str(Path(out).parent)!r}")
+        if out and Path(out).is_dir():
+            parser.error(f"{flag} {out}: is a directory, not a file")
+    if args.profile:
+        problem = _dir_problem(Path(args.profile))
+        if problem:
+            parser.error(f"--profile {args.profile}: {problem}")
 
     from flax_resnet import benchmark
 
@@ -82,6 +88,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(benchmark.format_table(records))
     return _write(args.json, json.dumps(records, indent=2) + "\n") if args.json else 0
+
+
+def _dir_problem(path: Path) -> str | None:
+    """Why `path` cannot be a directory to write into, found by creating it before measuring; None if it can."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return "is a file, not a directory" if existing == path else f"{str(existing)!r} is a file, not a directory"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"cannot create it ({e.strerror or e})"
+    return None
 
 
 def _write(path: str, text: str) -> int:

@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows, seconds, unknown = report.parse_junit(args.junit)
     except (OSError, ValueError, report.ET.ParseError) as e:
-        print(f"error: {args.junit}: {e}", file=sys.stderr)
+        detail = e.strerror if isinstance(e, OSError) and e.strerror else e  # OSError's str repeats the path
+        print(f"error: {args.junit}: {detail}", file=sys.stderr)
         return 1
     machine = args.machine or f"{platform.platform()}, {os.cpu_count()} CPUs"
     when = datetime.datetime.fromtimestamp(Path(args.junit).stat().st_mtime).date().isoformat()
@@ -49,13 +50,26 @@ def main(argv: list[str] | None = None) -> int:
         "parameter (worst parameter). Configurations are pytest ids (arch-variant, ...).\n\n" + table
     )
     print(table, end="")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    problem = _write(Path(args.out), text)
+    if problem:
+        print(f"error: {args.out}: cannot write the report ({problem})", file=sys.stderr)
+        return 1
     failed = sum(r.ran - r.passed for r in rows)
     if failed:
         print(f"{failed} parity test(s) failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _write(out: Path, text: str) -> str | None:
+    """Write the report, creating its folder; a failure is returned as one line (a directory, a file on the way)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    except FileExistsError as e:  # mkdir: a component of the folder is a regular file
+        return f"{e.filename} is a file, not a directory"
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 if __name__ == "__main__":

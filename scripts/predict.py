@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
     import numpy as np
+    from PIL import Image
 
     from flax_resnet import data as data_lib
     from flax_resnet.checkpoint import CheckpointError
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(name)
             try:
                 array, resized = load_image(path)
-            except (OSError, ValueError, SyntaxError) as e:
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # bomb: over PIL's limit
                 raise data_lib.DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
             if resized:
                 print(

@@ -22,24 +22,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("source", help="dataset source: image folder, its tar, cifar-10-python.tar.gz, or tfds")
     p.add_argument("dest", help="output .tar.gz")
     p.add_argument("--format", choices=("png", "jpeg"), default="png", help="image format (default: png)")
-    p.add_argument("--quality", type=int, default=75, help="JPEG quality 1..95 (default: 75)")
+    p.add_argument("--quality", type=int, default=None, help="JPEG quality 1..95 (default: 75; --format jpeg only)")
     p.add_argument("--data-dir", help="decoded-dataset cache dir (default: ~/.cache/flax_resnet)")
     p.add_argument("--train-per-class", type=positive_int, help="keep the first N training images of each class")
     p.add_argument("--test-per-class", type=positive_int, help="keep the first N test images of each class")
     args = p.parse_args(argv)
+    if args.quality is not None and args.format != "jpeg":
+        p.error(f"--quality applies to --format jpeg only (PNG is lossless), not --format {args.format}")
+    quality = 75 if args.quality is None else args.quality
+    if args.source != "tfds" and _same_file(Path(args.source), Path(args.dest)):
+        print(f"error: {args.dest}: is the source itself; writing it would replace the dataset", file=sys.stderr)
+        return 1
 
     from flax_resnet import data as data_lib
 
     try:
         dataset = data_lib.load_dataset(args.source, args.data_dir)
         dataset = data_lib.per_class_subset(dataset, args.train_per_class, args.test_per_class)
-        out = data_lib.write_image_folder(dataset, args.dest, args.format, args.quality)
+        out = data_lib.write_image_folder(dataset, args.dest, args.format, quality)
     except data_lib.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}: {len(dataset.train_labels)} train and {len(dataset.test_labels)} test images "
-          f"({args.format}{f' quality {args.quality}' if args.format == 'jpeg' else ''})")
+          f"({args.format}{f' quality {quality}' if args.format == 'jpeg' else ''})")
     return 0
+
+
+def _same_file(source: Path, dest: Path) -> bool:
+    """Whether DEST names SRC itself (through links or another spelling), so writing it would replace SRC."""
+    source, dest = source.expanduser(), dest.expanduser()
+    try:
+        return source.samefile(dest)  # also a hard link
+    except OSError:  # one of them does not exist (yet)
+        return source.resolve() == dest.resolve()
 
 
 if __name__ == "__main__":

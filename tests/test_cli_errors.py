@@ -1,0 +1,252 @@
+"""User mistakes in paths and flags of the companion CLIs: one clear line and a non-zero exit, not a traceback.
+
+Each script's `main(argv)` is called in-process (no subprocess start, no re-import of JAX per case).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO
+from flax_resnet import benchmark as benchmark_lib
+from flax_resnet import data as data_lib
+from flax_resnet import reporting
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" time="12.5">
+<testcase classname="parity_tests.test_weights" name="test_roundtrip_bitwise[resnet18-cifar]" time="1"/>
+</testsuite></testsuites>
+"""
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"cli_errors_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _one_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The single non-blank line on stderr (no traceback)."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def _usage_error(capsys: pytest.CaptureFixture[str], main, argv: list[str]) -> str:
+    """Run `main(argv)`, expect argparse's exit 2: its usage, then one error line, which is returned."""
+    with pytest.raises(SystemExit) as excinfo:
+        main(argv)
+    assert excinfo.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+# ------------------------------------------------------------------------------------------ parity_report
+
+
+@pytest.mark.parametrize("where", ["directory", "under_a_file"])
+def test_parity_report_unusable_out_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                where: str) -> None:
+    junit = tmp_path / "parity.xml"
+    junit.write_text(JUNIT)
+    (tmp_path / "outdir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "outdir" if where == "directory" else tmp_path / "afile" / "p.md"
+    assert _script("parity_report").main([str(junit), "--out", str(out), "--machine", "m"]) == 1
+    line = _one_line(capsys)
+    assert line.startswith(f"error: {out}: cannot write the report (")
+    if where == "under_a_file":
+        assert f"{tmp_path / 'afile'} is a file, not a directory" in line
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_parity_report_names_a_file_without_parity_tests_once(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    junit = tmp_path / "other.xml"
+    junit.write_text('<testsuites><testsuite time="1"><testcase name="test_x"/></testsuite></testsuites>')
+    assert _script("parity_report").main([str(junit), "--out", str(tmp_path / "p.md")]) == 1
+    assert _one_line(capsys) == f"error: {junit}: no parity test results in this JUnit file"
+    assert _script("parity_report").main([str(tmp_path / "missing.xml"), "--out", str(tmp_path / "p.md")]) == 1
+    assert _one_line(capsys) == f"error: {tmp_path / 'missing.xml'}: No such file or directory"
+
+
+# ------------------------------------------------------------------------------------------ benchmark
+
+
+@pytest.fixture
+def no_measuring(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the benchmark starts measuring: the checks under test come before that."""
+
+    def measure(*args, **kwargs):
+        raise AssertionError("measured before refusing the output path")
+
+    monkeypatch.setattr(benchmark_lib, "run_benchmark", measure)
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file"])
+def test_benchmark_profile_into_a_file_is_refused_before_measuring(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_measuring: None, where: str
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    profile = afile if where == "file" else afile / "sub" / "prof"
+    line = _usage_error(capsys, _script("benchmark").main, ["--frameworks", "torch", "--profile", str(profile)])
+    assert f"--profile {profile}: " in line and "is a file, not a directory" in line
+    assert afile.read_text() == "x"
+
+
+def test_benchmark_json_into_a_directory_is_refused_before_measuring(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_measuring: None
+) -> None:
+    line = _usage_error(capsys, _script("benchmark").main, ["--frameworks", "jax", "--json", str(tmp_path)])
+    assert f"--json {tmp_path}: is a directory" in line
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--frameworks", "torch", "--modes", "jit"],
+        ["--frameworks", "jax", "--modes", "eager,compile"],
+        ["--frameworks", "jax", "--dtypes", ","],
+        pytest.param(["--frameworks", "torch", "--dtypes", "bfloat16"], marks=pytest.mark.skipif(
+            torch.cuda.is_available(), reason="torch bf16 is measured where there is a GPU")),
+    ],
+)
+def test_benchmark_selection_that_measures_nothing_is_an_error(capsys: pytest.CaptureFixture[str],
+                                                               argv: list[str]) -> None:
+    assert _script("benchmark").main(argv) != 0
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no empty table
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: nothing to measure"), captured.err
+    assert "jax runs mode jit" in lines[0]
+
+
+def test_benchmark_valid_selections_measure_what_they_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(benchmark_lib, "bench_jax", lambda a, v, b, dtype, **kw: calls.append(
+        ("jax", "jit", dtype)) or [])
+    monkeypatch.setattr(benchmark_lib, "bench_torch", lambda a, v, b, mode, dtype, **kw: calls.append(
+        ("torch", mode, dtype)) or {})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    benchmark_lib.run_benchmark("resnet18", "cifar", 8, frameworks=["jax", "torch"], modes=["jit", "eager"],
+                                dtypes=["float32", "bfloat16"])
+    assert calls == [("jax", "jit", "float32"), ("jax", "jit", "bfloat16"), ("torch", "eager", "float32")]
+    calls.clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    benchmark_lib.run_benchmark("resnet18", "cifar", 8, frameworks=["torch"], modes=["compile"], dtypes=["bfloat16"])
+    assert calls == [("torch", "compile", "bfloat16")]
+
+
+# ------------------------------------------------------------------------------------------ write_dataset
+
+
+@pytest.fixture
+def small_tar(tiny_data: Path, tmp_path: Path) -> Path:
+    """A 9-image copy of the tiny dataset as a .tar.gz."""
+    dataset = data_lib.per_class_subset(data_lib.load_dataset(tiny_data, tmp_path / "cache"), 2, 1)
+    return data_lib.write_image_folder(dataset, tmp_path / "small.tar.gz")
+
+
+@pytest.mark.parametrize("spelling", ["same", "dotted", "symlink"])
+def test_write_dataset_refuses_to_overwrite_its_source(small_tar: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str], spelling: str) -> None:
+    before = small_tar.read_bytes()
+    dest = {"same": small_tar, "dotted": tmp_path / "cache" / ".." / small_tar.name,
+            "symlink": tmp_path / "link.tar.gz"}[spelling]
+    if spelling == "symlink":
+        dest.symlink_to(small_tar)
+    argv = [str(small_tar), str(dest), "--train-per-class", "1", "--data-dir", str(tmp_path / "cache")]
+    assert _script("write_dataset").main(argv) == 1
+    assert _one_line(capsys) == f"error: {dest}: is the source itself; writing it would replace the dataset"
+    assert small_tar.read_bytes() == before
+
+
+def test_write_dataset_dest_under_a_file_is_one_line(small_tar: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    dest = small_tar / "q.tar.gz"
+    assert _script("write_dataset").main([str(small_tar), str(dest), "--data-dir", str(tmp_path / "cache")]) == 1
+    assert _one_line(capsys) == f"error: {dest}: cannot write (Not a directory)"
+
+
+def test_write_dataset_quality_needs_jpeg(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main = _script("write_dataset").main
+    line = _usage_error(capsys, main, ["src", str(tmp_path / "x.tar.gz"), "--quality", "500"])
+    assert "--quality applies to --format jpeg only" in line
+    line = _usage_error(capsys, main, ["src", str(tmp_path / "x.tar.gz"), "--format", "png", "--quality", "50"])
+    assert "--quality applies to --format jpeg only" in line
+    assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------ data messages
+
+
+def _png(path: Path, seed: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+
+
+def test_empty_train_class_folder_says_it_holds_no_images(tmp_path: Path) -> None:
+    _png(tmp_path / "src/train/dog/0.png")
+    (tmp_path / "src/train/cat").mkdir()
+    _png(tmp_path / "src/test/cat/0.png", 1)
+    _png(tmp_path / "src/test/dog/0.png", 2)
+    with pytest.raises(data_lib.DataError) as excinfo:
+        data_lib.load_dataset(tmp_path / "src", tmp_path / "cache")
+    assert str(excinfo.value) == f"{tmp_path / 'src/train/cat'}: class folder holds no images (.png, .jpg, .jpeg)"
+
+
+def test_undecodable_image_message_has_no_object_repr(tmp_path: Path) -> None:
+    _png(tmp_path / "src/train/cat/0.png")
+    _png(tmp_path / "src/test/cat/0.png", 1)
+    (tmp_path / "src/train/cat/1.png").write_text("not an image")
+    with pytest.raises(data_lib.DataError) as excinfo:
+        data_lib.load_dataset(tmp_path / "src", tmp_path / "cache")
+    message = str(excinfo.value)
+    assert message.startswith(f"{tmp_path / 'src/train/cat/1.png'}: cannot decode image (")
+    assert " object at 0x" not in message and "<" not in message, message
+
+
+def test_unwritable_cache_is_one_warning_line_and_the_load_succeeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], recwarn: pytest.WarningsRecorder
+) -> None:
+    _png(tmp_path / "src/train/cat/0.png")
+    _png(tmp_path / "src/test/cat/0.png", 1)
+    (tmp_path / "afile").write_text("x")
+    dataset = data_lib.load_dataset(tmp_path / "src", tmp_path / "afile")
+    assert len(dataset.train_labels) == 1 and len(dataset.test_labels) == 1
+    line = _one_line(capsys)
+    assert line.startswith("warning: could not write dataset cache ") and str(tmp_path / "afile") in line
+    assert not recwarn.list
+
+
+# ------------------------------------------------------------------------------------------ reporting, predict
+
+
+def test_failed_figure_save_leaves_no_temp_file(tmp_path: Path) -> None:
+    out = tmp_path / "outdir"
+    out.mkdir()
+    with pytest.raises(OSError):
+        reporting.plot_confusion(np.eye(2, dtype=np.int64), ["a", "b"], out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outdir"] and not list(out.iterdir())
+
+
+def test_predict_image_over_the_decompression_bomb_limit_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = tmp_path / "big.png"
+    _png(image)  # 1024 pixels: over twice the limit below, which is where PIL raises instead of warning
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    assert _script("predict").main([str(tmp_path / "no-run"), str(image)]) == 1
+    line = _one_line(capsys)
+    assert line.startswith(f"error: {image}: cannot read image (DecompressionBombError: ")
