@@ -7,6 +7,7 @@ cross-device reductions itself and results do not depend on the device count.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import jax
@@ -14,6 +15,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+JOIN_TIMEOUT_SECONDS = 300  # jax's default: how long a process waits for the others to join
 
 
 class DistributedError(Exception):
@@ -31,9 +33,15 @@ def initialize(coordinator_address: str | None, num_processes: int, process_id: 
     # CPU processes need gloo for their collectives (it only concerns the CPU client, so it is harmless on
     # GPU/TPU). Nothing here may ask for the backend first: jax.distributed.initialize must come before that.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Said first: until every process has joined, nothing else is printed, for up to jax's 300 s timeout.
+    print(f"joining the run at {coordinator_address} as process {process_id} of {num_processes} (waiting up to "
+          f"{JOIN_TIMEOUT_SECONDS} s for the others)", file=sys.stderr, flush=True)  # fmt: skip
     try:
         jax.distributed.initialize(
-            coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+            initialization_timeout=JOIN_TIMEOUT_SECONDS,
         )
     except Exception as e:  # jax's own errors (a used port, a second initialize...) vary in type
         text = " ".join(str(e).split())[:300]

@@ -189,7 +189,10 @@ def check_workdir(workdir: str | Path, config: Config, keys: tuple[str, ...] = R
     try:
         saved = Config.from_json(path.read_text())
     except (ValueError, TypeError) as e:
-        raise RunError(f"{path}: unreadable run config ({e}); use another --workdir") from None
+        raise RunError(
+            f"{path}: unreadable run config ({e}); the checkpoints' metadata hold each step's config: restore "
+            "this file from it or remove it to resume, or use another --workdir"
+        ) from None
     diffs = [
         f"{k} {getattr(saved, k)!r} (this run: {getattr(config, k)!r})"
         for k in keys
