@@ -14,7 +14,7 @@
 #   article       the article recipe on the article variant, up to its full 270 epochs (fewer, with the
 #                 schedule shortened proportionally, when the budget needs it; ARTICLE_EPOCHS forces a count);
 #   sweep         recipe candidates for the default recipe (JAX, cifar ResNet-18, seed 0), each evaluated on
-#                 5,000 held-out training images (--holdout), never on the test set: SWEEP lists them as
+#                 5,000 held-out training images (--holdout; HOLDOUT sets the number), never on the test set: SWEEP lists them as
 #                 name=flags (flags joined with commas); the best one then earns 3 seeds on the test set;
 #                 b256 doubles the optimizer steps (an lr check at batch 512 moved nothing: 0.2/0.4/0.8 gave
 #                 90.05/90.40/90.24% at 30 epochs); the epoch plan below prices every candidate at the measured
@@ -57,6 +57,7 @@ SMOKE=${SMOKE:-0}
 WHL=${WHL:-.whl}  # carried wheels, if any
 RUNS=${RUNS:-torch_seeds jpeg_quality}
 SWEEP=${SWEEP:-"base= cutout8=--cutout,8 cutout16=--cutout,16 wd1e-3=--weight-decay,1e-3 b256=--batch-size,256 lr0.4=--lr,0.4"}
+HOLDOUT=${HOLDOUT:-5000}  # the sweep's held-out training images (a smaller number for SMOKE's tiny data)
 wants() { case " $RUNS " in *" $1 "*) return 0;; esac; return 1; }
 T0=$(date +%s)
 R=$OUT/r
@@ -222,7 +223,7 @@ if wants jpeg_quality; then for q in $QUALITIES; do jax_run jax_default_r18_q${q
 if wants sweep; then
   for item in $SWEEP; do  # name=flag,value,...: the flags follow the later ones of jax_run, so they win
     IFS=, read -r -a flags <<<"${item#*=}"
-    jax_run "sweep_${item%%=*}_holdout5000_s0" "$DATA" 0 --holdout 5000 "${flags[@]}"
+    jax_run "sweep_${item%%=*}_holdout${HOLDOUT}_s0" "$DATA" 0 --holdout "$HOLDOUT" "${flags[@]}"
   done
 fi
 if wants torch_seeds; then

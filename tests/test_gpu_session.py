@@ -46,3 +46,24 @@ def test_smoke_run_trains_every_run_and_tabulates_them(tmp_path: Path, tiny_data
         assert {f"./runs/{run}/metrics.jsonl", f"./runs/{run}/config.json", f"./runs/{run}.log"} <= names, run
     assert "./bench_resnet18_article.json" in names  # the article run's epochs are planned from its benchmark
     assert not any("checkpoints" in n for n in names)
+
+
+def test_smoke_sweep_evaluates_each_candidate_on_held_out_images(tmp_path: Path, tiny_data: Path) -> None:
+    # The sweep is the next GPU session's first call: its candidates' flags must reach the trainer, and each
+    # run must be scored on held-out training images, never on the test set (two candidates keep this short).
+    out = tmp_path / "out"
+    env = dict(
+        cli_env(),
+        SMOKE="1", SKIP_BENCH="1", RUNS="sweep", SWEEP="base= cutout8=--cutout,8", HOLDOUT="12", BUDGET="800",
+        DATA=str(tiny_data), OUT=str(out), RUNDIR=str(tmp_path / "runs"), CACHE=str(tmp_path / "cache"),
+        WHL=str(tmp_path / "no_wheels"), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )  # fmt: skip
+    proc = subprocess.run(["bash", "scripts/gpu_session.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = (out / "session.log").read_text()
+    for name in ("sweep_base_holdout12_s0", "sweep_cutout8_holdout12_s0"):
+        assert re.search(rf"runs/{name}\.log: final: step 2, holdout \(12 training images\) accuracy", log), log[-3000:]
+    rows = [line for line in log.splitlines() if line.startswith("| jax |")]
+    assert len(rows) == 2 and all("evaluated on 12 held-out train images" in row for row in rows), rows
+    assert sum("cutout=8" in row for row in rows) == 1, rows
