@@ -13,6 +13,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flax_resnet.hugepages import reexec_with_hugepages  # stdlib only (the package imports its API lazily)
+
+if __name__ == "__main__":  # malloc with huge pages (flax_resnet/hugepages.py): replaces this process once, before
+    reexec_with_hugepages()  # the imports below, so that jax and flax are not loaded twice (~1.6 s)
+
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
@@ -116,7 +121,4 @@ def _write(path: str, text: str) -> int:
 
 
 if __name__ == "__main__":
-    from flax_resnet.hugepages import reexec_with_hugepages
-
-    reexec_with_hugepages()  # malloc with huge pages (flax_resnet/hugepages.py); replaces this process once
     sys.exit(main())

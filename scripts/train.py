@@ -12,6 +12,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flax_resnet.hugepages import reexec_with_hugepages  # stdlib only (the package imports its API lazily)
+
+if __name__ == "__main__":  # malloc with huge pages (flax_resnet/hugepages.py): replaces this process once, before
+    reexec_with_hugepages()  # the imports below, so that jax and flax are not loaded twice (~1.6 s)
+
 from flax_resnet import flags
 from flax_resnet.conv import LOWERINGS
 from flax_resnet.models import BATCH_NORMS
@@ -84,7 +89,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from flax_resnet.hugepages import reexec_with_hugepages
-
-    reexec_with_hugepages()  # malloc with huge pages (flax_resnet/hugepages.py); replaces this process once
     sys.exit(main())

@@ -110,3 +110,23 @@ def test_huge_pages_cut_the_page_faults_of_xla_temp_buffers() -> None:
     # 4 KiB pages: about one fault per page of the temp buffers (32,768); 2 MiB pages: 64
     assert off["faults"] >= 0.5 * off["temp"] / 4096, results
     assert on["faults"] <= 0.1 * off["faults"], results
+
+
+def test_importing_the_re_exec_loads_neither_jax_nor_flax() -> None:
+    # The CLIs re-execute themselves before their other imports; if importing the package's hugepages module
+    # loaded jax and flax (~1.6 s), every launch would load them twice. The public API still resolves on use.
+    code = (
+        "import sys\n"
+        "import flax_resnet.hugepages\n"
+        "print(sorted(m for m in ('jax', 'flax', 'torch', 'numpy') if m in sys.modules))\n"
+        "import flax_resnet\n"
+        "print(flax_resnet.create_model.__module__, flax_resnet.normalize.__module__, flax_resnet.models.__name__)\n"
+        "print(sorted(flax_resnet.__all__) == sorted(flax_resnet._EXPORTS), 'jax' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "[]",
+        "flax_resnet.models flax_resnet.data flax_resnet.models",
+        "True True",
+    ]
