@@ -153,7 +153,7 @@ def _batch_norm_train_bwd(epsilon, one_pass, residuals, cotangents):
     # (usually zero) cotangents of the returned statistics: d mean/dx = 1/n, d var/dx = 2 (x - mean) / n.
     dx = (scale * rstd / n) * (n * dy32 - sum_dy - xhat * sum_dy_xhat)
     dx = dx + dmean / n + dvar * (2.0 / n) * xhat / rstd
-    return dx.astype(x.dtype), sum_dy_xhat.astype(scale.dtype), sum_dy
+    return dx.astype(x.dtype), sum_dy_xhat.astype(scale.dtype), sum_dy.astype(scale.dtype)  # bias: scale's dtype
 
 
 batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
@@ -439,11 +439,19 @@ def _forward(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array) -> jax.Arra
 
 
 def predict(model: ResNet, x: Any, *, jit: bool = True) -> jax.Array:
-    """Eval-mode logits (N, classes) for float32 NHWC images; the model's own mode is left untouched.
+    """Eval-mode logits (N, classes) for normalized float NHWC images (`flax_resnet.normalize(uint8 images)`, the
+    CIFAR-10 mean/std the models train with); the model's own mode is left untouched.
 
-    `jit=False` runs op by op, which avoids a whole-network compile for one-off calls on new shapes.
+    Integer images are refused: raw pixels would give confident nonsense. Inputs run in float32, or float64 for
+    a float64 model. `jit=False` runs op by op, which avoids a whole-network compile for one-off calls.
     """
-    x = jnp.asarray(x, jnp.float32)
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"predict takes normalized float images, got {x.dtype}: pass flax_resnet.normalize(images) for uint8 "
+            "pixels (the CIFAR-10 mean/std the models train with)"
+        )
+    x = x.astype(jnp.promote_types(model.dtype, jnp.float32))
     model._check_input(x)
     view = nnx.view(model, use_running_average=True)
     if not jit:

@@ -41,6 +41,16 @@ def test_wrong_input_rank_or_channels(r18: flax_resnet.ResNet, shape: tuple[int,
             call()
 
 
+def test_predict_refuses_raw_pixels_and_takes_normalized_images(r18: flax_resnet.ResNet) -> None:
+    # Raw uint8 pixels gave confident nonsense (|logits| ~265 against ~2 for the same images normalized).
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    with pytest.raises(TypeError, match=r"normalized float images, got uint8: pass flax_resnet.normalize"):
+        flax_resnet.predict(r18, pixels)
+    by_hand = (pixels / 255.0 - np.asarray(flax_resnet.data.CIFAR10_MEAN)) / np.asarray(flax_resnet.data.CIFAR10_STD)
+    np.testing.assert_allclose(np.asarray(flax_resnet.normalize(pixels)), by_hand, rtol=1e-6, atol=1e-6)
+    assert flax_resnet.predict(r18, flax_resnet.normalize(pixels)).shape == (2, 10)
+
+
 def test_article_model_rejects_64px() -> None:
     model = nnx.eval_shape(lambda: flax_resnet.create_model("resnet18", "article"))
     graphdef, state = nnx.split(model)

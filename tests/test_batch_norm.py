@@ -80,6 +80,18 @@ def test_matches_torch_batchnorm2d(impl: str, dtype: str, tol: float, stats_tol:
 
 
 @pytest.mark.parametrize("impl", models.BATCH_NORMS)
+def test_gradients_have_the_parameters_dtype(impl: str) -> None:
+    # A float64 model keeps float32 parameters and computes in float64: each gradient must come back in its
+    # parameter's dtype (a float64 bias gradient would change the optimizer state's dtypes after one step).
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.random.default_rng(2).normal(size=(4, 3, 3, 8)), jnp.float64)
+        bn = models.BatchNorm(8, impl=impl)
+        graphdef, params, rest = nnx.split(bn, nnx.Param, ...)
+        grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p, rest, copy=True)(x) ** 2))(params)
+        assert {k: grads[k][...].dtype for k in ("scale", "bias")} == {"scale": jnp.float32, "bias": jnp.float32}
+
+
+@pytest.mark.parametrize("impl", models.BATCH_NORMS)
 def test_float32_statistics_of_data_far_from_zero(impl: str) -> None:
     # Conv outputs whose mean is 100 standard deviations from 0, at the first call (running mean still 0).
     # E[x^2] - E[x]^2 about 0 would lose log2(1 + 100^2) ~ 13 of float32's 24 bits (~1e-3 relative error in
