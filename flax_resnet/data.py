@@ -29,7 +29,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -351,6 +351,15 @@ def _assemble_folder(tree: _Tree, root: str) -> Dataset:
     return Dataset(*arrays, class_names=classes)
 
 
+def rgb8(image: Any) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of a PIL image. 16-bit greyscale (PIL modes I;16*, I) is scaled to 8 bits, where
+    PIL's own convert("RGB") clips it at 255 (a mid-grey 16-bit PNG would come out white); alpha is dropped."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        grey = np.clip(np.round(np.asarray(image, np.float64) / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), np.uint8)
+
+
 def _decode_image(data: bytes, where: str) -> np.ndarray:
     from PIL import Image
 
@@ -359,9 +368,7 @@ def _decode_image(data: bytes, where: str) -> np.ndarray:
             if image.size != (IMAGE_SIZE, IMAGE_SIZE):
                 raise DataError(f"{where}: image is {image.size[0]}x{image.size[1]}, expected 32x32")
             image.load()
-            if image.mode != "RGB":
-                image = image.convert("RGB")
-            return np.asarray(image)
+            return rgb8(image)
     except DataError:
         raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files

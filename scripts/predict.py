@@ -15,12 +15,15 @@ SIZE = 32
 
 
 def load_image(path: Path) -> tuple[object, bool]:
-    """RGB uint8 (32, 32, 3) array of an image file, and whether it had to be cropped/resized."""
+    """RGB uint8 (32, 32, 3) array of an image file, upright as its EXIF orientation says (a phone's photo is
+    stored sideways), and whether it had to be cropped/resized."""
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageOps
 
-    with Image.open(path) as image:
-        image = image.convert("RGB")
+    from flax_resnet.data import rgb8
+
+    with Image.open(path) as opened:
+        image = Image.fromarray(rgb8(ImageOps.exif_transpose(opened)))
         resized = image.size != (SIZE, SIZE)
         if resized:
             w, h = image.size

@@ -250,3 +250,32 @@ def test_predict_image_over_the_decompression_bomb_limit_is_one_line(
     assert _script("predict").main([str(tmp_path / "no-run"), str(image)]) == 1
     line = _one_line(capsys)
     assert line.startswith(f"error: {image}: cannot read image (DecompressionBombError: ")
+
+
+def test_predict_reads_photos_upright_and_16_bit_greys_at_their_level(tmp_path: Path) -> None:
+    # A phone JPEG is stored sideways with an EXIF Orientation tag (6: turn 90 degrees clockwise to display).
+    # Stored 64x32, left half red and right half blue: upright it is 32x64, red on top, and its centre crop
+    # keeps red above blue; read as stored, the crop would be red left of blue.
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:, :32, 0] = 255
+    stored[:, 32:, 2] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "photo.jpg", quality=95, exif=exif)
+    array, resized = _script("predict").load_image(tmp_path / "photo.jpg")
+    assert resized and array.shape == (32, 32, 3)
+    assert array[2, 16, 0] > 200 and array[2, 16, 2] < 50  # top: red
+    assert array[29, 16, 2] > 200 and array[29, 16, 0] < 50  # bottom: blue
+    # 16-bit greyscale: PIL's convert("RGB") clips it at 255 (mid-grey would read white); it is scaled to 8 bits.
+    Image.fromarray(np.full((32, 32), 32768, np.uint16)).save(tmp_path / "grey16.png")
+    array, resized = _script("predict").load_image(tmp_path / "grey16.png")
+    assert not resized and np.unique(array).tolist() == [128]
+
+
+def test_dataset_decodes_16_bit_greys_at_their_level(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            Image.fromarray(np.full((32, 32), 257 * 40, np.uint16)).save(tmp_path / "data" / split / name / "0.png")
+    dataset = data_lib.load_dataset(tmp_path / "data", tmp_path / "cache")
+    assert np.unique(dataset.train_images).tolist() == [40]
