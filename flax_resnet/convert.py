@@ -83,7 +83,8 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> N
     """Load a torch state dict (tensors or numpy) into `model` in place; strict and all-or-nothing.
 
     Every missing, unexpected and mis-shaped key is reported together in one StateDictError, and the
-    model is left unchanged. A missing `num_batches_tracked` is taken as 0, as torch itself does.
+    model is left unchanged. A missing `num_batches_tracked` (state dicts from before torch counted batches) is
+    taken as 0; torch keeps the module's own count there. It changes nothing unless BatchNorm's momentum is None.
     """
     expected = _torch_keys(model)
     missing, mis_shaped, updates = [], [], []
@@ -103,12 +104,12 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> N
         # A host copy (on CPU a device array may alias the caller's buffer, e.g. torch's, which torch then
         # mutates), then device_put: jnp.array would compile a small program for every distinct shape.
         updates.append((var, jax.device_put(np.array(array, dtype=var[...].dtype, copy=True))))
-    unexpected = sorted(set(state_dict) - set(expected))
+    unexpected = sorted(set(state_dict) - set(expected), key=str)  # str: a non-str key must not break the report
     if missing or unexpected or mis_shaped:
         parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)):
             if keys:
-                parts.append(f"{len(keys)} {label}: {', '.join(keys)}")
+                parts.append(f"{len(keys)} {label}: {', '.join(map(str, keys))}")
         raise StateDictError(
             f"state dict does not match {getattr(model, 'arch', 'model')}/{getattr(model, 'variant', '?')}: "
             + "; ".join(parts)
@@ -150,24 +151,48 @@ def load_weights_file(path: str | Path) -> dict[str, np.ndarray]:
     raise WeightsFileError(f"{path}: unknown weights format {path.suffix!r}; use .safetensors, .pt or .pth")
 
 
-def save_safetensors(state_dict: Mapping[str, np.ndarray], path: str | Path) -> None:
-    """Write a numpy state dict as `.safetensors` atomically (temp file, then rename), with the umask's mode.
+def save_safetensors(
+    state_dict: Mapping[str, np.ndarray], path: str | Path, metadata: Mapping[str, str] | None = None
+) -> None:
+    """Write a numpy state dict as `.safetensors` atomically (temp file, fsync, rename), with the umask's mode;
+    `metadata` (str -> str) goes into the file's header. A symlink `path` is written through, not replaced.
 
-    Raises OSError naming the path when it cannot be written; no temporary file is left behind.
+    Raises OSError naming the path when it cannot be written (no temporary file is left behind), TypeError for
+    keys or arrays that safetensors cannot store.
     """
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
+    arrays = {}
+    for key, value in state_dict.items():
+        array = np.array(value, order="C")
+        if not isinstance(key, str) or array.dtype.kind in "OUSM":  # objects, strings, datetimes
+            raise TypeError(f"cannot store {key!r} ({array.dtype}) in safetensors: keys are str, values numeric arrays")
+        arrays[key] = array
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()  # replacing the link would leave its target stale
     if not path.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such directory", str(path.parent))
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        save_file({k: np.array(v, order="C") for k, v in state_dict.items()}, str(tmp))
+        save_file(arrays, str(tmp), metadata=dict(metadata) if metadata else None)
         tmp.chmod(0o666 & ~_umask())  # safetensors creates its files 0600; weights are meant to be shared
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the bytes on disk before the rename makes them the file: a crash leaves old or new
+        finally:
+            os.close(fd)
         tmp.replace(path)
+        with contextlib.suppress(OSError):  # the rename itself, where the filesystem lets a directory be synced
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
     except OSError as e:
         raise OSError(f"{path}: cannot write ({e.strerror or e})") from None
-    except Exception as e:  # safetensors reports its I/O failures as SafetensorError
+    except SafetensorError as e:  # how safetensors reports its own I/O failures
         raise OSError(f"{path}: cannot write ({e})") from None
     finally:
         tmp.unlink(missing_ok=True)

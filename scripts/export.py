@@ -1,4 +1,6 @@
-"""Export a checkpoint's weights as a torch state dict in `.safetensors` (loads strict into torch_ref/torchvision).
+"""Export a checkpoint's weights as a torch state dict in `.safetensors` (strict into torch_ref; imagenet: torchvision).
+
+The file's metadata names the arch, variant, classes and the input normalization, so it is usable on its own.
 
 `python scripts/export.py runs/r18 r18.safetensors`
 """
@@ -6,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -26,16 +29,26 @@ def main(argv: list[str] | None = None) -> int:
 
     from flax_resnet.checkpoint import CheckpointError
     from flax_resnet.convert import save_safetensors, to_torch_state_dict
+    from flax_resnet.data import CIFAR10_MEAN, CIFAR10_STD
     from flax_resnet.train import load_run
 
     try:
         run = load_run(args.checkpoint)
         state_dict = to_torch_state_dict(run.model())
-        save_safetensors(state_dict, out)
+        c = run.config
+        metadata = {
+            "format": "flax_resnet torch state dict",
+            "arch": c.arch,
+            "variant": c.variant,
+            "num_classes": str(c.num_classes),
+            "class_names": json.dumps(list(run.class_names)),
+            "input": f"RGB NCHW, x / 255 normalized by mean {json.dumps(CIFAR10_MEAN)} std {json.dumps(CIFAR10_STD)}",
+            "step": str(run.step),
+        }
+        save_safetensors(state_dict, out, metadata)
     except (CheckpointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    c = run.config
     print(f"wrote {out}: {len(state_dict)} tensors, {c.arch}/{c.variant}, {c.num_classes} classes (step {run.step})")
     print(f"classes: {', '.join(run.class_names)}")
     return 0

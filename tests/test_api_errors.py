@@ -169,6 +169,27 @@ def test_safetensors_round_trip_into_torch_ref_strict(r18: flax_resnet.ResNet, t
 
 
 
+def test_save_safetensors_writes_through_a_link_keeps_metadata_and_refuses_what_it_cannot_store(
+    r18: flax_resnet.ResNet, tmp_path: Path
+) -> None:
+    from safetensors import safe_open
+
+    target, link = tmp_path / "real.safetensors", tmp_path / "link.safetensors"
+    target.write_bytes(b"")
+    link.symlink_to(target)
+    flax_resnet.save_safetensors({"w": np.ones((2, 3), np.float32)}, link, {"arch": "resnet18"})
+    assert link.is_symlink() and target.stat().st_size > 0  # written through the link, not replacing it
+    with safe_open(str(target), framework="numpy") as f:
+        assert f.metadata() == {"arch": "resnet18"} and f.get_tensor("w").tolist() == [[1.0] * 3] * 2
+    for bad in ({"w": np.array(["x"])}, {3: np.ones(2, np.float32)}):  # a programming error, not a write failure
+        with pytest.raises(TypeError, match="cannot store"):
+            flax_resnet.save_safetensors(bad, tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()
+    # A non-str key in a state dict to load is reported like any unexpected key (the report used to fail).
+    with pytest.raises(StateDictError, match=r"1 unexpected: 7"):
+        flax_resnet.load_torch_state_dict(r18, {**flax_resnet.to_torch_state_dict(r18), 7: np.zeros(1)})
+
+
 def test_export_of_one_variable_kind_has_torchs_keys(r18: flax_resnet.ResNet) -> None:
     """`to_torch_state_dict(model, nnx.BatchStat)` is exactly torch's buffers; `nnx.Param` its parameters."""
     tmodel = torch_ref.create_model("resnet18", "cifar")

@@ -120,7 +120,13 @@ def test_smoke_run_writes_every_output(trained_run: Path) -> None:
 def test_export_evaluate_predict_agree_with_torch(trained_run: Path, tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "model.safetensors"
     run_cli("export.py", str(trained_run), str(out), check=True)
+    from safetensors import safe_open
     from safetensors.torch import load_file
+
+    with safe_open(str(out), framework="pt") as f:  # the file says what it holds and how to feed it
+        meta = f.metadata()
+    assert (meta["arch"], meta["variant"], meta["num_classes"]) == ("resnet18", "imagenet", "3")
+    assert json.loads(meta["class_names"]) == list(TINY_CLASSES) and "0.4914" in meta["input"]
 
     state_dict = load_file(str(out))
     ref = create_torch_model("resnet18", "imagenet", num_classes=3)
