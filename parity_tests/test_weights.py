@@ -44,3 +44,21 @@ def test_loaded_weights_do_not_alias_torch_memory() -> None:
     assert np.array_equal(np.asarray(fmodel.bn1.mean[...]), before[0])
     assert np.array_equal(np.asarray(fmodel.conv1.kernel[...]), before[1])
     assert float(jnp.max(jnp.abs(fmodel.bn1.mean[...] - jnp.asarray(tmodel.bn1.running_mean.numpy())))) == 1.0
+
+
+def test_torch_ref_imagenet_is_a_drop_in_for_torchvision_feature_extraction() -> None:
+    # Same keys and weights give the same logits, and torchvision's feature-extraction node names (avgpool)
+    # exist in torch_ref too: code written against torchvision's resnet18 runs on it unchanged.
+    import torchvision
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    import torch_ref
+
+    tv = torchvision.models.resnet18(num_classes=10).eval()
+    ref = torch_ref.create_model("resnet18", "imagenet", num_classes=10).eval()
+    ref.load_state_dict(tv.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(ref(x), tv(x))
+        feats = [create_feature_extractor(m, {"avgpool": "pooled"})(x)["pooled"] for m in (ref, tv)]
+    assert feats[0].shape == (2, 512, 1, 1) and torch.equal(feats[0], feats[1])

@@ -114,6 +114,9 @@ class ResNet(nn.Module):
                 blocks.append(block(cin, width, st, projection, conv_bias=variant == "article"))
                 cin = cout
             setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
+        # torchvision's module (parameter-free: the state dict is unchanged), so that code reading model.avgpool,
+        # e.g. a feature extractor, works; the article variant flattens its 1x1 map instead.
+        self.avgpool: nn.Module = nn.Identity() if variant == "article" else nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(cin, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -133,15 +136,11 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(x)[-1]
-        if self.variant == "article":
-            if x.shape[-1] != 1 or x.shape[-2] != 1:
-                raise ValueError(
-                    f"the article variant needs a 1x1 final feature map (32x32 inputs); got {tuple(x.shape[-2:])}"
-                )
-            x = torch.flatten(x, 1)
-        else:
-            x = torch.flatten(torch.mean(x, dim=(2, 3)), 1)
-        return self.fc(x)
+        if self.variant == "article" and (x.shape[-1] != 1 or x.shape[-2] != 1):
+            raise ValueError(
+                f"the article variant needs a 1x1 final feature map (32x32 inputs); got {tuple(x.shape[-2:])}"
+            )
+        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 def create_model(arch: str, variant: str = "cifar", num_classes: int = 10) -> ResNet:
