@@ -84,8 +84,9 @@ def reexec_with_hugepages() -> None:
 
     Call it first thing in a script's `__main__` block: it replaces the process (same PID, arguments and
     interpreter options), so nothing done before it survives. The tunable is then set, so it runs once."""
-    if not wanted():
-        return
+    program = sys.argv[0]  # "-c" for `python -c`, whose code is in the arguments; a path otherwise
+    if not wanted() or program == "-" or (program != "-c" and not Path(program).is_file()):
+        return  # a program read from stdin (`python - < x.py`) or a pipe cannot be read again: it would run nothing
     sys.stdout.flush()
     sys.stderr.flush()
     try:

@@ -76,6 +76,22 @@ def test_reexec_happens_once_in_the_same_process_with_the_same_arguments() -> No
     assert [line.split()[0] for line in off.stdout.splitlines()] == ["start", "main"]
 
 
+@pytest.mark.skipif(not ON_THIS_MACHINE, reason="needs glibc >= 2.35 on Linux with transparent huge pages")
+def test_a_program_read_from_stdin_runs_once_without_re_exec() -> None:
+    # stdin is consumed by the first interpreter: a re-executed one would read an empty program and exit 0
+    # having done nothing.
+    code = (
+        "import os\n"
+        "from flax_resnet.hugepages import reexec_with_hugepages\n"
+        "reexec_with_hugepages()\n"
+        "print('main', os.environ.get('GLIBC_TUNABLES'))\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "FLAX_RESNET_HUGEPAGES")}
+    proc = subprocess.run([sys.executable, "-", "x"], input=code, cwd=REPO, env=environ, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.splitlines() == ["main None"], proc.stdout + proc.stderr
+
+
 FAULTS = """
 import json, resource, sys
 from flax_resnet.hugepages import enabled, reexec_with_hugepages
