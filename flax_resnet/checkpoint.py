@@ -213,52 +213,80 @@ class Checkpointer:
         directory), only process 0 moves them, and the others wait for it.
         """
         steps = self.all_steps()
-        errors: list[tuple[int, str]] = []
+        errors: dict[int, str] = {}
+        restored: tuple[int, tuple[Any, dict[str, Any]]] | None = None
         for step in reversed(steps):
             try:
-                result = self.restore(step, target)
-            except CheckpointMismatchError:
-                raise  # sound but made with other settings: nothing to quarantine or fall back from
+                restored = (step, self.restore(step, target))
+                break
+            except CheckpointMismatchError:  # sound but made with other settings: nothing to move or fall back to
+                for message in errors.values():
+                    warn(f"warning: {message}")
+                raise
             except CheckpointError as e:
-                errors.append((step, str(e)))
-                continue
-            moved = {}
-            if errors and quarantine is not None and not self.read_only:
-                moved = self._quarantine([s for s, _ in errors], quarantine)
-            for bad, message in errors:
-                where = f"; moved to {moved[bad]}" if bad in moved else ""
-                warn(f"warning: {message}{where}; falling back to step {step}")
-            return result
-        for _, message in errors:
-            warn(f"warning: {message}")
-        if errors:
+                errors[step] = str(e)
+        # Every process must resume from the same step, and move the same steps aside: a transient read error
+        # on one host only would otherwise split them (or leave process 0 alone at the barrier below).
+        chosen = _same_on_every_process(restored[0] if restored else -1)
+        if chosen is None:
             raise CheckpointError(
-                f"no readable checkpoint in {self.directory} (newest error: {errors[0][1]}); nothing was moved "
-                "or deleted: if the cause is the machine's (memory, disk), the same command resumes once it is fixed"
+                f"{self.directory}: the processes could not all read the same newest checkpoint; nothing was "
+                "moved: rerun the same command"
             )
-        return None
+        if chosen < 0:
+            for message in errors.values():
+                warn(f"warning: {message}")
+            if errors:
+                raise CheckpointError(
+                    f"no readable checkpoint in {self.directory} (newest error: {next(iter(errors.values()))}); "
+                    "nothing was moved or deleted: if the cause is the machine's (memory, disk), the same command "
+                    "resumes once it is fixed"
+                )
+            return None
+        skipped = [s for s in steps if s > chosen]
+        moved = {}
+        if skipped and quarantine is not None and not self.read_only:
+            moved = self._quarantine(skipped, quarantine)
+        for bad in reversed(skipped):
+            where = f"; moved to {moved[bad]}" if bad in moved else ""
+            message = errors.get(bad, f"{self.step_dir(bad)}: unreadable on another process")
+            warn(f"warning: {message}{where}; falling back to step {chosen}")
+        assert restored is not None
+        return restored[1]
 
     def _quarantine(self, steps: list[int], quarantine: Path) -> dict[int, Path]:
         """Move unreadable `steps` into `quarantine` (process 0 only: one shared directory), let every process
         see the change, and return where each went (empty on the other processes)."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         moved = {}
-        if jax.process_index() == 0:
-            quarantine.mkdir(parents=True, exist_ok=True)
-            for step in steps:
-                moved[step] = quarantine / f"{step}-{stamp}"
-                shutil.move(str(self.step_dir(step)), str(moved[step]))
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
+        try:
+            if jax.process_index() == 0:
+                quarantine.mkdir(parents=True, exist_ok=True)
+                for step in steps:
+                    moved[step] = quarantine / f"{step}-{stamp}"
+                    shutil.move(str(self.step_dir(step)), str(moved[step]))
+        finally:  # also when a move fails: the other processes must not wait for process 0 forever
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
 
-            multihost_utils.sync_global_devices("flax_resnet checkpoint quarantine")
-        self._manager.reload()
+                multihost_utils.sync_global_devices("flax_resnet checkpoint quarantine")
+            self._manager.reload()
         return moved
 
     def close(self) -> None:
         """Wait for pending work and release the manager."""
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _same_on_every_process(value: int) -> int | None:
+    """`value` if every process passed the same one (a collective with many processes), else None."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    values = {int(v) for v in np.asarray(multihost_utils.process_allgather(np.int32(value))).ravel()}
+    return value if len(values) == 1 else None
 
 
 def _run_quietly(

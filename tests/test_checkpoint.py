@@ -172,6 +172,21 @@ def test_another_layout_is_refused_and_nothing_is_moved(tmp_path: Path) -> None:
     assert _equal(ckpt.restore_latest(_state(0), warnings.append)[0], _state(4))
 
 
+def test_a_skipped_step_is_still_reported_when_an_older_one_is_refused(tmp_path: Path) -> None:
+    # Step 4's metadata is damaged, step 2 is sound but of another layout (changed settings): the refusal must not
+    # swallow the warning about step 4.
+    ckpt = Checkpointer(tmp_path / "ck")
+    ckpt.save(2, _state(2), {})
+    ckpt.save(4, _state(4), {})
+    (ckpt.step_dir(4) / "meta" / "metadata").write_text("{x")
+    fewer = {"params": {"w": _state(0)["params"]["w"]}, "step": _state(0)["step"]}
+    warnings: list[str] = []
+    with pytest.raises(CheckpointMismatchError, match=r"ck/2: holds a state of another layout"):
+        ckpt.restore_latest(fewer, warnings.append, quarantine=tmp_path / "bad")
+    assert len(warnings) == 1 and "ck/4: unreadable checkpoint metadata" in warnings[0]
+    assert ckpt.all_steps() == [2, 4] and not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("damage", ["garbage", "empty step"])
 def test_damaged_metadata_falls_back_also_when_the_target_comes_from_it(tmp_path: Path, damage: str) -> None:
     ckpt = Checkpointer(tmp_path / "ck")
