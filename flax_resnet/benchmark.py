@@ -527,18 +527,17 @@ def run_benchmark(
     models.check_names(arch, variant)
     if steps < 1 or windows < 1 or warmup < 0 or batch_size < 2:
         raise ValueError("need --steps >= 1, --windows >= 1, --warmup >= 0 and --batch-size >= 2")
-    plan = [("jax", "jit", dtype) for dtype in dtypes if "jax" in frameworks and "jit" in modes]
-    if "torch" in frameworks:
-        import torch
+    jax_plan = [("jit", dtype) for dtype in dtypes if "jax" in frameworks and "jit" in modes]
+    torch_plan = [(m, d) for m in ("eager", "compile") if "torch" in frameworks and m in modes for d in dtypes]
 
-        plan += [
-            ("torch", mode, dtype)
-            for mode in ("eager", "compile")
-            if mode in modes
-            for dtype in dtypes
-            if dtype != "bfloat16" or torch.cuda.is_available()  # CPU bf16 autocast is not a meaningful baseline
-        ]
-    if not plan:  # an empty table with exit 0 would look like a result
+    def torch_runnable(plan: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        import torch  # only here: imported before the JAX measurement it could disturb its timings
+
+        return [(m, d) for m, d in plan if d != "bfloat16" or torch.cuda.is_available()]  # CPU bf16: no baseline
+
+    if not jax_plan:
+        torch_plan = torch_runnable(torch_plan)
+    if not jax_plan and not torch_plan:  # an empty table with exit 0 would look like a result
         raise ValueError(
             f"nothing to measure for frameworks {','.join(frameworks) or '-'}, modes {','.join(modes) or '-'}, "
             f"dtypes {','.join(dtypes) or '-'}: jax runs mode jit, torch runs eager and compile, and torch "
@@ -546,15 +545,14 @@ def run_benchmark(
         )
     kw = dict(steps=steps, warmup=warmup, windows=windows, peak_tflops=peak_tflops, profile_dir=profile_dir)
     records: list[dict[str, Any]] = []
-    for framework, mode, dtype in plan:
+    for _, dtype in jax_plan:
         if log:
-            log(f"{framework} {mode} {dtype} ...")
-        if framework == "jax":
-            records += bench_jax(
-                arch, variant, batch_size, dtype, conv_lowering=conv_lowering, batch_norm=batch_norm, **kw
-            )
-        else:
-            records.append(bench_torch(arch, variant, batch_size, mode, dtype, **kw))
+            log(f"jax jit {dtype} ...")
+        records += bench_jax(arch, variant, batch_size, dtype, conv_lowering=conv_lowering, batch_norm=batch_norm, **kw)
+    for mode, dtype in torch_runnable(torch_plan) if torch_plan else []:
+        if log:
+            log(f"torch {mode} {dtype} ...")
+        records.append(bench_torch(arch, variant, batch_size, mode, dtype, **kw))
     return records
 
 

@@ -113,11 +113,16 @@ RECIPE_VALUES: dict[str, dict[str, Any]] = {
 }
 
 
-def data_problem(config: Config, image_shape: tuple[int, ...], workdir: str | Path) -> str | None:
-    """What makes `config` unusable on images of `image_shape` (N, H, W, C) or with `workdir`, or None: the
-    checks both trainers make before writing anything."""
+def workdir_problem(workdir: str | Path) -> str | None:
+    """Why `workdir` cannot hold a run, or None: checked by both trainers before they load any data."""
     if Path(workdir).exists() and not Path(workdir).is_dir():
         return f"--workdir {workdir} is a file, not a directory"
+    return None
+
+
+def data_problem(config: Config, image_shape: tuple[int, ...]) -> str | None:
+    """What makes `config` unusable on images of `image_shape` (N, H, W, C), or None: checked by both trainers
+    before they write anything."""
     h, w = image_shape[1:3]
     if config.cutout > min(h, w):  # clipped at the border: from 2x the side on, every image is erased whole
         return f"--cutout {config.cutout} is larger than the {h}x{w} images: it would erase most or all of each one"

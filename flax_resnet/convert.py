@@ -166,7 +166,7 @@ def save_safetensors(
     arrays = {}
     for key, value in state_dict.items():
         array = np.array(value, order="C")
-        if not isinstance(key, str) or array.dtype.kind in "OUSM":  # objects, strings, datetimes
+        if not isinstance(key, str) or not (array.dtype.kind in "biuf" or array.dtype.name == "bfloat16"):
             raise TypeError(f"cannot store {key!r} ({array.dtype}) in safetensors: keys are str, values numeric arrays")
         arrays[key] = array
     path = Path(path)

@@ -25,7 +25,7 @@ from flax import nnx, struct
 from jax import lax
 
 from flax_resnet import data as data_lib
-from flax_resnet.config import SCHEDULES, Config, data_problem
+from flax_resnet.config import SCHEDULES, Config, data_problem, workdir_problem
 from flax_resnet.distributed import put_batch, to_host
 from flax_resnet.packing import StatePacking
 
@@ -483,10 +483,13 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     stream = stream if stream is not None else sys.stdout
     workdir = Path(config.workdir)
     config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype))
+    problem = workdir_problem(workdir)
+    if problem:
+        raise RunError(problem)
     check_workdir(workdir, config, ("arch", "variant", "dtype"))  # cheap checks before loading any data
     dataset = data_lib.hold_out(data_lib.load_dataset(config.data, config.data_dir), config.holdout)
     config = dataclasses.replace(config, num_classes=len(dataset.class_names))
-    problem = data_problem(config, dataset.train_images.shape, workdir)
+    problem = data_problem(config, dataset.train_images.shape)
     if problem:
         raise RunError(problem)
     saved = check_workdir(workdir, config)

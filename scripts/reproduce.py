@@ -106,10 +106,13 @@ def _unfinished_torch_run(workdir: Path) -> bool:
     """Whether `workdir` holds a torch run that stopped before its last epoch (or logged none)."""
     if not (workdir / "torch_options.json").is_file():
         return False
+    files = (workdir / "config.json", workdir / "metrics.jsonl")
+    if any(path.exists() and not os.access(path, os.R_OK) for path in files):
+        return False  # unreadable here, maybe finished: the trainer's own refusal says so, and nothing is deleted
     try:
         return results.summarize_run(workdir).final_test_acc is None
-    except (OSError, ValueError):
-        return True  # no readable config or metrics: nothing finished to keep
+    except ValueError:
+        return True  # a missing or malformed config or metrics file: no finished run to keep
 
 
 SIZED_FILE = "sized_epochs.json"  # under --root: the epochs a sized plan gave its runs

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flax_resnet import data as data_lib
-from flax_resnet.config import SCHEDULES, Config, data_problem
+from flax_resnet.config import SCHEDULES, Config, data_problem, workdir_problem
 from flax_resnet.convert import save_safetensors
 from flax_resnet.reporting import Reporter, format_final
 from torch_ref import data as tdata
@@ -198,14 +198,17 @@ def train(
     """
     device = torch.device(options.device)
     workdir = Path(config.workdir)
-    if (workdir / "checkpoints").is_dir():  # cheap checks before loading any data
+    problem = workdir_problem(workdir)  # cheap checks before loading any data
+    if problem:
+        raise TrainError(problem)
+    if (workdir / "checkpoints").is_dir():
         raise TrainError(f"{workdir} holds a JAX run (checkpoints/); give the torch run its own --workdir")
     dataset = data_lib.hold_out(data_lib.load_dataset(config.data, config.data_dir), config.holdout)
     # The model's output size follows the dataset; the amp flag is what "dtype" means for this trainer.
     config = dataclasses.replace(
         config, num_classes=len(dataset.class_names), dtype="bfloat16" if options.amp else "float32"
     )
-    problem = data_problem(config, dataset.train_images.shape, workdir)
+    problem = data_problem(config, dataset.train_images.shape)
     if problem:
         raise TrainError(problem)
     n_train = len(dataset.train_images)
