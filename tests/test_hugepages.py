@@ -45,12 +45,14 @@ def test_with_tunable_keeps_the_users_other_tunables() -> None:
     assert not hugepages.enabled({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) and not hugepages.enabled({})
 
 
-def _python(code: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """`python -c code args...` from the repo root, with no hugetlb setting inherited but the `env` given."""
+def _python(code: str, *args: str, stdin: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -c code args...` (with `stdin`: `python - args...`, the code read from stdin) from the repo root,
+    with no hugetlb setting inherited but the `env` given."""
     environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "FLAX_RESNET_HUGEPAGES")}
+    program = ["-"] if stdin else ["-c", code]
     return subprocess.run(
-        [sys.executable, "-c", code, *args], cwd=REPO, env={**environ, **env}, capture_output=True, text=True,
-        timeout=120,
+        [sys.executable, *program, *args], input=code if stdin else None, cwd=REPO, env={**environ, **env},
+        capture_output=True, text=True, timeout=120,
     )
 
 
@@ -86,9 +88,7 @@ def test_a_program_read_from_stdin_runs_once_without_re_exec() -> None:
         "reexec_with_hugepages()\n"
         "print('main', os.environ.get('GLIBC_TUNABLES'))\n"
     )
-    environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "FLAX_RESNET_HUGEPAGES")}
-    proc = subprocess.run([sys.executable, "-", "x"], input=code, cwd=REPO, env=environ, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    proc = _python(code, "x", stdin=True)
     assert proc.returncode == 0 and proc.stdout.splitlines() == ["main None"], proc.stdout + proc.stderr
 
 
