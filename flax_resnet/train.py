@@ -275,12 +275,11 @@ def load_run(path: str | Path, warn: Callable[[str], None] | None = None) -> Loa
 
     def target_for(meta: dict[str, Any]) -> TrainState:
         """The restore target of the config recorded in a step's metadata (built once per config)."""
+        where = directory / str(meta.get("step"))
         try:
             config = Config.from_json(json.dumps(meta["config"]))
         except (KeyError, ValueError, TypeError) as e:
-            where = directory / str(meta.get("step"))
             raise CheckpointError(f"{where}: metadata holds no valid config ({e})") from None
-        where = directory / str(meta.get("step"))
         names = meta.get("class_names")
         if names is not None and (not isinstance(names, list) or len(names) != config.num_classes):
             raise CheckpointError(f"{where}: metadata's class names do not match its {config.num_classes} classes")
