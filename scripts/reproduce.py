@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             epochs = epochs or None  # {}: a dry run that showed the calibration runs; the plan follows, unsized
         for cmd in results.plan_commands(args.plan, args.root, args.data, epochs=epochs):
-            workdir = Path(cmd[cmd.index("--workdir") + 1])
+            workdir = _workdir(cmd)
             if _unfinished_torch_run(workdir):  # the torch trainer does not resume: rerunning the plan restarts it
                 print(f"note: {workdir} holds an unfinished torch run; training it again (--overwrite)")
                 cmd = [*cmd, "--overwrite"]
@@ -100,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {args.out}: cannot write the table ({e.strerror or e})", file=sys.stderr)
             return 1
     return 0
+
+
+def _workdir(cmd: list[str]) -> Path:
+    """The --workdir of a plan command (plan_commands gives every command one)."""
+    return Path(cmd[cmd.index("--workdir") + 1])
 
 
 def _unfinished_torch_run(workdir: Path) -> bool:
@@ -140,7 +145,7 @@ def calibrate(
     images of the data, as the JAX run's checkpoint records them)."""
     rates, batch, train_images = {}, results.plan_batch_size(plan), None
     for cmd in results.calibration_commands(plan, Path(root) / "calibrate", data, extra or []):
-        workdir = Path(cmd[cmd.index("--workdir") + 1])
+        workdir = _workdir(cmd)
         shutil.rmtree(workdir, ignore_errors=True)  # a fresh measurement: never a resumed or refused earlier one
         print("$ python " + shlex.join(cmd), flush=True)
         rc = subprocess.call([sys.executable, *cmd])
