@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,16 +79,34 @@ def to_torch_state_dict(model: nnx.Module, only: type[nnx.Variable] = nnx.Variab
     }
 
 
-def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> None:
+def load_torch_state_dict(
+    model: nnx.Module, state_dict: Mapping[str, Any], *, skip: str | Iterable[str] = ()
+) -> list[str]:
     """Load a torch state dict (tensors or numpy) into `model` in place; strict and all-or-nothing.
 
     Every missing, unexpected and mis-shaped key is reported together in one StateDictError, and the
     model is left unchanged. A missing `num_batches_tracked` (state dicts from before torch counted batches) is
     taken as 0; torch keeps the module's own count there. It changes nothing unless BatchNorm's momentum is None.
+
+    `skip` names torch modules or keys (`"fc"`, `"layer4.1.bn2.weight"`) to leave out on both sides, e.g. to
+    take an ImageNet backbone into a model with another head: the model keeps its own values there, the state
+    dict's entries there are ignored, and a name that matches nothing is an error (a typo would skip nothing).
+    Returns the model's keys that kept their values, sorted.
     """
+    names = [name.rstrip(".") for name in ((skip,) if isinstance(skip, str) else skip)]
+
+    def skipped(key: Any, name: str) -> bool:
+        return isinstance(key, str) and (key == name or key.startswith(name + "."))
+
+    def is_skipped(key: Any) -> bool:
+        return any(skipped(key, name) for name in names)
+
     expected = _torch_keys(model)
+    kept = {key for key in expected if is_skipped(key)}
     missing, mis_shaped, updates = [], [], []
     for key, (var, row) in expected.items():
+        if key in kept:
+            continue
         if key not in state_dict:
             if row[0] == "num_batches_tracked":
                 updates.append((var, jnp.zeros((), jnp.int32)))
@@ -104,18 +122,23 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> N
         # A host copy (on CPU a device array may alias the caller's buffer, e.g. torch's, which torch then
         # mutates), then device_put: jnp.array would compile a small program for every distinct shape.
         updates.append((var, jax.device_put(np.array(array, dtype=var[...].dtype, copy=True))))
-    unexpected = sorted(set(state_dict) - set(expected), key=str)  # str: a non-str key must not break the report
-    if missing or unexpected or mis_shaped:
+    # str: a non-str key must not break the report
+    unexpected = sorted((k for k in set(state_dict) - set(expected) if not is_skipped(k)), key=str)
+    unmatched = [n for n in names if not any(skipped(k, n) for k in (*expected, *state_dict))]
+    if missing or unexpected or mis_shaped or unmatched:
         parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)):
             if keys:
                 parts.append(f"{len(keys)} {label}: {', '.join(map(str, keys))}")
+        if unmatched:
+            parts.append(f"skip matches no key: {', '.join(map(repr, unmatched))}")
         raise StateDictError(
             f"state dict does not match {getattr(model, 'arch', 'model')}/{getattr(model, 'variant', '?')}: "
             + "; ".join(parts)
         )
     for var, value in updates:
         var[...] = value
+    return sorted(kept)
 
 
 def load_weights_file(path: str | Path) -> dict[str, np.ndarray]:

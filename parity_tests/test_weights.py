@@ -62,3 +62,38 @@ def test_torch_ref_imagenet_is_a_drop_in_for_torchvision_feature_extraction() ->
         assert torch.equal(ref(x), tv(x))
         feats = [create_feature_extractor(m, {"avgpool": "pooled"})(x)["pooled"] for m in (ref, tv)]
     assert feats[0].shape == (2, 512, 1, 1) and torch.equal(feats[0], feats[1])
+
+
+def test_backbone_with_another_head_loads_with_skip() -> None:
+    """torchvision's 1000-class resnet18 into a 10-class Flax model with `skip="fc"`: every other weight is
+    torchvision's, the head keeps its own values, and the logits are torchvision's backbone under that head."""
+    import torchvision
+    from flax import nnx
+
+    import flax_resnet
+
+    torch.manual_seed(3)
+    tv = torchvision.models.resnet18(num_classes=1000).eval()
+    harness.randomize_batchnorm(tv, 4)
+    model = flax_resnet.create_model("resnet18", "imagenet", num_classes=10, seed=5)
+    head = {k: v for k, v in flax_resnet.to_torch_state_dict(model).items() if k.startswith("fc.")}
+    with pytest.raises(flax_resnet.StateDictError, match=r"2 mis-shaped: fc\.bias .*fc\.weight"):
+        flax_resnet.load_torch_state_dict(model, tv.state_dict())  # strict by default
+    with pytest.raises(flax_resnet.StateDictError, match=r"skip matches no key: 'fc1'"):
+        flax_resnet.load_torch_state_dict(model, tv.state_dict(), skip=("fc", "fc1"))  # a typo is not silent
+
+    assert flax_resnet.load_torch_state_dict(model, tv.state_dict(), skip="fc") == ["fc.bias", "fc.weight"]
+    ours = flax_resnet.to_torch_state_dict(model)
+    theirs = tv.state_dict()
+    assert set(ours) == set(theirs)
+    for key, value in ours.items():
+        want = head[key] if key.startswith("fc.") else theirs[key].numpy()
+        assert np.array_equal(value, want), key
+
+    tv.fc = torch.nn.Linear(512, 10)  # torchvision's backbone under the Flax model's head
+    tv.fc.load_state_dict({"weight": torch.from_numpy(head["fc.weight"]), "bias": torch.from_numpy(head["fc.bias"])})
+    x = harness.images(6, 2, 64)
+    with torch.no_grad():
+        want = tv.eval()(harness.nchw(x)).numpy()
+    got = np.asarray(nnx.view(model, use_running_average=True)(x))
+    assert np.max(np.abs(got - want)) <= harness.TOL_EVAL * max(1.0, float(np.max(np.abs(want))))
