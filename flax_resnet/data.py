@@ -57,7 +57,7 @@ _SPLITS = ("train", "test")
 _CIFAR_BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
 _CIFAR_META = "batches.meta"
 # Bump when the decoded content for the same source would change (invalidates old caches).
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: 16-bit greys scaled, transparency composited over the mean colour
 # What TFDS 4.9 downloads for cifar10; probed once (no retries) before handing over to TFDS's own downloader,
 # which retries for minutes when there is no network.
 _TFDS_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
@@ -353,10 +353,17 @@ def _assemble_folder(tree: _Tree, root: str) -> Dataset:
 
 def rgb8(image: Any) -> np.ndarray:
     """(H, W, 3) uint8 pixels of a PIL image. 16-bit greyscale (PIL modes I;16*, I) is scaled to 8 bits, where
-    PIL's own convert("RGB") clips it at 255 (a mid-grey 16-bit PNG would come out white); alpha is dropped."""
+    PIL's own convert("RGB") clips it at 255 (a mid-grey 16-bit PNG would come out white). Transparency is
+    composited over the CIFAR-10 mean colour, which normalizes to ~0 (no signal), where convert("RGB") would
+    show whatever colour the file stores under transparent pixels (often black)."""
     if image.mode.startswith("I;16") or image.mode == "I":
         grey = np.clip(np.round(np.asarray(image, np.float64) / 257.0), 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1)
+    if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
+        rgba = np.asarray(image.convert("RGBA"), np.float64)
+        alpha = rgba[..., 3:] / 255.0
+        background = 255.0 * np.asarray(CIFAR10_MEAN)
+        return np.round(rgba[..., :3] * alpha + background * (1.0 - alpha)).astype(np.uint8)
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), np.uint8)
 
 

@@ -279,3 +279,27 @@ def test_dataset_decodes_16_bit_greys_at_their_level(tmp_path: Path) -> None:
             Image.fromarray(np.full((32, 32), 257 * 40, np.uint16)).save(tmp_path / "data" / split / name / "0.png")
     dataset = data_lib.load_dataset(tmp_path / "data", tmp_path / "cache")
     assert np.unique(dataset.train_images).tolist() == [40]
+
+
+def test_transparent_pixels_read_as_the_mean_colour(tmp_path: Path) -> None:
+    # RGBA: an opaque red half, a transparent half storing black, a half-transparent white pixel. Transparent
+    # pixels become the CIFAR-10 mean colour (which normalizes to ~0), opaque ones keep their colour.
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[:, :16] = (255, 0, 0, 255)
+    rgba[0, 0] = (255, 255, 255, 128)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    mean = [round(255 * m) for m in data_lib.CIFAR10_MEAN]  # (125, 123, 114)
+    array, _ = _script("predict").load_image(tmp_path / "rgba.png")
+    assert array[5, 5].tolist() == [255, 0, 0] and array[5, 20].tolist() == mean
+    half = 128 / 255
+    assert array[0, 0].tolist() == [round(255 * half + 255 * m * (1 - half)) for m in data_lib.CIFAR10_MEAN]
+    assert np.abs(np.asarray(data_lib.normalize(array[None, 5:6, 20:21]))).max() < 0.01
+    # A palette PNG whose entry 0 is transparent (GIF-style), and opaque RGBA, which reads as plain RGB.
+    palette = Image.fromarray(np.where(np.arange(32)[None, :] < 16, 1, 0).repeat(32, 0).astype(np.uint8), "P")
+    palette.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.save(tmp_path / "p.png", transparency=0)
+    array, _ = _script("predict").load_image(tmp_path / "p.png")
+    assert array[3, 3].tolist() == [0, 0, 255] and array[3, 30].tolist() == mean
+    rgba[..., 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
+    assert np.array_equal(_script("predict").load_image(tmp_path / "opaque.png")[0], rgba[..., :3])
