@@ -13,6 +13,7 @@ import errno
 import gc
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -54,12 +55,37 @@ def _host_array(x: Any) -> np.ndarray:
 
 def tree_digest(tree: Any) -> str:
     """CRC32 over every leaf's dtype, shape and bytes, in tree order: detects any damaged or swapped value."""
-    crc = 0
+    return _digests(tree)[0]
+
+
+def _digests(tree: Any) -> tuple[str, list[str]]:
+    """(tree_digest, the same CRC32 of each leaf on its own) in one pass: the second names a damaged array."""
+    crc, leaves = 0, []
     for leaf in jax.tree.leaves(tree):
         a = np.ascontiguousarray(_host_array(leaf))
-        crc = zlib.crc32(f"{a.dtype}{a.shape}".encode(), crc)
-        crc = zlib.crc32(a.view(np.uint8).reshape(-1) if a.size else b"", crc)
-    return f"{crc:08x}"
+        header = f"{a.dtype}{a.shape}".encode()
+        data = a.view(np.uint8).reshape(-1) if a.size else b""
+        crc = zlib.crc32(data, zlib.crc32(header, crc))
+        leaves.append(f"{zlib.crc32(data, zlib.crc32(header)):08x}")
+    return f"{crc:08x}", leaves
+
+
+def _leaf_names(tree: Any) -> list[str]:
+    """Dotted paths of the leaves, in tree order, as orbax names them in its errors (`params.conv1.kernel`)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [jax.tree_util.keystr(path, simple=True, separator=".") for path, _ in leaves]
+
+
+def _damaged_array(e: BaseException) -> str | None:
+    """The array an orbax/tensorstore read error names deep in its cause chain ('Error reading "params.w/0.0"')."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        found = re.search(r'Error reading "([^"/]+)', str(e))
+        if found:
+            return found.group(1)
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def tree_layout(tree: Any) -> list[str]:
@@ -120,7 +146,9 @@ class Checkpointer:
 
         Raises CheckpointError (e.g. disk full) naming the directory; any partial temporary directory is removed.
         """
-        meta = dict(meta, step=int(step), digest=tree_digest(state), layout=tree_layout(state), format=META_FORMAT)
+        digest, leaf_digests = _digests(state)
+        layout = tree_layout(state)
+        meta = dict(meta, step=int(step), digest=digest, leaf_digests=leaf_digests, layout=layout, format=META_FORMAT)
 
         def attempt() -> None:
             try:
@@ -184,15 +212,26 @@ class Checkpointer:
                     "with the run's own settings (its config.json) or use another --workdir"
                 )
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_like(target)))
-        restored, error = _run_quietly(lambda: self._manager.restore(step, args=args).state)
+
+        def describe(e: Exception) -> str:
+            array = _damaged_array(e)
+            return (f"array {array}: " if array else "") + _one_line(e)
+
+        restored, error = _run_quietly(lambda: self._manager.restore(step, args=args).state, describe=describe)
         if error is not None:
             raise CheckpointError(f"{self.step_dir(step)}: unreadable checkpoint ({error})")
         if jax.tree.structure(restored) != jax.tree.structure(target):
             raise CheckpointError(f"{self.step_dir(step)}: checkpoint does not match the model's state structure")
-        digest = tree_digest(restored)
+        digest, leaf_digests = _digests(restored)
         if digest != meta["digest"]:
+            recorded = meta.get("leaf_digests")  # older checkpoints have none
+            names = []
+            if isinstance(recorded, list) and len(recorded) == len(leaf_digests):
+                names = [n for n, a, b in zip(_leaf_names(restored), leaf_digests, recorded, strict=True) if a != b]
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            damaged = f" in {', '.join(names[:3])}{more}" if names else ""
             raise CheckpointError(
-                f"{self.step_dir(step)}: checkpoint is corrupt (digest {digest} != recorded {meta['digest']})"
+                f"{self.step_dir(step)}: checkpoint is corrupt{damaged} (digest {digest} != recorded {meta['digest']})"
             )
         return restored, meta
 

@@ -74,7 +74,7 @@ def test_corrupt_latest_falls_back_to_previous_with_warning(tmp_path: Path, dama
         victim.write_bytes(data[: len(data) // 2])
     else:
         victim.write_bytes(data[:16] + bytes(255 - b for b in data[16:]))
-    with pytest.raises(CheckpointError, match=r"ck/4"):
+    with pytest.raises(CheckpointError, match=r"ck/4: unreadable checkpoint \(array params\.w: "):  # the largest
         ckpt.restore(4, _state(0))
     warnings: list[str] = []
     restored, meta = ckpt.restore_latest(_state(0), warnings.append, quarantine=tmp_path / "bad")
@@ -85,6 +85,21 @@ def test_corrupt_latest_falls_back_to_previous_with_warning(tmp_path: Path, dama
     assert ckpt.all_steps() == [2] and len(list((tmp_path / "bad").iterdir())) == 1
     ckpt.save(4, _state(5), {})
     assert _equal(ckpt.restore(4, _state(0))[0], _state(5))
+
+
+def test_an_array_that_reads_but_changed_is_named(tmp_path: Path) -> None:
+    # Arrays that decode but are not what was saved (here a step's state replaced by one whose `params.b`
+    # alone differs): the digest catches it, and the per-array digests name the array.
+    saved = _state(4)
+    changed = {**saved, "params": {**saved["params"], "b": saved["params"]["b"] + 1}}
+    ckpt, other = Checkpointer(tmp_path / "ck"), Checkpointer(tmp_path / "other")
+    ckpt.save(4, saved, {})
+    other.save(4, changed, {})
+    shutil.rmtree(ckpt.step_dir(4) / "state")
+    shutil.copytree(other.step_dir(4) / "state", ckpt.step_dir(4) / "state")
+    assert _equal(other.restore(4, _state(0))[0], changed)
+    with pytest.raises(CheckpointError, match=r"ck/4: checkpoint is corrupt in params\.b \(digest [0-9a-f]{8} != "):
+        ckpt.restore(4, _state(0))
 
 
 def test_every_checkpoint_corrupt_is_a_clear_error(tmp_path: Path) -> None:
