@@ -27,6 +27,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from flax_resnet.errors import one_line
+
 META_FORMAT = 1
 
 
@@ -39,11 +41,9 @@ class CheckpointMismatchError(CheckpointError):
 
 
 def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    text = text.split(" See full TensorStore details:")[0]  # a repr of tensorstore's bound method: noise
-    if len(text) > 300:
-        text = text[:300] + "..."
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    """errors.one_line without tensorstore's repr of a bound method (noise), at most ~300 characters."""
+    line = one_line(e).split(" See full TensorStore details:")[0]
+    return line if len(line) <= 300 else line[:300] + "..."
 
 
 def _host_array(x: Any) -> np.ndarray:

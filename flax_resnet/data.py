@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from flax_resnet.errors import one_line
+
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane",
     "automobile",
@@ -150,7 +152,7 @@ def write_image_folder(
                     archive.addfile(info, buffer)
         os.replace(tmp, dest)
     except OSError as e:
-        raise DataError(f"{dest}: cannot write ({e.strerror or _one_line(e)})") from None
+        raise DataError(f"{dest}: cannot write ({e.strerror or one_line(e)})") from None
     finally:
         with contextlib.suppress(OSError):  # e.g. NotADirectoryError when DEST's folder is a file
             tmp.unlink(missing_ok=True)
@@ -198,7 +200,7 @@ def _prepare_tfds(builder) -> None:
         builder.download_and_prepare()
     except Exception as e:  # any failure here is the same user-facing problem
         raise DataError(
-            f"tfds cifar10: preparing {target} failed ({_one_line(e)}); {_OFFLINE_HINT}"
+            f"tfds cifar10: preparing {target} failed ({one_line(e)}); {_OFFLINE_HINT}"
         ) from None
 
 
@@ -210,7 +212,7 @@ def _tfds_arrays(tf, tfds, ds, where: str) -> tuple[np.ndarray, np.ndarray]:
             images.append(np.asarray(batch["image"], np.uint8))
             labels.append(np.asarray(batch["label"], np.int32))
     except tf.errors.OpError as e:
-        raise DataError(f"{where}: reading failed ({_one_line(e)})") from None
+        raise DataError(f"{where}: reading failed ({one_line(e)})") from None
     if not images:
         raise DataError(f"{where}: a split has no examples")
     return np.concatenate(images), np.concatenate(labels)
@@ -232,7 +234,7 @@ class _Tree:
         try:
             return self.files[name][0]()
         except OSError as e:
-            raise DataError(f"{self.where(name)}: cannot read ({_one_line(e)})") from None
+            raise DataError(f"{self.where(name)}: cannot read ({one_line(e)})") from None
 
     def where(self, name: str) -> str:
         return f"{self.origin}:{name}" if self.is_tar else str(self.origin / name)
@@ -254,7 +256,7 @@ def _scan_directory(path: Path, max_depth: int = 4) -> _Tree:
         try:
             entries = list(os.scandir(directory))
         except OSError as e:
-            raise DataError(f"{directory}: cannot list ({_one_line(e)})") from None
+            raise DataError(f"{directory}: cannot list ({one_line(e)})") from None
         for entry in entries:
             if entry.name.startswith("."):
                 continue
@@ -289,7 +291,7 @@ def _read_tar(path: Path) -> _Tree:
                     data = archive.extractfile(member).read()
                     files[name] = (lambda data=data: data, None)
     except (tarfile.TarError, EOFError, zlib.error, OSError, KeyError) as e:
-        raise DataError(f"{path}: not a readable tar archive ({_one_line(e)})") from None
+        raise DataError(f"{path}: not a readable tar archive ({one_line(e)})") from None
     return _Tree(path, dirs, files, is_tar=True)
 
 
@@ -379,7 +381,7 @@ def _decode_image(data: bytes, where: str) -> np.ndarray:
     except DataError:
         raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files
-        detail = re.sub(r" ?<[\w.]+ object at 0x[0-9a-fA-F]+>", "", _one_line(e))  # PIL names our BytesIO
+        detail = re.sub(r" ?<[\w.]+ object at 0x[0-9a-fA-F]+>", "", one_line(e))  # PIL names our BytesIO
         raise DataError(f"{where}: cannot decode image ({detail})") from None
 
 
@@ -412,7 +414,7 @@ def _unpickle(tree: _Tree, name: str) -> dict:
     except DataError:
         raise
     except Exception as e:  # a broken pickle can raise almost anything
-        raise DataError(f"{tree.where(name)}: not a CIFAR-10 python batch ({_one_line(e)})") from None
+        raise DataError(f"{tree.where(name)}: not a CIFAR-10 python batch ({one_line(e)})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{tree.where(name)}: not a CIFAR-10 python batch ({type(obj).__name__}, not dict)")
     return obj
@@ -504,7 +506,7 @@ def _write_cache(cache_file: Path, dataset: Dataset) -> None:
         _remove_stale_temps(cache_file)
     except OSError as e:
         # one line, not a Python warning with its source location; the run goes on without the cache
-        print(f"warning: could not write dataset cache {cache_file}: {_one_line(e)}", file=sys.stderr)
+        print(f"warning: could not write dataset cache {cache_file}: {one_line(e)}", file=sys.stderr)
     finally:
         if tmp_name is not None:
             Path(tmp_name).unlink(missing_ok=True)
@@ -522,11 +524,6 @@ def _remove_stale_temps(cache_file: Path, age_seconds: float = 3600) -> None:
         with contextlib.suppress(OSError):
             if time.time() - old.stat().st_mtime > age_seconds:
                 old.unlink()
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 HOLDOUT_SEED = 20261128  # one fixed split for every run, so runs of a sweep are compared on the same images

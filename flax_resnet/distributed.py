@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from flax_resnet.errors import one_line
+
 DATA_AXIS = "data"
 JOIN_TIMEOUT_SECONDS = 300  # jax's default: how long a process waits for the others to join
 
@@ -44,10 +46,9 @@ def initialize(coordinator_address: str | None, num_processes: int, process_id: 
             initialization_timeout=JOIN_TIMEOUT_SECONDS,
         )
     except Exception as e:  # jax's own errors (a used port, a second initialize...) vary in type
-        text = " ".join(str(e).split())[:300]
         raise DistributedError(
             f"cannot join the run at {coordinator_address} as process {process_id} of {num_processes} "
-            f"({type(e).__name__}: {text})"
+            f"({one_line(e)[:300]})"
         ) from None
 
 
