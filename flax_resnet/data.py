@@ -529,24 +529,46 @@ def _remove_stale_temps(cache_file: Path, age_seconds: float = 3600) -> None:
 HOLDOUT_SEED = 20261128  # one fixed split for every run, so runs of a sweep are compared on the same images
 
 
+def image_keys(images: np.ndarray, salt: bytes = b"") -> np.ndarray:
+    """A (salted) 64-bit hash of each image's pixels: what an image is, whatever its place in the dataset."""
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(im.tobytes(), digest_size=8, key=salt).digest(), "little") for im in images],
+        np.uint64,
+    )
+
+
+def image_set_digest(images: np.ndarray, labels: np.ndarray) -> str:
+    """A digest of a set of labelled images that does not depend on their order: the same set, the same digest."""
+    keys = image_keys(images)
+    order = np.lexsort((labels, keys))
+    digest = hashlib.sha256(keys[order].tobytes())
+    digest.update(np.asarray(labels, np.int64)[order].tobytes())
+    return digest.hexdigest()[:16]
+
+
 def hold_out(dataset: Dataset, n: int) -> Dataset:
     """A copy whose test split is `n` training images (stratified by class) and whose train split is the rest.
 
     For choosing a recipe without looking at the test set: evaluation then measures the held-out images.
-    The choice depends only on the labels and HOLDOUT_SEED, never on the run's seed; both keep their order.
-    n == 0 returns `dataset` itself.
+    Each class gives its share of `n` (largest remainder), and which of its images go depends only on their
+    pixels and HOLDOUT_SEED: never on the run's seed, nor on the order of the images, so another copy of the
+    same data (TFDS, the python pickles, an image folder) holds out the same images. Both splits keep their
+    order. n == 0 returns `dataset` itself.
     """
     if n < 0:
         raise ValueError(f"holdout must be >= 0, got {n}")
     if n == 0:
         return dataset
     labels = dataset.train_labels
-    k = len(dataset.class_names)
-    shuffled = np.random.default_rng(HOLDOUT_SEED).permutation(len(labels))
+    counts = np.bincount(labels, minlength=len(dataset.class_names))
+    quotas = n * counts // counts.sum()
+    by_remainder = np.argsort(-(n * counts % counts.sum()), kind="stable")
+    quotas[by_remainder[: n - quotas.sum()]] += 1
+    keys = image_keys(dataset.train_images, HOLDOUT_SEED.to_bytes(8, "little"))
+    order = np.lexsort((np.arange(len(labels)), keys))  # by key; identical images by position
     chosen = []
-    for c in range(k):
-        members = shuffled[labels[shuffled] == c]
-        quota = n // k + (1 if c < n % k else 0)
+    for c, quota in enumerate(quotas):
+        members = order[labels[order] == c]
         if quota >= len(members):
             raise DataError(
                 f"holdout {n} takes {quota} of the {len(members)} training images of class "

@@ -222,6 +222,19 @@ def check_step_geometry(meta: dict[str, Any], batch_size: int, n_train: int, ste
         )
 
 
+def check_held_out(meta: dict[str, Any], digest: str | None, where: Path) -> None:
+    """RunError unless a `--holdout` checkpoint held out these very images (`data.image_set_digest`): else a
+    resumed run would train on images it evaluates on."""
+    if digest is None or meta.get("holdout_digest") == digest:
+        return
+    why = (
+        "it was made before held-out images were chosen by their pixels (2026-12-05)"
+        if meta.get("holdout_digest") is None
+        else "this --data holds other images"
+    )
+    raise RunError(f"{where} held out other training images than this run would ({why}); use another --workdir")
+
+
 def build_state(
     config: Config, steps_per_epoch: int = 1
 ) -> tuple[nnx.GraphDef, TrainState, optax.GradientTransformation, optax.Schedule]:
@@ -253,6 +266,7 @@ class LoadedRun:
     state: TrainState
     step: int
     path: Path
+    holdout_digest: str | None = None  # `data.image_set_digest` of a --holdout run's held-out images
 
     def model(self) -> nnx.Module:
         """The model holding this checkpoint's parameters and statistics."""
@@ -304,7 +318,8 @@ def load_run(path: str | Path, warn: Callable[[str], None] | None = None) -> Loa
         ckpt.close()
     config, graphdef, _ = built[Config.from_json(json.dumps(meta["config"])).to_json()]
     names = tuple(meta.get("class_names") or [str(i) for i in range(config.num_classes)])
-    return LoadedRun(config, names, graphdef, state, int(meta["step"]), directory / str(meta["step"]))
+    step = int(meta["step"])
+    return LoadedRun(config, names, graphdef, state, step, directory / str(step), meta.get("holdout_digest"))
 
 
 def make_eval_fn(graphdef: nnx.GraphDef, packing: StatePacking) -> Callable[..., dict[str, jax.Array]]:
@@ -492,6 +507,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     if problem:
         raise RunError(problem)
     saved = check_workdir(workdir, config)
+    holdout_digest = data_lib.image_set_digest(dataset.test_images, dataset.test_labels) if config.holdout else None
 
     mesh = make_mesh()
     n_train = len(dataset.train_labels)
@@ -536,6 +552,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     if restored is not None:
         state, meta = restored
         check_step_geometry(meta, bs, n_train, steps_per_epoch, ckpt.step_dir(int(meta["step"])))
+        check_held_out(meta, holdout_digest, ckpt.step_dir(int(meta["step"])))
         step = int(meta["step"])
         if step > total_steps:  # saving this config would label the run's epochs and metrics wrongly
             limit = f"--epochs {config.epochs}" + (f", --max-steps {config.max_steps}" if config.max_steps else "")
@@ -600,6 +617,8 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             "class_names": list(dataset.class_names),
             "epoch_sums": epoch_sums,
         }
+        if holdout_digest is not None:
+            meta["holdout_digest"] = holdout_digest
         nonlocal saved_at
         stop["saving"] = True
         try:

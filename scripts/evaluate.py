@@ -60,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         # A --holdout run chose its recipe without the test set; evaluating it stays on its held-out images.
         dataset = data_lib.hold_out(dataset, run.config.holdout)
+        if run.config.holdout:
+            digest = data_lib.image_set_digest(dataset.test_images, dataset.test_labels)
+            if digest != run.holdout_digest:
+                why = "the run predates choosing them by their pixels" if run.holdout_digest is None else "other data?"
+                raise data_lib.DataError(
+                    f"{source}: its {run.config.holdout} held-out images are not the ones the run held out ({why}); "
+                    "scoring them could count images it trained on"
+                )
         mesh = make_mesh()
         wanted = min(args.batch_size, len(dataset.test_labels))  # a larger batch would only be padding
         batch = -(-wanted // mesh.size) * mesh.size

@@ -7,6 +7,7 @@ the same files, hand-computed numbers, and a brute-force numpy search over all c
 from __future__ import annotations
 
 import collections
+import dataclasses
 import io
 import os
 import pickle
@@ -30,6 +31,7 @@ from flax_resnet.data import (
     epoch_order,
     eval_batches,
     hold_out,
+    image_set_digest,
     load_dataset,
     normalize,
     per_class_subset,
@@ -643,6 +645,32 @@ def test_hold_out_is_stratified_disjoint_and_fixed(n: int, quotas: list[int]) ->
     assert hold_out(full, 0) is full
 
 
+@pytest.mark.parametrize("n, quotas", [(8, [6, 2]), (5, [4, 1])])
+def test_hold_out_gives_each_class_its_share(n: int, quotas: list[int]) -> None:
+    # Classes of 30 and 10 images: shares 3/4 and 1/4 of n; 5 -> 3.75 / 1.25, the remainder to the larger one.
+    assert np.bincount(hold_out(_labelled([30, 10]), n).test_labels).tolist() == quotas
+
+
+def test_hold_out_depends_on_the_images_not_their_order() -> None:
+    # Another copy of the same data in another order (TFDS, the pickles, an image folder) holds out the same
+    # images; the run's seed plays no part either.
+    full = _labelled([300] * 10)
+    perm = np.random.default_rng(8).permutation(3000)
+    shuffled = dataclasses.replace(full, train_images=full.train_images[perm], train_labels=full.train_labels[perm])
+    held, held_shuffled = hold_out(full, 500), hold_out(shuffled, 500)
+    assert sorted(_index(held.test_images)) == sorted(_index(held_shuffled.test_images))
+    assert image_set_digest(held.test_images, held.test_labels) == image_set_digest(
+        held_shuffled.test_images, held_shuffled.test_labels
+    )
+    other = held.test_images.copy()
+    other[0, 1, 1, 2] += 1  # one pixel of one image
+    assert image_set_digest(other, held.test_labels) != image_set_digest(held.test_images, held.test_labels)
+    relabelled = held.test_labels.copy()
+    relabelled[0] = (relabelled[0] + 1) % 10
+    assert image_set_digest(held.test_images, relabelled) != image_set_digest(held.test_images, held.test_labels)
+
+
 def test_hold_out_refuses_to_take_a_whole_class() -> None:
-    with pytest.raises(DataError, match="takes 3 of the 3 training images of class 'c1'"):
-        hold_out(_labelled([10, 3]), 6)
+    # Shares of 6: 60/11 and 6/11, so floors 5 and 0 and the remainder (0.55 > 0.45) to the single image's class.
+    with pytest.raises(DataError, match="takes 1 of the 1 training images of class 'c1'"):
+        hold_out(_labelled([10, 1]), 6)

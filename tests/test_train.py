@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.special
 
-from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS
+from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, make_image_folder
 from flax_resnet import data as data_lib
 from flax_resnet.checkpoint import Checkpointer
 from flax_resnet.config import make_config
@@ -218,6 +218,13 @@ def test_holdout_trains_on_the_rest_and_evaluates_on_the_held_out_images(
     out = capsys.readouterr().out
     scores = f"loss: {result['test_loss']:.4f}  accuracy: {100 * result['test_acc']:.2f}%"
     assert f"holdout (30 training images) {scores}" in out
+    # Other images under the same classes: their held-out 30 are not the run's, so evaluate.py and a resume
+    # refuse them (scoring or training on them would mix trained and held-out images).
+    other = make_image_folder(tmp_path / "other", seed=1)
+    assert evaluate_cli.main([str(tmp_path / "run"), "--data", str(other), "--out", str(tmp_path / "cm2.png")]) == 1
+    assert "its 30 held-out images are not the ones the run held out (other data?)" in capsys.readouterr().err
+    with pytest.raises(RunError, match=r"held out other training images than this run would \(this --data holds"):
+        train(_config(other, tmp_path, epochs=2, holdout=30))
 
 
 def test_epoch_seconds_leave_out_checkpoints_saved_inside_the_epoch(
