@@ -59,7 +59,7 @@ _SPLITS = ("train", "test")
 _CIFAR_BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
 _CIFAR_META = "batches.meta"
 # Bump when the decoded content for the same source would change (invalidates old caches).
-_CACHE_FORMAT = 2  # 2: 16-bit greys scaled, transparency composited over the mean colour
+_CACHE_FORMAT = 2  # 2: 16-bit greys scaled, transparency composited, tar symlinks read, hidden dirs skipped
 # What TFDS 4.9 downloads for cifar10; probed once (no retries) before handing over to TFDS's own downloader,
 # which retries for minutes when there is no network.
 _TFDS_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
@@ -285,10 +285,17 @@ def _read_tar(path: Path) -> _Tree:
                 name = "/".join(parts)
                 for i in range(1, len(parts)):
                     dirs.add("/".join(parts[:i]))
+                if any(part.startswith(".") for part in parts):  # hidden, as a directory scan skips them
+                    continue
                 if member.isdir():
                     dirs.add(name)
-                elif (member.isfile() or member.islnk()) and _wanted(name):  # islnk: a hard link's content
-                    data = archive.extractfile(member).read()
+                elif (member.isfile() or member.islnk() or member.issym()) and _wanted(name):
+                    try:  # a link's content: tarfile follows hard and symbolic links to members of the archive
+                        data = archive.extractfile(member).read()
+                    except KeyError:
+                        raise DataError(
+                            f"{path}:{name}: a link to {member.linkname!r}, which is not in the archive"
+                        ) from None
                     files[name] = (lambda data=data: data, None)
     except (tarfile.TarError, EOFError, zlib.error, OSError, KeyError) as e:
         raise DataError(f"{path}: not a readable tar archive ({one_line(e)})") from None
@@ -459,7 +466,7 @@ def _assemble_cifar(tree: _Tree, root: str) -> Dataset:
 
 def _cache_file(cache_dir: Path, source: Path, stamp: list) -> Path:
     """Cache name: the source's name, a hash of its absolute path, and a hash of path + sizes + mtimes."""
-    path_key = hashlib.sha256(str(source).encode()).hexdigest()[:8]
+    path_key = hashlib.sha256(os.fsencode(source)).hexdigest()[:8]  # fsencode: any bytes a file name may hold
     state_key = hashlib.sha256(json.dumps([_CACHE_FORMAT, str(source), stamp]).encode()).hexdigest()[:16]
     safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", source.name) or "root"
     return cache_dir / f"{safe_name}.{path_key}.{state_key}.npz"

@@ -60,7 +60,7 @@ def _make_folder(root: Path) -> Dataset:
     """Write a small image-folder tree and return what loading it must give (built here, by hand).
 
     Classes are created out of order; file names mix extension case; one image is grayscale, one JPEG;
-    stray files (a .txt, a hidden macOS '._' file, an image directly in train/) must be ignored.
+    stray files (a .txt, a hidden macOS '._' file, a hidden folder, an image directly in train/) must be ignored.
     """
     dog0, dog1, cat0, plane0, plane1 = (_pixels(i) for i in range(5))
     gray = _pixels(5, (32, 32))
@@ -75,6 +75,7 @@ def _make_folder(root: Path) -> Dataset:
     _write_png(root / "test/dog/0.png", test_dog)
     (root / "train/dog/notes.txt").write_text("not an image")
     (root / "train/cat/._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    _write_png(root / "train/.ipynb_checkpoints/0.png", _pixels(9))  # a hidden folder is no class
     _write_png(root / "train/stray.png", _pixels(8))
     jpeg = np.asarray(Image.open(root / "train/airplane/2.jpg").convert("RGB"))  # PIL's own decoding
     gray_rgb = np.repeat(gray[:, :, None], 3, axis=2)
@@ -190,6 +191,37 @@ def test_tar_hard_links_are_followed(tmp_path: Path) -> None:
     got = load_dataset(str(archive), data_dir=str(tmp_path / "cache"))
     np.testing.assert_array_equal(got.train_images, image[None])
     np.testing.assert_array_equal(got.test_images, image[None])
+
+
+def test_tar_symbolic_links_are_followed_and_a_dangling_one_is_named(tmp_path: Path) -> None:
+    # A subset tar built with `ln -s` keeps its class: the link's target is read (relative to the link's folder).
+    image = _pixels(12)
+    _write_png(tmp_path / "tree/train/cat/0.png", image)
+    archive = tmp_path / "symlinked.tar"
+    with tarfile.open(archive, "w") as out:
+        out.add(tmp_path / "tree/train/cat/0.png", arcname="train/cat/0.png")
+        for name, target in (("train/dog/0.png", "../cat/0.png"), ("test/cat/0.png", "../../train/cat/0.png"),
+                             ("test/dog/0.png", "../../train/dog/0.png")):  # fmt: skip  (a link to a link)
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            out.addfile(link)
+    got = load_dataset(str(archive), data_dir=str(tmp_path / "cache"))
+    assert got.class_names == ("cat", "dog")
+    np.testing.assert_array_equal(got.train_images, np.stack([image, image]))
+    np.testing.assert_array_equal(got.test_images, np.stack([image, image]))
+    with tarfile.open(tmp_path / "dangling.tar", "w") as out:
+        out.add(tmp_path / "tree/train/cat/0.png", arcname="train/cat/0.png")
+        link = tarfile.TarInfo("test/cat/0.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../elsewhere/0.png"
+        out.addfile(link)
+    message = _error(tmp_path / "dangling.tar", tmp_path / "cache")
+    link = "a link to '../../elsewhere/0.png', which is not in the archive"
+    assert message == f"{tmp_path / 'dangling.tar'}:test/cat/0.png: {link}"
+
+
+def test_a_path_that_is_not_utf8_loads(tmp_path: Path) -> None:
+    want = _make_folder(tmp_path / os.fsdecode(b"caf\xe9"))  # a Latin-1 name: a lone surrogate in Python
+    _assert_same(load_dataset(tmp_path / os.fsdecode(b"caf\xe9"), data_dir=tmp_path / "cache"), want)
 
 
 def test_cache_is_used_and_invalidated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
