@@ -624,9 +624,15 @@ def per_class_subset(dataset: Dataset, train_per_class: int | None, test_per_cla
 def normalize(
     images: jax.Array, mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD
 ) -> jax.Array:
-    """uint8 NHWC -> float32 (x/255 - mean)/std per channel: the torchvision ToTensor + Normalize pair."""
-    x = jnp.asarray(images).astype(jnp.float32) / 255.0
-    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+    """uint8 NHWC -> float32 (x/255 - mean)/std per channel: the torchvision ToTensor + Normalize pair.
+
+    Computed as (x - 255 mean) * (1 / (255 std)), each constant rounded once: a subtraction and a product that
+    XLA cannot reorder, so the value is the same to the bit in any jitted program. The divisions, which XLA
+    turns into products by reciprocals or not depending on what they are fused with, differed in the last bit.
+    """
+    offset = np.float32(255.0 * np.asarray(mean, np.float64))
+    scale = np.float32(1.0 / (255.0 * np.asarray(std, np.float64)))
+    return (jnp.asarray(images).astype(jnp.float32) - offset) * scale
 
 
 def augment(rng: jax.Array, images: jax.Array, pad: int = 4, flip: bool = True) -> jax.Array:

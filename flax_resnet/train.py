@@ -250,10 +250,15 @@ def build_state(
         conv_lowering=config.conv_lowering,  # type: ignore[arg-type]
         batch_norm=config.batch_norm,
     )
-    schedule = make_schedule(config, steps_per_epoch)
-    tx = make_optimizer(schedule, config.momentum, config.nesterov, config.weight_decay)
+    tx, schedule = make_tx(config, steps_per_epoch)
     graphdef, state = init_state(model, tx)
     return graphdef, state, tx, schedule
+
+
+def make_tx(config: Config, steps_per_epoch: int = 1) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The run's optimizer and its learning-rate schedule, from `config`'s recipe."""
+    schedule = make_schedule(config, steps_per_epoch)
+    return make_optimizer(schedule, config.momentum, config.nesterov, config.weight_decay), schedule
 
 
 @dataclasses.dataclass

@@ -26,7 +26,7 @@ from torch import nn
 import flax_resnet
 import torch_ref
 from flax_resnet import train as train_lib
-from flax_resnet.config import Config
+from flax_resnet.config import Config, make_config
 from flax_resnet.data import normalize
 
 ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -408,6 +408,7 @@ class Trajectory:
     loss: float  # max over steps of |dloss|
     params: float  # max over parameter tensors of max|d| / max|ref| after the last step
     bn_stats: float  # same for BN running mean/var
+    num_batches_tracked_ok: bool  # every BN counted each step, in both frameworks
     losses: list[float]  # torch's per-step losses, to show the run actually trains
     jax_losses: list[float]  # flax_resnet's per-step losses on the same batches
 
@@ -464,7 +465,13 @@ def _zero_init_residual(tmodel: nn.Module) -> None:
 def check_trajectory(
     arch: str, steps: int = 20, batch: int = 8, lr: float = 0.01, dtype: str = "float64", size: int = 16
 ) -> Trajectory:
-    """flax_resnet.train's jitted step (augment off, no label smoothing) vs a plain torch SGD loop (cifar).
+    """flax_resnet.train's jitted step (augment off) with the trainer's own optimizer for the `default` recipe
+    (`make_tx`: Nesterov momentum 0.9, weight decay 5e-4) and its label smoothing 0.1, vs a plain torch loop:
+    torch.optim.SGD at the schedule's lr per step, F.cross_entropy with label_smoothing (cifar). Compared:
+    losses, parameters, BatchNorm running statistics and batch counts. The schedule is the piecewise one (lr,
+    then x0.1 at step 11 and 16 of 20): its values are the same float32 numbers inside the jitted step and
+    outside it, where the one-cycle's interpolation rounds differently in the two (1 ulp of the lr; the
+    schedules themselves are checked against torch's by `check_optimizer`).
 
     Why float64 on both sides by default: train-mode gradients of a freshly initialized ResNet are only
     determined to ~3e-3 relative in float32 (torch fp32 against torch fp64, measured: BatchNorm at init
@@ -490,11 +497,12 @@ def check_trajectory(
         fmodel = flax_from_torch(tmodel, dtype)
         if dtype == "float64":
             tmodel.double()
-        config = Config(arch=arch, variant="cifar", lr=lr, nesterov=False, label_smoothing=0.0, dtype=dtype)
-        tx = train_lib.make_optimizer(lr, momentum=0.9, nesterov=False, weight_decay=5e-4)
+        config = make_config("default", arch=arch, variant="cifar", lr=lr, epochs=1, dtype=dtype, schedule="piecewise")
+        assert (config.nesterov, config.weight_decay, config.label_smoothing) == (True, 5e-4, 0.1)
+        tx, schedule = train_lib.make_tx(config, steps_per_epoch=steps)
         graphdef, state = train_lib.init_state(fmodel, tx)
         step = train_lib.make_train_step(graphdef, tx, config, augment=False)
-        topt = torch.optim.SGD(tmodel.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+        topt = torch.optim.SGD(tmodel.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
         rng = np.random.default_rng(21)
         labels = rng.integers(0, 10, (steps, batch)).astype(np.int32)
         prototypes = rng.integers(0, 256, (10, size, size, 3)).astype(np.float64)
@@ -508,8 +516,10 @@ def check_trajectory(
             # last bit, and BN-bias gradients at init are that sensitive), widened as the first conv does.
             x = nchw(np.asarray(_jit_normalize(batch_k["image"]))).to(next(tmodel.parameters()).dtype)
             topt.zero_grad()
-            tloss = F.cross_entropy(tmodel(x), torch.from_numpy(labels[k]).long())
+            tloss = F.cross_entropy(tmodel(x), torch.from_numpy(labels[k]).long(), label_smoothing=0.1)
             tloss.backward()
+            for group in topt.param_groups:
+                group["lr"] = float(schedule(jnp.asarray(k, jnp.int32)))  # optax's count before update k: int32
             topt.step()
             tlosses.append(float(tloss.detach()))
             flosses.append(float(metrics["loss"]))
@@ -518,7 +528,9 @@ def check_trajectory(
     tparams = dict(tmodel.named_parameters())
     pdiff = max(max_rel(got[k], p) for k, p in tparams.items())
     bdiff = max(max_rel(got[k], v) for k, v in _bn_stats(tmodel).items())
-    return Trajectory(loss_diff, pdiff, bdiff, tlosses, flosses)
+    counts = {k: int(v) for k, v in tmodel.state_dict().items() if k.endswith("num_batches_tracked")}
+    counts_ok = all(int(got[k]) == v == steps for k, v in counts.items()) and bool(counts)
+    return Trajectory(loss_diff, pdiff, bdiff, counts_ok, tlosses, flosses)
 
 
 def check_roundtrip(arch: str, variant: str) -> list[str]:

@@ -22,7 +22,8 @@ TRAJ_PARAMS = [pytest.param(a, marks=pytest.mark.xdist_group(f"traj-{a}")) for a
 @pytest.mark.parametrize("arch", TRAJ_PARAMS)
 def test_training_trajectory(arch: str, record_property: pytest.RecordProperty) -> None:
     r = harness.check_trajectory(arch)
-    record_property("max_diff", max(r.loss, r.params))
+    record_property("max_diff", max(r.loss, r.params, r.bn_stats))
     assert all(np.isfinite(r.losses))
     assert r.loss <= harness.TOL_TRAJ_LOSS
     assert r.params <= harness.TOL_TRAJ_PARAM
+    assert r.bn_stats <= harness.TOL_TRAJ_PARAM and r.num_batches_tracked_ok
