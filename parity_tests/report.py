@@ -37,6 +37,10 @@ CHECKS: dict[str, tuple[str, str]] = {
         "max abs diff <= 1e-4 max(1, max abs logits)",
     ),
     "test_init_std": ("fresh-init per-layer weight std, Flax vs torch", "within 10% (reported as a fraction)"),
+    "test_init_distributions_match_torch": (
+        "fresh-init distribution of every tensor vs torch's init rules (KS test, uniform range); torch_ref too",
+        "p >= 1e-4 per tensor",
+    ),
     "test_loaded_weights_do_not_alias_torch_memory": ("loaded weights do not alias torch memory", "no aliasing"),
 }
 

@@ -353,3 +353,144 @@ def test_script_keeps_a_finished_run_and_replaces_a_run_only_when_asked(
     assert "layer3.5.conv1.weight" in load_file(str(workdir / "model.safetensors"))  # resnet34 has 6 blocks there
     assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 1
     assert not (workdir / "tensorboard" / "old-run-marker").exists()
+
+
+# ------------------------------------------------------------------------------------------ the optimizer
+
+# Each recipe's SGD as its definition states it (flax_resnet/config.py docstrings, README): hand-written here,
+# not read from the Config, so that the trainer's wiring is checked against the recipe rather than itself.
+# (recipe, lr, momentum, nesterov, weight_decay, label_smoothing)
+RECIPE_SGD = [("default", 0.2, 0.9, True, 5e-4, 0.1), ("article", 0.1, 0.9, False, 5e-4, 0.0)]
+
+
+def _hand_sgd_step(
+    p: np.ndarray, g: np.ndarray, buf: np.ndarray | None, lr: float, momentum: float, nesterov: bool, wd: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """torch.optim.SGD's documented update, in float64: returns (new parameter, new momentum buffer)."""
+    d = g + wd * p
+    buf = d.copy() if buf is None else momentum * buf + d
+    d = d + momentum * buf if nesterov else buf
+    return p - lr * d, buf
+
+
+def _smoothed_ce(logits: np.ndarray, y: np.ndarray, eps: float) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy against targets (1 - eps) one-hot + eps / K, and its gradient w.r.t. the logits."""
+    n, k = logits.shape
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    q = np.full((n, k), eps / k)
+    q[np.arange(n), y] += 1.0 - eps
+    return float(-(q * log_p).sum() / n), (np.exp(log_p) - q) / n
+
+
+@pytest.mark.parametrize(("recipe", "lr", "momentum", "nesterov", "wd"), [r[:5] for r in RECIPE_SGD])
+def test_make_optimizer_is_torch_sgd_of_the_recipe(
+    recipe: str, lr: float, momentum: float, nesterov: bool, wd: float
+) -> None:
+    """Two steps of the trainer's optimizer on fixed parameters and gradients equal the hand-written SGD."""
+    from torch_ref.train import make_optimizer
+
+    rng = np.random.default_rng(0)
+    p0, grads = rng.normal(size=(2, 3)), rng.normal(size=(2, 2, 3)) * 1e-3  # decay is ~1/2 of each gradient
+    param = torch.nn.Parameter(torch.from_numpy(p0.copy()))
+    module = torch.nn.Module()
+    module.register_parameter("w", param)
+    optimizer = make_optimizer(module, make_config(recipe))
+    p, buf = p0, None
+    for step, g in enumerate(grads):
+        step_lr = lr if step == 0 else lr / 7  # first the lr it was built with; then one set as the trainer does
+        if step > 0:
+            for group in optimizer.param_groups:
+                group["lr"] = step_lr
+        param.grad = torch.from_numpy(g.copy())
+        optimizer.step()
+        p, buf = _hand_sgd_step(p, g, buf, step_lr, momentum, nesterov, wd)
+        np.testing.assert_allclose(param.detach().numpy(), p, rtol=1e-12, atol=0)
+
+
+class _TinyLinear(torch.nn.Module):
+    """A float64 linear classifier on the flattened images that keeps its training-mode inputs (for hand
+    gradients); float64 parameters make each SGD update exact enough to compare at any lr."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.fc = torch.nn.Linear(3 * 32 * 32, num_classes, dtype=torch.float64)
+        torch.nn.init.normal_(self.fc.weight, std=0.05)  # large enough that weight decay moves it visibly
+        self.inputs: list[np.ndarray] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1).double()
+        if self.training:
+            self.inputs.append(x.detach().numpy().copy())
+        return self.fc(x)
+
+
+@pytest.mark.parametrize(("recipe", "lr", "momentum", "nesterov", "wd", "eps"), RECIPE_SGD)
+def test_train_steps_are_hand_sgd_at_the_scheduled_lr_on_the_smoothed_loss(
+    tmp_path: Path, recipe: str, lr: float, momentum: float, nesterov: bool, wd: float, eps: float
+) -> None:
+    """The trainer's own loop (optimizer built from the Config, lr set each step, its loss) on a linear model:
+    every step's gradient is the hand gradient of the label-smoothed cross-entropy, every update the hand SGD
+    at the schedule's lr for that step, and the logged train loss the hand loss."""
+    import torch_ref.train as ttrain
+
+    data = tmp_path / "data"
+    _make_image_folder(data)  # 80 training images: 5 steps of 16 per epoch, 10 steps in all
+    config = make_config(
+        recipe, arch="resnet18", variant="imagenet", batch_size=16, epochs=2, progress=False, data=str(data),
+        data_dir=str(tmp_path / "cache"), workdir=str(tmp_path / "run"),
+    )  # fmt: skip
+    assert config.lr == lr  # the recipe's base lr, from which the schedule below starts
+    torch.set_num_threads(1)
+    models: list[_TinyLinear] = []
+    steps: list[dict[str, list[np.ndarray]]] = []
+
+    def tiny_model(arch: str, variant: str, num_classes: int) -> _TinyLinear:
+        models.append(_TinyLinear(num_classes))
+        return models[-1]
+
+    def spied_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+        optimizer = real_make_optimizer(model, cfg)
+        real_step = optimizer.step
+        params = list(model.parameters())
+
+        def step() -> None:
+            record = {
+                "before": [p.detach().double().numpy().copy() for p in params],
+                "grad": [p.grad.double().numpy().copy() for p in params],
+            }
+            real_step()
+            record["after"] = [p.detach().double().numpy().copy() for p in params]
+            steps.append(record)
+
+        optimizer.step = step
+        return optimizer
+
+    real_make_optimizer = ttrain.make_optimizer
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ttrain, "create_model", tiny_model)
+        mp.setattr(ttrain, "make_optimizer", spied_optimizer)
+        rows = torch_train(config, TorchOptions(device="cpu"), out=io.StringIO())
+    (model,) = models
+    assert len(steps) == len(model.inputs) == 10
+
+    dataset = data_lib.hold_out(data_lib.load_dataset(data, tmp_path / "cache"), 0)
+    buffers: list[np.ndarray | None] = [None, None]
+    losses = []
+    for k, record in enumerate(steps):
+        epoch, i = divmod(k, 5)
+        y = dataset.train_labels[data_lib.train_batch_indices(config.seed, epoch, 80, 16)[i]].astype(np.int64)
+        x = model.inputs[k]
+        w, b = record["before"]
+        loss, dlogits = _smoothed_ce(x @ w.T + b, y, eps)
+        losses.append(loss)
+        for j, want in enumerate((dlogits.T @ x, dlogits.sum(axis=0))):  # float32 sums: relative in norm
+            rel = np.linalg.norm(record["grad"][j] - want) / np.linalg.norm(want)
+            assert rel < 1e-5, f"step {k}, parameter {j}: gradient off by {rel:.2g} (relative)"
+        step_lr = lr_at(config, 5, k)
+        for j, (p, g) in enumerate(zip(record["before"], record["grad"], strict=True)):
+            expected, buffers[j] = _hand_sgd_step(p, g, buffers[j], step_lr, momentum, nesterov, wd)
+            update, want = record["after"][j] - p, expected - p
+            rel = np.linalg.norm(update - want) / np.linalg.norm(want)
+            assert rel < 1e-9, f"step {k}, parameter {j}: update off by {rel:.2g} (relative)"
+    assert [r["train_loss"] for r in rows] == pytest.approx([np.mean(losses[:5]), np.mean(losses[5:])], rel=1e-5)
