@@ -386,3 +386,35 @@ def test_checkpoint_every_is_kept_inside_the_throttle_interval(
     # each step returns must match the compiled step's shapes and shardings, or later steps would compile it
     # again.
     assert len(loop_steps) == 1 and loop_steps[0]._cache_size() == 1
+
+
+def test_the_loop_feeds_each_epochs_batch_order_cropped_and_flipped(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the jitted step trains on: epoch e's batches in `train_batch_indices(seed, e)` order (a new order
+    each epoch), each image cropped at a random one of the 9x9 offsets of its zero-padded copy and mirrored
+    about half the time (recovered by brute force from the images the step's augmentation returned)."""
+    from test_data import _recover_crops
+
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    real_augment = data_lib.augment
+
+    def spy(rng: jax.Array, images: jax.Array, *args, **kwargs) -> jax.Array:
+        out = real_augment(rng, images, *args, **kwargs)
+        jax.debug.callback(lambda i, o: seen.append((np.asarray(i), np.asarray(o))), images, out, ordered=True)
+        return out
+
+    monkeypatch.setattr(data_lib, "augment", spy)
+    config = _config(tiny_data, tmp_path, epochs=2)
+    train(config)
+    dataset = data_lib.load_dataset(tiny_data, tmp_path / "cache")
+    position = {image.tobytes(): i for i, image in enumerate(dataset.train_images)}
+    assert len(position) == len(dataset.train_images) == 96 and len(seen) == 2 * 6  # 6 steps of 16 per epoch
+    for k, (images, _) in enumerate(seen):
+        epoch, row = divmod(k, 6)
+        want = data_lib.train_batch_indices(config.seed, epoch, 96, 16)[row]
+        assert [position[image.tobytes()] for image in images] == want.tolist(), (epoch, row)
+    assert not np.array_equal(*(data_lib.train_batch_indices(config.seed, e, 96, 16) for e in (0, 1)))
+    found = _recover_crops(np.concatenate([i for i, _ in seen]), np.concatenate([o for _, o in seen]), pad=4)
+    assert {dy for dy, _, _ in found} == set(range(9)) and {dx for _, dx, _ in found} == set(range(9))
+    assert 0.3 < np.mean([flipped for _, _, flipped in found]) < 0.7  # 192 fair coins: 0.5 +- 0.036
