@@ -42,6 +42,14 @@ CHECKS: dict[str, tuple[str, str]] = {
         "p >= 1e-4 per tensor",
     ),
     "test_loaded_weights_do_not_alias_torch_memory": ("loaded weights do not alias torch memory", "no aliasing"),
+    "test_torch_ref_imagenet_is_a_drop_in_for_torchvision_feature_extraction": (
+        "torch_ref imagenet = torchvision resnet18: same keys, logits and feature-extraction node names",
+        "strict load; logits bitwise",
+    ),
+    "test_backbone_with_another_head_loads_with_skip": (
+        "torchvision's 1000-class resnet18 into a 10-class Flax model with skip='fc': weights, head, logits",
+        "weights bitwise; logits <= 1e-4 max(1, max abs logits)",
+    ),
 }
 
 
