@@ -179,15 +179,22 @@ def test_image_folder_tar(tmp_path: Path, name: str, wrapper: str | None) -> Non
     _assert_same(load_dataset(str(archive), data_dir=str(tmp_path / "cache")), want)
 
 
+def _linked_tar(archive: Path, image_file: Path, links: list[tuple[str, bytes, str]]) -> Path:
+    """A tar holding `image_file` as train/cat/0.png and link members (name, tarfile link type, target)."""
+    with tarfile.open(archive, "w") as out:
+        out.add(image_file, arcname="train/cat/0.png")
+        for name, kind, target in links:
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = kind, target
+            out.addfile(link)
+    return archive
+
+
 def test_tar_hard_links_are_followed(tmp_path: Path) -> None:
     image = _pixels(11)
     _write_png(tmp_path / "tree/train/cat/0.png", image)
-    archive = tmp_path / "linked.tar"
-    with tarfile.open(archive, "w") as out:
-        out.add(tmp_path / "tree/train/cat/0.png", arcname="train/cat/0.png")
-        link = tarfile.TarInfo("test/cat/0.png")
-        link.type, link.linkname = tarfile.LNKTYPE, "train/cat/0.png"
-        out.addfile(link)
+    links = [("test/cat/0.png", tarfile.LNKTYPE, "train/cat/0.png")]
+    archive = _linked_tar(tmp_path / "linked.tar", tmp_path / "tree/train/cat/0.png", links)
     got = load_dataset(str(archive), data_dir=str(tmp_path / "cache"))
     np.testing.assert_array_equal(got.train_images, image[None])
     np.testing.assert_array_equal(got.test_images, image[None])
@@ -196,27 +203,21 @@ def test_tar_hard_links_are_followed(tmp_path: Path) -> None:
 def test_tar_symbolic_links_are_followed_and_a_dangling_one_is_named(tmp_path: Path) -> None:
     # A subset tar built with `ln -s` keeps its class: the link's target is read (relative to the link's folder).
     image = _pixels(12)
-    _write_png(tmp_path / "tree/train/cat/0.png", image)
-    archive = tmp_path / "symlinked.tar"
-    with tarfile.open(archive, "w") as out:
-        out.add(tmp_path / "tree/train/cat/0.png", arcname="train/cat/0.png")
-        for name, target in (("train/dog/0.png", "../cat/0.png"), ("test/cat/0.png", "../../train/cat/0.png"),
-                             ("test/dog/0.png", "../../train/dog/0.png")):  # fmt: skip  (a link to a link)
-            link = tarfile.TarInfo(name)
-            link.type, link.linkname = tarfile.SYMTYPE, target
-            out.addfile(link)
-    got = load_dataset(str(archive), data_dir=str(tmp_path / "cache"))
+    source = tmp_path / "tree/train/cat/0.png"
+    _write_png(source, image)
+    links = [
+        ("train/dog/0.png", tarfile.SYMTYPE, "../cat/0.png"),
+        ("test/cat/0.png", tarfile.SYMTYPE, "../../train/cat/0.png"),
+        ("test/dog/0.png", tarfile.SYMTYPE, "../../train/dog/0.png"),  # a link to a link
+    ]
+    got = load_dataset(str(_linked_tar(tmp_path / "symlinked.tar", source, links)), data_dir=str(tmp_path / "cache"))
     assert got.class_names == ("cat", "dog")
     np.testing.assert_array_equal(got.train_images, np.stack([image, image]))
     np.testing.assert_array_equal(got.test_images, np.stack([image, image]))
-    with tarfile.open(tmp_path / "dangling.tar", "w") as out:
-        out.add(tmp_path / "tree/train/cat/0.png", arcname="train/cat/0.png")
-        link = tarfile.TarInfo("test/cat/0.png")
-        link.type, link.linkname = tarfile.SYMTYPE, "../../elsewhere/0.png"
-        out.addfile(link)
-    message = _error(tmp_path / "dangling.tar", tmp_path / "cache")
+    outside = [("test/cat/0.png", tarfile.SYMTYPE, "../../elsewhere/0.png")]
+    dangling = _linked_tar(tmp_path / "dangling.tar", source, outside)
     link = "a link to '../../elsewhere/0.png', which is not in the archive"
-    assert message == f"{tmp_path / 'dangling.tar'}:test/cat/0.png: {link}"
+    assert _error(dangling, tmp_path / "cache") == f"{dangling}:test/cat/0.png: {link}"
 
 
 def test_a_path_that_is_not_utf8_loads(tmp_path: Path) -> None:
