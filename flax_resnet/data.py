@@ -20,6 +20,7 @@ import io
 import json
 import os
 import pickle
+import posixpath
 import re
 import sys
 import tarfile
@@ -273,20 +274,22 @@ def _scan_directory(path: Path, max_depth: int = 4) -> _Tree:
 
 
 def _read_tar(path: Path) -> _Tree:
-    """Read every relevant member of a tar (any compression) into memory in one pass, without extracting."""
+    """Read every relevant member of a tar (any compression) into memory in one pass, without extracting.
+
+    Loads as the same tree unpacked would: hidden paths skipped, hard and symbolic links followed (a link to a
+    folder too, to a folder of the archive)."""
     dirs: set[str] = {""}
     files: dict[str, tuple[Callable[[], bytes], os.stat_result | None]] = {}
+    folder_links: dict[str, str] = {}  # link name -> its target, if that turns out to be a folder
     try:
         with tarfile.open(path, "r:*") as archive:
             for member in archive:
                 parts = [p for p in PurePosixPath(member.name).parts if p not in ("/", ".", "..")]
-                if not parts:
+                if not parts or any(part.startswith(".") for part in parts):  # hidden, as a directory scan skips
                     continue
                 name = "/".join(parts)
                 for i in range(1, len(parts)):
                     dirs.add("/".join(parts[:i]))
-                if any(part.startswith(".") for part in parts):  # hidden, as a directory scan skips them
-                    continue
                 if member.isdir():
                     dirs.add(name)
                 elif (member.isfile() or member.islnk() or member.issym()) and _wanted(name):
@@ -297,8 +300,15 @@ def _read_tar(path: Path) -> _Tree:
                             f"{path}:{name}: a link to {member.linkname!r}, which is not in the archive"
                         ) from None
                     files[name] = (lambda data=data: data, None)
+                elif member.issym():
+                    folder_links[name] = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
     except (tarfile.TarError, EOFError, zlib.error, OSError, KeyError) as e:
         raise DataError(f"{path}: not a readable tar archive ({one_line(e)})") from None
+    for link, target in folder_links.items():  # the target's files and folders, also under the link's name
+        if target in dirs:
+            dirs.add(link)
+            dirs.update(link + d[len(target) :] for d in list(dirs) if d.startswith(target + "/"))
+            files.update({link + f[len(target) :]: v for f, v in list(files.items()) if f.startswith(target + "/")})
     return _Tree(path, dirs, files, is_tar=True)
 
 

@@ -209,15 +209,28 @@ def test_tar_symbolic_links_are_followed_and_a_dangling_one_is_named(tmp_path: P
         ("train/dog/0.png", tarfile.SYMTYPE, "../cat/0.png"),
         ("test/cat/0.png", tarfile.SYMTYPE, "../../train/cat/0.png"),
         ("test/dog/0.png", tarfile.SYMTYPE, "../../train/dog/0.png"),  # a link to a link
+        ("train/bird", tarfile.SYMTYPE, "cat"),  # a link to a folder
+        ("test/bird", tarfile.SYMTYPE, "../train/cat"),
     ]
     got = load_dataset(str(_linked_tar(tmp_path / "symlinked.tar", source, links)), data_dir=str(tmp_path / "cache"))
-    assert got.class_names == ("cat", "dog")
-    np.testing.assert_array_equal(got.train_images, np.stack([image, image]))
-    np.testing.assert_array_equal(got.test_images, np.stack([image, image]))
+    assert got.class_names == ("bird", "cat", "dog")
+    np.testing.assert_array_equal(got.train_images, np.stack([image, image, image]))
+    np.testing.assert_array_equal(got.test_labels, [0, 1, 2])
+    np.testing.assert_array_equal(got.test_images, np.stack([image, image, image]))
     outside = [("test/cat/0.png", tarfile.SYMTYPE, "../../elsewhere/0.png")]
     dangling = _linked_tar(tmp_path / "dangling.tar", source, outside)
     link = "a link to '../../elsewhere/0.png', which is not in the archive"
     assert _error(dangling, tmp_path / "cache") == f"{dangling}:test/cat/0.png: {link}"
+
+
+def test_a_hidden_copy_beside_the_dataset_in_a_tar_is_ignored(tmp_path: Path) -> None:
+    # A tar of a folder holding cifar/ and a hidden .snapshot/ of it loads as the folder does (the snapshot's
+    # train/ and test/ made it a second dataset root: "ambiguous").
+    want = _make_folder(tmp_path / "tree/cifar")
+    _make_folder(tmp_path / "tree/.snapshot")
+    assert load_dataset(tmp_path / "tree", data_dir=tmp_path / "cache").class_names == want.class_names
+    archive = _make_tar(tmp_path / "tree", tmp_path / "t.tar", None)
+    _assert_same(load_dataset(archive, data_dir=tmp_path / "cache"), want)
 
 
 def test_a_path_that_is_not_utf8_loads(tmp_path: Path) -> None:
