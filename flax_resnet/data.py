@@ -634,15 +634,24 @@ def per_class_subset(dataset: Dataset, train_per_class: int | None, test_per_cla
 def normalize(
     images: jax.Array, mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD
 ) -> jax.Array:
-    """uint8 NHWC -> float32 (x/255 - mean)/std per channel: the torchvision ToTensor + Normalize pair.
+    """uint8 NHWC -> float32 (x/255 - mean)/std per channel: torchvision's ToTensor + Normalize, to the bit.
 
-    Computed as (x - 255 mean) * (1 / (255 std)), each constant rounded once: a subtraction and a product that
-    XLA cannot reorder, so the value is the same to the bit in any jitted program. The divisions, which XLA
-    turns into products by reciprocals or not depending on what they are fused with, differed in the last bit.
+    Integer pixels are looked up in a table of the 256 levels per channel, computed in numpy float32 as
+    torchvision computes them: bitwise its values, and the same in any jitted program, where the arithmetic
+    form rounds 1 ulp apart depending on what XLA fuses it with (it rewrites divisions as products or not).
+    Float pixels (0..255), and a traced mean or std, take the arithmetic form.
     """
-    offset = np.float32(255.0 * np.asarray(mean, np.float64))
-    scale = np.float32(1.0 / (255.0 * np.asarray(std, np.float64)))
-    return (jnp.asarray(images).astype(jnp.float32) - offset) * scale
+    images = jnp.asarray(images)
+    if jnp.issubdtype(images.dtype, jnp.integer):
+        try:
+            levels = np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0)
+            table = (levels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)  # (256, channels)
+        except jax.errors.TracerArrayConversionError:
+            pass
+        else:
+            return jnp.asarray(table)[images.astype(jnp.int32), jnp.arange(images.shape[-1])]
+    x = images.astype(jnp.float32) / 255.0
+    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
 def augment(rng: jax.Array, images: jax.Array, pad: int = 4, flip: bool = True) -> jax.Array:

@@ -114,6 +114,18 @@ def test_normalize_matches_torchvision() -> None:
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
 
 
+def test_both_normalizes_are_torchvisions_to_the_bit_in_any_program() -> None:
+    # Every level of every channel: torch_ref's and flax_resnet's (eager, and jitted inside other arithmetic,
+    # where XLA's rewrites of the arithmetic form rounded 1 ulp apart) equal torchvision's bitwise.
+    levels = np.repeat(np.arange(256, dtype=np.uint8), 3).reshape(1, 16, 16, 3)
+    ref = TF.normalize(TF.to_tensor(levels[0]), CIFAR10_MEAN, CIFAR10_STD).permute(1, 2, 0).numpy()[None]
+    theirs = tdata.normalize(tdata.to_device(levels, "cpu")).permute(0, 2, 3, 1).numpy()
+    eager = np.asarray(flax_resnet.normalize(levels))
+    fused = np.asarray(jax.jit(lambda u: flax_resnet.normalize(u) * 2.0)(levels))  # exact: a power of 2
+    for got in (theirs, eager, fused / 2.0):
+        assert got.dtype == np.float32 and np.array_equal(got, ref)
+
+
 @pytest.mark.parametrize("size", [16, 7])
 def test_cutout_keep_matches_pixelwise_reference(size: int) -> None:  # the reference the JAX mask also meets
     got = tdata.cutout_keep(torch.from_numpy(CUTOUT_CENTERS), size, 32, 32).numpy()
