@@ -649,7 +649,10 @@ def normalize(
         except jax.errors.TracerArrayConversionError:
             pass
         else:
-            return jnp.asarray(table)[images.astype(jnp.int32), jnp.arange(images.shape[-1])]
+            # One flat gather (level * channels + channel): as fast as the arithmetic on the CPU, where a
+            # two-index gather took 9x as long.
+            index = images.astype(jnp.int32) * table.shape[1] + jnp.arange(table.shape[1])
+            return jnp.take(jnp.asarray(table.ravel()), index, mode="clip")
     x = images.astype(jnp.float32) / 255.0
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
