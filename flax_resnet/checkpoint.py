@@ -222,8 +222,9 @@ class Checkpointer:
             raise CheckpointError(f"{self.step_dir(step)}: unreadable checkpoint ({error})")
         if jax.tree.structure(restored) != jax.tree.structure(target):
             raise CheckpointError(f"{self.step_dir(step)}: checkpoint does not match the model's state structure")
-        digest, leaf_digests = _digests(restored)
+        digest = tree_digest(restored)
         if digest != meta["digest"]:
+            leaf_digests = _digests(restored)[1]  # a second pass, only to name what changed
             recorded = meta.get("leaf_digests")  # older checkpoints have none
             names = []
             if isinstance(recorded, list) and len(recorded) == len(leaf_digests):

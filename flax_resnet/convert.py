@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from flax_resnet.errors import one_line
+
 # (flax leaf name, ndim) -> (torch leaf name, flax->torch layout, torch->flax layout)
 Layout = Callable[[np.ndarray], np.ndarray]
 _LEAF_TABLE: dict[tuple[str, int], tuple[str, Layout, Layout]] = {
@@ -165,7 +167,7 @@ def load_weights_file(path: str | Path) -> dict[str, np.ndarray]:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise WeightsFileError(f"{path}: refused to load (not a plain tensor file: {first})") from None
         except (RuntimeError, EOFError, OSError, ValueError) as e:
-            raise WeightsFileError(f"{path}: not a readable torch file ({type(e).__name__}: {e})") from None
+            raise WeightsFileError(f"{path}: not a readable torch file ({one_line(e)})") from None
         if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
             obj = obj["state_dict"]
         if not isinstance(obj, Mapping) or not all(hasattr(v, "detach") for v in obj.values()):

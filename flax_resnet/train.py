@@ -222,17 +222,21 @@ def check_step_geometry(meta: dict[str, Any], batch_size: int, n_train: int, ste
         )
 
 
+def held_out_mismatch(recorded: str | None, digest: str) -> str | None:
+    """Why a `--holdout` run's held-out images (their recorded `data.image_set_digest`) are not the images of
+    `digest`, or None if they are: scoring or training on other ones would mix trained and held-out images."""
+    if recorded == digest:
+        return None
+    if recorded is None:
+        return "the run predates held-out images chosen by their pixels (2026-12-05)"
+    return "this data holds other images"
+
+
 def check_held_out(meta: dict[str, Any], digest: str | None, where: Path) -> None:
-    """RunError unless a `--holdout` checkpoint held out these very images (`data.image_set_digest`): else a
-    resumed run would train on images it evaluates on."""
-    if digest is None or meta.get("holdout_digest") == digest:
-        return
-    why = (
-        "it was made before held-out images were chosen by their pixels (2026-12-05)"
-        if meta.get("holdout_digest") is None
-        else "this --data holds other images"
-    )
-    raise RunError(f"{where} held out other training images than this run would ({why}); use another --workdir")
+    """RunError unless a `--holdout` checkpoint held out these very images (`digest`; None: no holdout)."""
+    why = None if digest is None else held_out_mismatch(meta.get("holdout_digest"), digest)
+    if why:
+        raise RunError(f"{where} held out other training images than this run would ({why}); use another --workdir")
 
 
 def build_state(

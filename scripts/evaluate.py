@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from flax_resnet.distributed import make_mesh, put_replicated
     from flax_resnet.packing import StatePacking
     from flax_resnet.reporting import plot_confusion
-    from flax_resnet.train import evaluate, evaluate_flip_tta, load_run, make_eval_fn
+    from flax_resnet.train import evaluate, evaluate_flip_tta, held_out_mismatch, load_run, make_eval_fn
 
     try:
         run = load_run(args.checkpoint)
@@ -62,11 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         dataset = data_lib.hold_out(dataset, run.config.holdout)
         if run.config.holdout:
             digest = data_lib.image_set_digest(dataset.test_images, dataset.test_labels)
-            if digest != run.holdout_digest:
-                why = "the run predates choosing them by their pixels" if run.holdout_digest is None else "other data?"
+            why = held_out_mismatch(run.holdout_digest, digest)
+            if why:
                 raise data_lib.DataError(
-                    f"{source}: its {run.config.holdout} held-out images are not the ones the run held out ({why}); "
-                    "scoring them could count images it trained on"
+                    f"{source}: its {run.config.holdout} held-out images are not the ones the run held out ({why})"
                 )
         mesh = make_mesh()
         wanted = min(args.batch_size, len(dataset.test_labels))  # a larger batch would only be padding

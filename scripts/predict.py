@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from flax_resnet import data as data_lib
     from flax_resnet.checkpoint import CheckpointError
+    from flax_resnet.errors import one_line
     from flax_resnet.models import predict
     from flax_resnet.train import load_run
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 array, resized = load_image(path)
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # bomb: over PIL's limit
-                raise data_lib.DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+                raise data_lib.DataError(f"{path}: cannot read image ({one_line(e)})") from None
             if resized:
                 print(
                     f"note: {path} is not {SIZE}x{SIZE}; center-cropped and resized to {SIZE}x{SIZE}", file=sys.stderr

@@ -222,8 +222,10 @@ def test_holdout_trains_on_the_rest_and_evaluates_on_the_held_out_images(
     # refuse them (scoring or training on them would mix trained and held-out images).
     other = make_image_folder(tmp_path / "other", seed=1)
     assert evaluate_cli.main([str(tmp_path / "run"), "--data", str(other), "--out", str(tmp_path / "cm2.png")]) == 1
-    assert "its 30 held-out images are not the ones the run held out (other data?)" in capsys.readouterr().err
-    with pytest.raises(RunError, match=r"held out other training images than this run would \(this --data holds"):
+    assert "its 30 held-out images are not the ones the run held out (this data holds other images)" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(RunError, match=r"held out other training images than this run would \(this data holds"):
         train(_config(other, tmp_path, epochs=2, holdout=30))
 
 
