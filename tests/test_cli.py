@@ -153,7 +153,9 @@ def test_export_evaluate_predict_agree_with_torch(trained_run: Path, tiny_data: 
     assert float(flip.group(2)) == pytest.approx(100 * np.mean(tta.argmax(-1) == dataset.test_labels), abs=0.006)
     y = torch.from_numpy(dataset.test_labels.astype(np.int64))
     tta_loss = torch.nn.functional.cross_entropy(torch.from_numpy(tta), y).item()
-    assert float(flip.group(1)) == pytest.approx(tta_loss, abs=6e-5)  # printed to 4 decimals
+    # Printed to 4 decimals; and float32 logits of two frameworks, within 1e-5 relative as above (the tiny
+    # run's eval loss can be ~40, where 1e-5 is 4e-4).
+    assert float(flip.group(1)) == pytest.approx(tta_loss, rel=1e-5, abs=6e-5)
     for c, name in enumerate(TINY_CLASSES):
         mask = dataset.test_labels == c
         assert f"({int((preds[mask] == c).sum())}/{int(mask.sum())})" in proc.stdout.split(name, 1)[1].splitlines()[0]
