@@ -60,7 +60,7 @@ _SPLITS = ("train", "test")
 _CIFAR_BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
 _CIFAR_META = "batches.meta"
 # Bump when the decoded content for the same source would change (invalidates old caches).
-_CACHE_FORMAT = 2  # 2: 16-bit greys scaled, transparency composited, tar symlinks read, hidden dirs skipped
+_CACHE_FORMAT = 2  # 2: 16-bit greys scaled, transparency composited; tars: links followed, hidden paths skipped
 # What TFDS 4.9 downloads for cifar10; probed once (no retries) before handing over to TFDS's own downloader,
 # which retries for minutes when there is no network.
 _TFDS_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
