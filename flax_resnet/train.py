@@ -327,8 +327,8 @@ def load_run(path: str | Path, warn: Callable[[str], None] | None = None) -> Loa
         ckpt.close()
     config, graphdef, _ = built[Config.from_json(json.dumps(meta["config"])).to_json()]
     names = tuple(meta.get("class_names") or [str(i) for i in range(config.num_classes)])
-    step = int(meta["step"])
-    return LoadedRun(config, names, graphdef, state, step, directory / str(step), meta.get("holdout_digest"))
+    at = int(meta["step"])
+    return LoadedRun(config, names, graphdef, state, at, directory / str(at), meta.get("holdout_digest"))
 
 
 def make_eval_fn(graphdef: nnx.GraphDef, packing: StatePacking) -> Callable[..., dict[str, jax.Array]]:
@@ -560,9 +560,9 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     step = 0
     if restored is not None:
         state, meta = restored
-        check_step_geometry(meta, bs, n_train, steps_per_epoch, ckpt.step_dir(int(meta["step"])))
-        check_held_out(meta, holdout_digest, ckpt.step_dir(int(meta["step"])))
         step = int(meta["step"])
+        check_step_geometry(meta, bs, n_train, steps_per_epoch, ckpt.step_dir(step))
+        check_held_out(meta, holdout_digest, ckpt.step_dir(step))
         if step > total_steps:  # saving this config would label the run's epochs and metrics wrongly
             limit = f"--epochs {config.epochs}" + (f", --max-steps {config.max_steps}" if config.max_steps else "")
             raise RunError(
