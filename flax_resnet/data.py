@@ -26,6 +26,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import unicodedata
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -60,7 +61,9 @@ _SPLITS = ("train", "test")
 _CIFAR_BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
 _CIFAR_META = "batches.meta"
 # Bump when the decoded content for the same source would change (invalidates old caches).
-_CACHE_FORMAT = 2  # 2: 16-bit greys scaled, transparency composited; tars: links followed, hidden paths skipped
+# 2: 16-bit greys scaled, transparency composited; tars: links followed, hidden paths skipped. 3: a class
+# folder without images is refused (a cached copy of such a source would load without it).
+_CACHE_FORMAT = 3
 # What TFDS 4.9 downloads for cifar10; probed once (no retries) before handing over to TFDS's own downloader,
 # which retries for minutes when there is no network.
 _TFDS_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
@@ -100,7 +103,9 @@ def load_dataset(
     path = path.resolve()
     if path.is_dir():
         tree = _scan_directory(path)
-        stamp: list = sorted((name, st.st_size, st.st_mtime_ns) for name, (_, st) in tree.files.items())
+        # Folders too: an empty class folder added later must reach the check in _assemble_folder.
+        stamp: list = [*sorted((name, st.st_size, st.st_mtime_ns) for name, (_, st) in tree.files.items()),
+                       sorted(tree.dirs)]  # fmt: skip
     else:
         tree = None
         st = path.stat()
@@ -352,12 +357,25 @@ def _assemble_folder(tree: _Tree, root: str) -> Dataset:
     for split in _SPLITS:
         if not by_split[split]:
             raise DataError(f"{split_dir[split]}: no images (.png, .jpg, .jpeg) in its class folders")
+    for split in _SPLITS:  # dropped, a class without images would shift later labels (torchvision's ImageFolder
+        # raises; a model trained here would not match one trained there)
+        below = f"{prefix}{split}/"
+        folders = (d for d in tree.dirs if d.startswith(below) and "/" not in d[len(below) :])
+        empty = sorted(d for d in folders if d[len(below) :] not in by_split[split])
+        if empty:
+            raise DataError(
+                f"{tree.where(empty[0])}: class folder holds no images (.png, .jpg, .jpeg; "
+                "images in its subfolders are not read)"
+            )
     classes = tuple(sorted(by_split["train"]))
     unknown = sorted(set(by_split["test"]) - set(classes))
-    empty = [c for c in unknown if f"{prefix}train/{c}" in tree.dirs]  # the folder is there, its images are not
-    if empty:
-        raise DataError(f"{tree.where(f'{prefix}train/{empty[0]}')}: class folder holds no images (.png, .jpg, .jpeg)")
     if unknown:
+        twin = {unicodedata.normalize("NFC", c): c for c in classes}.get(unicodedata.normalize("NFC", unknown[0]))
+        if twin is not None:  # e.g. a folder copied from macOS (NFD) beside one written elsewhere (NFC)
+            raise DataError(
+                f"{split_dir['test']}: class folder {unknown[0]!r} is train/'s {twin!r} in another Unicode "
+                f"normalization form ({_form(unknown[0])} here, {_form(twin)} there); rename one to match the other"
+            )
         raise DataError(f"{split_dir['test']}: class folder {unknown[0]!r} has no counterpart in train/")
     index = {c: i for i, c in enumerate(classes)}
     arrays = []
@@ -368,6 +386,11 @@ def _assemble_folder(tree: _Tree, root: str) -> Dataset:
             images[i] = _decode_image(tree.read(name), tree.where(name))
         arrays += [images, np.array([label for label, _ in names], np.int32)]
     return Dataset(*arrays, class_names=classes)
+
+
+def _form(name: str) -> str:
+    """Which Unicode normalization form `name` is in, for names that print alike but differ."""
+    return next((form for form in ("NFC", "NFD") if unicodedata.is_normalized(form, name)), "mixed")
 
 
 def rgb8(image: Any) -> np.ndarray:

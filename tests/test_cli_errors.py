@@ -6,11 +6,14 @@ Each script's `main(argv)` is called in-process (no subprocess start, no re-impo
 from __future__ import annotations
 
 import importlib.util
+import tarfile
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 from conftest import REPO
@@ -203,7 +206,51 @@ def test_empty_train_class_folder_says_it_holds_no_images(tmp_path: Path) -> Non
     _png(tmp_path / "src/test/dog/0.png", 2)
     with pytest.raises(data_lib.DataError) as excinfo:
         data_lib.load_dataset(tmp_path / "src", tmp_path / "cache")
-    assert str(excinfo.value) == f"{tmp_path / 'src/train/cat'}: class folder holds no images (.png, .jpg, .jpeg)"
+    assert str(excinfo.value) == (
+        f"{tmp_path / 'src/train/cat'}: class folder holds no images (.png, .jpg, .jpeg; images in its subfolders "
+        "are not read)"
+    )
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "tar"])
+def test_a_class_folder_empty_in_both_splits_is_refused_not_dropped(tmp_path: Path, packed: bool) -> None:
+    """torchvision's ImageFolder raises for it; dropping it would give 'dog' label 0 where torchvision gives 1."""
+    for split, seed in (("train", 0), ("test", 1)):
+        _png(tmp_path / f"src/{split}/dog/0.png", seed)
+        (tmp_path / f"src/{split}/cat").mkdir(parents=True)
+    (tmp_path / "src/test/cat/notes.txt").write_text("not an image")
+    source = tmp_path / "src"
+    if packed:
+        source = tmp_path / "src.tar"
+        with tarfile.open(source, "w") as archive:
+            archive.add(tmp_path / "src", arcname="src")
+    with pytest.raises(data_lib.DataError, match="class folder holds no images") as excinfo:
+        data_lib.load_dataset(source, tmp_path / "cache")
+    where = f"{source}:src/train/cat" if packed else str(tmp_path / "src/train/cat")
+    assert str(excinfo.value).startswith(f"{where}: ")
+    with pytest.raises(FileNotFoundError):
+        torchvision.datasets.ImageFolder(str(tmp_path / "src/train"))
+
+
+def test_an_empty_class_folder_added_after_caching_is_still_refused(tmp_path: Path) -> None:
+    _png(tmp_path / "src/train/dog/0.png")
+    _png(tmp_path / "src/test/dog/0.png", 1)
+    assert data_lib.load_dataset(tmp_path / "src", tmp_path / "cache").class_names == ("dog",)
+    (tmp_path / "src/test/cat").mkdir()
+    with pytest.raises(data_lib.DataError, match="class folder holds no images"):
+        data_lib.load_dataset(tmp_path / "src", tmp_path / "cache")
+
+
+def test_a_class_name_in_another_unicode_form_is_named_as_such(tmp_path: Path) -> None:
+    composed, decomposed = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    _png(tmp_path / f"src/train/{composed}/0.png")
+    _png(tmp_path / f"src/test/{decomposed}/0.png", 1)
+    with pytest.raises(data_lib.DataError) as excinfo:
+        data_lib.load_dataset(tmp_path / "src", tmp_path / "cache")
+    assert str(excinfo.value) == (
+        f"{tmp_path / 'src/test'}: class folder {decomposed!r} is train/'s {composed!r} in another Unicode "
+        "normalization form (NFD here, NFC there); rename one to match the other"
+    )
 
 
 def test_undecodable_image_message_has_no_object_repr(tmp_path: Path) -> None:
