@@ -50,6 +50,10 @@ class Config:
     holdout: int = 0  # training images held out to evaluate on instead of the test set (recipe selection)
     workdir: str = "runs/resnet18"
     seed: int = 0
+    # A torch state dict (.safetensors/.pt/.pth: torchvision's, torch_ref's, a JAX run's export) that a fresh run
+    # starts from instead of the seeded init (fine-tuning); a resumed run takes its checkpoint instead.
+    init_weights: str | None = None
+    init_skip: tuple[str, ...] = ()  # torch modules/keys of it left at the seeded init, e.g. ("fc",) for a new head
     max_steps: int | None = None
     checkpoint_every: int | None = None  # steps; None: at epoch ends (at most once per checkpoint_seconds)
     # Epoch-end checkpoints at most this often (wall seconds; 0: every epoch). A save costs ~1 s, most of a
@@ -70,8 +74,9 @@ class Config:
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
         raw = {**LEGACY_DEFAULTS, **raw}
-        if "piecewise_boundaries" in raw:
-            raw["piecewise_boundaries"] = tuple(raw["piecewise_boundaries"])
+        for key in ("piecewise_boundaries", "init_skip"):  # JSON lists, tuples in the frozen config
+            if key in raw:
+                raw[key] = tuple(raw[key])
         return cls(**raw)
 
     def save(self, path: str | Path) -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -39,7 +38,27 @@ _LEAF_TABLE: dict[tuple[str, int], tuple[str, Layout, Layout]] = {
 
 
 class StateDictError(ValueError):
-    """A state dict that does not fit the model; the message lists every problem at once."""
+    """A state dict that does not fit the model; the message lists every problem at once.
+
+    `problems` holds the same lists by kind ("missing", "unexpected", "mis-shaped", "skip matches no key");
+    `summary()` is a bounded line of them for command lines."""
+
+    def __init__(self, what: str, problems: Mapping[str, list[str]]):
+        self.what = what
+        self.problems = {kind: list(items) for kind, items in problems.items() if items}
+        super().__init__(self._line(None))
+
+    def _line(self, limit: int | None) -> str:
+        parts = []
+        for kind, items in self.problems.items():
+            shown = items if limit is None or len(items) <= limit else [*items[:limit], f"({len(items) - limit} more)"]
+            count = "" if kind.startswith("skip") else f"{len(items)} "
+            parts.append(f"{count}{kind}: {', '.join(shown)}")
+        return f"state dict does not match {self.what}: " + "; ".join(parts)
+
+    def summary(self, limit: int = 4) -> str:
+        """The message with at most `limit` names of each kind (a whole other architecture lists hundreds)."""
+        return self._line(limit)
 
 
 class WeightsFileError(ValueError):
@@ -62,7 +81,7 @@ def _torch_keys(
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model, only)):
         leaf = path[-1]
-        value = var[...]
+        value = var.get_value()  # not var[...]: an abstract (eval_shape) model's values cannot be indexed
         row = _LEAF_TABLE.get((leaf, value.ndim))
         if row is None:
             raise TypeError(f"no torch mapping for Flax variable {'/'.join(map(str, path))} with shape {value.shape}")
@@ -81,6 +100,70 @@ def to_torch_state_dict(model: nnx.Module, only: type[nnx.Variable] = nnx.Variab
     }
 
 
+def torch_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
+    """Torch key -> shape in torch's layout, for every variable of `model` (an `nnx.eval_shape` model will do:
+    nothing is read or allocated), e.g. to check a state dict against a model before building it."""
+    return {key: _torch_shape(var, row) for key, (var, row) in _torch_keys(model).items()}
+
+
+def _torch_shape(var: nnx.Variable, row: tuple[str, Layout, Layout]) -> tuple[int, ...]:
+    return row[1](np.broadcast_to(np.float32(0), var.get_value().shape)).shape  # zero-strided: nothing allocated
+
+
+def match_state_dict(
+    expected: Mapping[str, tuple[int, ...]],
+    state_dict: Mapping[str, Any],
+    *,
+    skip: str | Iterable[str] = (),
+    what: str = "model",
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The entries of `state_dict` that a model with torch keys and shapes `expected` loads strictly, as numpy
+    in torch's layout, and the model's keys that `skip` leaves at their own values (sorted).
+
+    Framework-neutral: `load_torch_state_dict` and the torch reference trainer check a state dict the same way.
+    `skip` names torch modules or keys (`"fc"`, `"layer4.1.bn2.weight"`) to leave out on both sides; a name
+    that matches nothing is an error (a typo would skip nothing). A missing `num_batches_tracked` (state dicts
+    from before torch counted batches) loads as 0. Every missing, unexpected and mis-shaped key, and every
+    unmatched skip name, is reported together in one StateDictError.
+    """
+    names = [name.rstrip(".") for name in ((skip,) if isinstance(skip, str) else skip)]
+
+    def skipped(key: Any, name: str) -> bool:
+        return isinstance(key, str) and (key == name or key.startswith(name + "."))
+
+    def is_skipped(key: Any) -> bool:
+        return any(skipped(key, name) for name in names)
+
+    kept = sorted(key for key in expected if is_skipped(key))
+    chosen: dict[str, np.ndarray] = {}
+    missing, mis_shaped = [], []
+    for key, want in expected.items():
+        if is_skipped(key):
+            continue
+        if key not in state_dict:
+            if key.rsplit(".", 1)[-1] == "num_batches_tracked":
+                chosen[key] = np.zeros((), np.int64)
+            else:
+                missing.append(key)
+            continue
+        raw = _to_numpy(state_dict[key])
+        if raw.shape != tuple(want):  # compared before any layout change, which a wrong rank would break
+            mis_shaped.append(f"{key} {raw.shape} (expected {tuple(want)})")
+            continue
+        chosen[key] = raw
+    # str: a non-str key must not break the report
+    unexpected = sorted(str(k) for k in set(state_dict) - set(expected) if not is_skipped(k))
+    unmatched = [repr(n) for n in names if not any(skipped(k, n) for k in (*expected, *state_dict))]
+    if missing or unexpected or mis_shaped or unmatched:  # sorted: the same line whatever the model's key order
+        missing.sort()
+        mis_shaped.sort()
+        raise StateDictError(
+            what,
+            {"missing": missing, "unexpected": unexpected, "mis-shaped": mis_shaped, "skip matches no key": unmatched},
+        )
+    return chosen, kept
+
+
 def load_torch_state_dict(
     model: nnx.Module, state_dict: Mapping[str, Any], *, skip: str | Iterable[str] = ()
 ) -> list[str]:
@@ -95,52 +178,19 @@ def load_torch_state_dict(
     dict's entries there are ignored, and a name that matches nothing is an error (a typo would skip nothing).
     Returns the model's keys that kept their values, sorted.
     """
-    names = [name.rstrip(".") for name in ((skip,) if isinstance(skip, str) else skip)]
-
-    def skipped(key: Any, name: str) -> bool:
-        return isinstance(key, str) and (key == name or key.startswith(name + "."))
-
-    def is_skipped(key: Any) -> bool:
-        return any(skipped(key, name) for name in names)
-
-    expected = _torch_keys(model)
-    kept = {key for key in expected if is_skipped(key)}
-    missing, mis_shaped, updates = [], [], []
-    for key, (var, row) in expected.items():
-        if key in kept:
-            continue
-        if key not in state_dict:
-            if row[0] == "num_batches_tracked":
-                updates.append((var, jnp.zeros((), jnp.int32)))
-            else:
-                missing.append(key)
-            continue
-        raw = _to_numpy(state_dict[key])
-        want = row[1](np.broadcast_to(np.float32(0), var[...].shape)).shape  # torch layout, nothing allocated
-        if raw.shape != want:  # compared before the layout change, which a wrong rank would break
-            mis_shaped.append(f"{key} {raw.shape} (expected {want})")
-            continue
-        array = row[2](raw)
+    variables = _torch_keys(model)
+    what = f"{getattr(model, 'arch', 'model')}/{getattr(model, 'variant', '?')}"
+    expected = {key: _torch_shape(var, row) for key, (var, row) in variables.items()}
+    chosen, kept = match_state_dict(expected, state_dict, skip=skip, what=what)
+    updates = []
+    for key, raw in chosen.items():
+        var, row = variables[key]
         # A host copy (on CPU a device array may alias the caller's buffer, e.g. torch's, which torch then
         # mutates), then device_put: jnp.array would compile a small program for every distinct shape.
-        updates.append((var, jax.device_put(np.array(array, dtype=var[...].dtype, copy=True))))
-    # str: a non-str key must not break the report
-    unexpected = sorted((k for k in set(state_dict) - set(expected) if not is_skipped(k)), key=str)
-    unmatched = [n for n in names if not any(skipped(k, n) for k in (*expected, *state_dict))]
-    if missing or unexpected or mis_shaped or unmatched:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)):
-            if keys:
-                parts.append(f"{len(keys)} {label}: {', '.join(map(str, keys))}")
-        if unmatched:
-            parts.append(f"skip matches no key: {', '.join(map(repr, unmatched))}")
-        raise StateDictError(
-            f"state dict does not match {getattr(model, 'arch', 'model')}/{getattr(model, 'variant', '?')}: "
-            + "; ".join(parts)
-        )
+        updates.append((var, jax.device_put(np.array(row[2](raw), dtype=var[...].dtype, copy=True))))
     for var, value in updates:
         var[...] = value
-    return sorted(kept)
+    return kept
 
 
 def load_weights_file(path: str | Path) -> dict[str, np.ndarray]:

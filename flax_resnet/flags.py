@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from flax_resnet.config import RECIPE_VALUES, RECIPES, SCHEDULES, Config
+from flax_resnet.convert import StateDictError, WeightsFileError, load_weights_file, match_state_dict
 from flax_resnet.models import ARCHS, VARIANTS
 
 
@@ -66,6 +70,44 @@ def smoothing(text: str) -> float:
     return value
 
 
+def module_names(text: str) -> tuple[str, ...]:
+    """argparse type: comma-separated torch module or key names ('fc', 'fc,layer4.1'), none empty."""
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"wants comma-separated names such as fc or fc,layer4, got {text!r}")
+    return names
+
+
+def read_init_weights(config: Config, error: type[Exception]) -> dict[str, np.ndarray]:
+    """`config.init_weights` read as a state dict, by both trainers before they load any data; a file that
+    cannot be read raises `error` (the trainer's one-line error type)."""
+    assert config.init_weights is not None
+    try:
+        return load_weights_file(config.init_weights)
+    except WeightsFileError as e:
+        raise error(f"--init-weights: {e}") from None
+
+
+def match_init_weights(
+    config: Config, expected: Mapping[str, tuple[int, ...]], state_dict: Mapping[str, Any], error: type[Exception]
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """`convert.match_state_dict` for the trainers: the entries a model with torch keys and shapes `expected`
+    starts from, and the keys `--init-skip` leaves at the seeded init. A state dict that does not fit raises
+    `error` in one bounded line, with the flag that fixes the usual cause, a head of another size."""
+    try:
+        return match_state_dict(expected, state_dict, skip=config.init_skip, what=f"{config.arch}/{config.variant}")
+    except StateDictError as e:
+        hint = ""
+        if not config.init_skip and any(item.startswith("fc.") for items in e.problems.values() for item in items):
+            hint = "; --init-skip fc starts a head of another size from the seeded init"
+        raise error(f"--init-weights {config.init_weights}: {e.summary()}{hint}") from None
+
+
+def init_weights_line(config: Config, kept: list[str]) -> str:
+    """What a trainer prints when it starts from `--init-weights`: the file and the keys left at the seeded init."""
+    return f"weights from {config.init_weights}" + (f"; at the seeded init: {', '.join(kept)}" if kept else "")
+
+
 def recipe_default(name: str) -> str:
     """Help text for a recipe-controlled default: 'default: X with --recipe default, Y with --recipe article'."""
     parts = [f"{RECIPE_VALUES[r].get(name, getattr(Config, name))} with --recipe {r}" for r in RECIPES]
@@ -109,8 +151,27 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed", type=seed, help=f"seed for init, batch order and augmentation (default: {Config.seed})"
     )
+    p.add_argument(
+        "--init-weights",
+        metavar="PATH",
+        help="start from this torch state dict (.safetensors, .pt, .pth: torchvision's, torch_ref's, or an "
+        "export of a JAX run) instead of the seeded init; a run that resumes takes its checkpoint instead",
+    )
+    p.add_argument(
+        "--init-skip",
+        type=module_names,
+        metavar="NAMES",
+        help="comma-separated torch modules or keys of --init-weights to leave at the seeded init, e.g. fc for "
+        "a head of another size (default: none; a name that matches nothing is an error)",
+    )
     p.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps in total (smoke runs)")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no tqdm progress bars")
+
+
+def check_init_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage error for --init-skip without --init-weights (it would skip nothing silently)."""
+    if args.init_skip and not args.init_weights:
+        parser.error("--init-skip applies to --init-weights only")
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:

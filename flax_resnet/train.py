@@ -13,7 +13,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -239,13 +239,10 @@ def check_held_out(meta: dict[str, Any], digest: str | None, where: Path) -> Non
         raise RunError(f"{where} held out other training images than this run would ({why}); use another --workdir")
 
 
-def build_state(
-    config: Config, steps_per_epoch: int = 1
-) -> tuple[nnx.GraphDef, TrainState, optax.GradientTransformation, optax.Schedule]:
-    """Fresh model + optimizer state for `config` (dtype already resolved): graphdef, state, tx, schedule."""
+def _new_model(config: Config) -> nnx.Module:
     from flax_resnet.models import create_model
 
-    model = create_model(
+    return create_model(
         config.arch,
         config.variant,
         config.num_classes,
@@ -254,6 +251,30 @@ def build_state(
         conv_lowering=config.conv_lowering,  # type: ignore[arg-type]
         batch_norm=config.batch_norm,
     )
+
+
+def initial_weights(config: Config, state_dict: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The entries of `state_dict` (`config.init_weights`, read) that a fresh model of `config` starts from,
+    checked against its shapes without building it, and the keys `config.init_skip` leaves at the seeded init;
+    RunError in one line if they do not fit."""
+    from flax_resnet.convert import torch_shapes
+    from flax_resnet.flags import match_init_weights
+
+    return match_init_weights(config, torch_shapes(nnx.eval_shape(lambda: _new_model(config))), state_dict, RunError)
+
+
+def build_state(
+    config: Config, steps_per_epoch: int = 1, weights: Mapping[str, Any] | None = None
+) -> tuple[nnx.GraphDef, TrainState, optax.GradientTransformation, optax.Schedule]:
+    """Fresh model + optimizer state for `config` (dtype already resolved): graphdef, state, tx, schedule.
+
+    `weights` (a torch state dict, e.g. from `initial_weights`) replace the seeded init but for
+    `config.init_skip`."""
+    model = _new_model(config)
+    if weights is not None:
+        from flax_resnet.convert import load_torch_state_dict
+
+        load_torch_state_dict(model, weights, skip=config.init_skip)
     tx, schedule = make_tx(config, steps_per_epoch)
     graphdef, state = init_state(model, tx)
     return graphdef, state, tx, schedule
@@ -499,6 +520,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     """
     from flax_resnet.checkpoint import Checkpointer
     from flax_resnet.distributed import make_mesh, put_batch, put_replicated
+    from flax_resnet.flags import init_weights_line, read_init_weights
     from flax_resnet.reporting import Reporter, format_final, truncate_metrics
 
     t_start = time.time()
@@ -510,6 +532,12 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     if problem:
         raise RunError(problem)
     check_workdir(workdir, config, ("arch", "variant", "dtype"))  # cheap checks before loading any data
+    # A fresh run's starting weights; a run with checkpoints resumes from them instead (and reads the file
+    # only if none of them is readable).
+    steps_saved = (workdir / "checkpoints").is_dir() and any(
+        d.name.isdigit() for d in (workdir / "checkpoints").iterdir()
+    )
+    init_state_dict = read_init_weights(config, RunError) if config.init_weights and not steps_saved else None
     dataset = data_lib.hold_out(data_lib.load_dataset(config.data, config.data_dir), config.holdout)
     config = dataclasses.replace(config, num_classes=len(dataset.class_names))
     problem = data_problem(config, dataset.train_images.shape)
@@ -534,6 +562,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
         make_schedule(config, steps_per_epoch)  # e.g. a cosine schedule too short to decay: before any file is written
     except ValueError as e:
         raise RunError(str(e)) from None
+    weights = None if init_state_dict is None else initial_weights(config, init_state_dict)  # before any write
 
     reporter = Reporter(workdir, progress=config.progress, write=is_main, stream=stream)
     warn = (lambda line: print(line, file=sys.stderr, flush=True)) if is_main else (lambda line: None)
@@ -552,12 +581,18 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     reporter.print(f"jax {jax.__version__} on {len(devices)} x {kind} ({jax.process_count()} process(es))")
     reporter.print("config: " + json.dumps(dataclasses.asdict(config), sort_keys=True))
 
-    graphdef, state, tx, schedule = build_state(config, steps_per_epoch)
+    graphdef, state, tx, schedule = build_state(config, steps_per_epoch, weights[0] if weights else None)
     state = put_replicated(state, mesh)
     ckpt = Checkpointer(workdir / "checkpoints")
     acc = dict(EPOCH_SUMS)
     restored = ckpt.restore_latest(state, warn, quarantine=workdir / "checkpoints-corrupt")
     step = 0
+    if restored is None and config.init_weights:
+        if weights is None:  # there were checkpoints, none of them readable: a fresh start after all
+            weights = initial_weights(config, read_init_weights(config, RunError))
+            graphdef, state, tx, schedule = build_state(config, steps_per_epoch, weights[0])
+            state = put_replicated(state, mesh)
+        reporter.print(init_weights_line(config, weights[1]))
     if restored is not None:
         state, meta = restored
         step = int(meta["step"])

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, build the config, train; user errors print one line and return 1."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    flags.check_init_flags(parser, args)
     if args.num_processes > 1 and not args.coordinator:
         parser.error("--num-processes > 1 needs --coordinator HOST:PORT")
     if not 0 <= args.process_id < args.num_processes:

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, train, and turn user errors into one line on stderr (exit 2 for flags, 1 otherwise)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    flags.check_init_flags(parser, args)
     import torch
 
     from torch_ref.train import TorchOptions, TrainError, train

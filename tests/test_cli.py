@@ -137,7 +137,7 @@ def test_export_evaluate_predict_agree_with_torch(trained_run: Path, tiny_data: 
     tv.eval()
 
     dataset = data_lib.load_dataset(tiny_data, tmp_path / "cache")
-    x = torch.from_numpy(np.asarray(data_lib.normalize(dataset.test_images))).permute(0, 3, 1, 2)
+    x = torch.from_numpy(np.array(data_lib.normalize(dataset.test_images))).permute(0, 3, 1, 2)
     with torch.no_grad():
         logits = ref(x).numpy()
         np.testing.assert_allclose(tv(x).numpy(), logits, rtol=1e-5, atol=1e-5)

@@ -191,6 +191,21 @@ def test_write_dataset_quality_needs_jpeg(tmp_path: Path, capsys: pytest.Capture
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("name", ["train", "train_torch"])
+def test_init_flags_are_checked_before_any_work(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main = _script(name).main
+    workdir = str(tmp_path / "w")
+    line = _usage_error(capsys, main, ["--init-skip", "fc", "--workdir", workdir])
+    assert line.endswith("error: --init-skip applies to --init-weights only")
+    line = _usage_error(capsys, main, ["--init-weights", "x.pt", "--init-skip", "fc,,layer4", "--workdir", workdir])
+    assert line.endswith("argument --init-skip: wants comma-separated names such as fc or fc,layer4, got 'fc,,layer4'")
+    # Before the data are loaded: these do not exist either.
+    flags = ["--data", str(tmp_path / "no_data"), "--workdir", workdir, "--no-progress"]
+    assert main([*flags, "--init-weights", str(tmp_path / "x.safetensors")]) == 1
+    assert _one_line(capsys) == f"error: --init-weights: weights file not found: {tmp_path / 'x.safetensors'}"
+    assert not (tmp_path / "w").exists()
+
+
 # ------------------------------------------------------------------------------------------ data messages
 
 

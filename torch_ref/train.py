@@ -27,6 +27,7 @@ from torch import nn
 from flax_resnet import data as data_lib
 from flax_resnet.config import SCHEDULES, Config, data_problem, workdir_problem
 from flax_resnet.convert import save_safetensors
+from flax_resnet.flags import init_weights_line, match_init_weights, read_init_weights
 from flax_resnet.reporting import Reporter, format_final
 from torch_ref import data as tdata
 from torch_ref.models import create_model
@@ -187,6 +188,15 @@ def _previous_run(workdir: Path, config: Config, steps_per_epoch: int) -> tuple[
     return history, same and bool(history) and history[-1]["step"] == last and (workdir / RUN_FILES[1]).exists()
 
 
+def _load_initial_weights(model: nn.Module, config: Config, state_dict: dict[str, Any]) -> list[str]:
+    """Load `state_dict` (`config.init_weights`, read) into `model` but for `config.init_skip`, checked as the
+    JAX trainer checks it; returns the keys left at the seeded init. TrainError in one line."""
+    own = model.state_dict()
+    weights, kept = match_init_weights(config, {k: tuple(v.shape) for k, v in own.items()}, state_dict, TrainError)
+    model.load_state_dict({**own, **{k: torch.tensor(v) for k, v in weights.items()}})  # strict: every key
+    return kept
+
+
 def train(
     config: Config, options: TorchOptions, *, out: TextIO | None = None, overwrite: bool = False
 ) -> list[dict[str, Any]]:
@@ -203,6 +213,7 @@ def train(
         raise TrainError(problem)
     if (workdir / "checkpoints").is_dir():
         raise TrainError(f"{workdir} holds a JAX run (checkpoints/); give the torch run its own --workdir")
+    init_state_dict = read_init_weights(config, TrainError) if config.init_weights else None
     dataset = data_lib.hold_out(data_lib.load_dataset(config.data, config.data_dir), config.holdout)
     # The model's output size follows the dataset; the amp flag is what "dtype" means for this trainer.
     config = dataclasses.replace(
@@ -219,6 +230,9 @@ def train(
         lr_at(config, steps_per_epoch, 0)  # e.g. a cosine schedule too short to decay is a user error
     except ValueError as e:
         raise TrainError(str(e)) from None
+    torch.manual_seed(config.seed)
+    model = create_model(config.arch, config.variant, config.num_classes)
+    kept = [] if init_state_dict is None else _load_initial_weights(model, config, init_state_dict)  # before writes
     previous = _previous_run(workdir, config, steps_per_epoch)
     if previous is not None and previous[1] and not overwrite:
         print(f"{workdir} holds this run, finished at step {previous[0][-1]['step']}: nothing to do "
@@ -239,8 +253,7 @@ def train(
     config.save(workdir / "config.json")
     _write_json(workdir / "torch_options.json", {**dataclasses.asdict(options), "torch": torch.__version__})
 
-    torch.manual_seed(config.seed)
-    model = create_model(config.arch, config.variant, config.num_classes).to(device)
+    model = model.to(device)
     if options.channels_last:
         model = model.to(memory_format=torch.channels_last)
     forward: nn.Module = torch.compile(model) if options.compile else model
@@ -259,6 +272,8 @@ def train(
         f"recipe {config.recipe}"
     )
     reporter.print("config: " + json.dumps(dataclasses.asdict(config), sort_keys=True))
+    if config.init_weights:
+        reporter.print(init_weights_line(config, kept))
     (workdir / "metrics.jsonl").write_text("")  # no resume: a new run starts a new metrics file
     history: list[dict[str, Any]] = []
     step = 0
