@@ -48,7 +48,7 @@ def initialize(coordinator_address: str | None, num_processes: int, process_id: 
     except Exception as e:  # jax's own errors (a used port, a second initialize...) vary in type
         raise DistributedError(
             f"cannot join the run at {coordinator_address} as process {process_id} of {num_processes} "
-            f"({one_line(e)[:300]})"
+            f"({one_line(e, 300)})"
         ) from None
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 
-def one_line(e: BaseException) -> str:
-    """'Type: message' on one line (just 'Type' for an empty message)."""
+def one_line(e: BaseException, limit: int | None = None) -> str:
+    """'Type: message' on one line (just 'Type' for an empty message); cut to `limit` characters and '...' when
+    given (a library's message may embed a whole traceback or config)."""
     text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    line = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return line if limit is None or len(line) <= limit else line[:limit] + "..."
