@@ -375,6 +375,13 @@ def _is_enospc(e: BaseException) -> bool:
     return False
 
 
+def has_step_dirs(directory: str | Path) -> bool:
+    """Whether `directory` holds numbered step folders: saved checkpoints (a save in progress or cut short has a
+    suffix, `5.orbax-checkpoint-tmp-...`). No orbax call, so nothing is created or synchronized."""
+    p = Path(directory)
+    return p.is_dir() and any(c.is_dir() and c.name.isdigit() for c in p.iterdir())
+
+
 def find_checkpoint(path: str | Path) -> tuple[Path, int | None]:
     """Resolve a workdir, a checkpoints directory or one step directory to (checkpoints dir, step or None=latest).
 
@@ -394,6 +401,6 @@ def find_checkpoint(path: str | Path) -> tuple[Path, int | None]:
         )
     if p.name.isdigit() and (p / "meta").is_dir() and (p / "state").is_dir():
         return p.parent, int(p.name)
-    if any(c.is_dir() and c.name.isdigit() for c in p.iterdir()):
+    if has_step_dirs(p):
         return p, None
     raise CheckpointError(f"{p}: no checkpoints found (expected a workdir, its checkpoints/ dir, or a step dir)")

@@ -71,7 +71,9 @@ def _to_numpy(value: Any) -> np.ndarray:
         if str(value.dtype) == "torch.bfloat16":  # numpy has no bfloat16; float32 holds it exactly
             value = value.float()
         value = value.numpy()
-    return np.asarray(value)
+    value = np.asarray(value)
+    # safetensors' numpy reader gives ml_dtypes' bfloat16 where jax is loaded, which torch cannot take in
+    return value.astype(np.float32) if value.dtype.name == "bfloat16" else value
 
 
 def _torch_keys(
@@ -204,7 +206,7 @@ def load_weights_file(path: str | Path) -> dict[str, np.ndarray]:
 
         try:
             return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
+        except (SafetensorError, OSError, ValueError, TypeError) as e:  # TypeError: a dtype numpy lacks
             raise WeightsFileError(f"{path}: not a readable safetensors file ({e})") from None
     if path.suffix in (".pt", ".pth"):
         import pickle

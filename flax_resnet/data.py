@@ -357,8 +357,9 @@ def _assemble_folder(tree: _Tree, root: str) -> Dataset:
     for split in _SPLITS:
         if not by_split[split]:
             raise DataError(f"{split_dir[split]}: no images (.png, .jpg, .jpeg) in its class folders")
-    for split in _SPLITS:  # dropped, a class without images would shift later labels (torchvision's ImageFolder
-        # raises; a model trained here would not match one trained there)
+    # A class folder without images: torchvision's ImageFolder raises (on either split), and a train/ class
+    # dropped here would shift every later label against it.
+    for split in _SPLITS:
         below = f"{prefix}{split}/"
         folders = (d for d in tree.dirs if d.startswith(below) and "/" not in d[len(below) :])
         empty = sorted(d for d in folders if d[len(below) :] not in by_split[split])

@@ -70,6 +70,13 @@ def smoothing(text: str) -> float:
     return value
 
 
+def file_path(text: str) -> str:
+    """argparse type: a path, not empty (an empty --init-weights would silently mean none)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a file, got an empty string")
+    return text
+
+
 def module_names(text: str) -> tuple[str, ...]:
     """argparse type: comma-separated torch module or key names ('fc', 'fc,layer4.1'), none empty."""
     names = tuple(name.strip() for name in text.split(","))
@@ -97,10 +104,19 @@ def match_init_weights(
     try:
         return match_state_dict(expected, state_dict, skip=config.init_skip, what=f"{config.arch}/{config.variant}")
     except StateDictError as e:
-        hint = ""
-        if not config.init_skip and any(item.startswith("fc.") for items in e.problems.values() for item in items):
-            hint = "; --init-skip fc starts a head of another size from the seeded init"
-        raise error(f"--init-weights {config.init_weights}: {e.summary()}{hint}") from None
+        raise error(f"--init-weights {config.init_weights}: {e.summary()}{_init_hint(config, e)}") from None
+
+
+def _init_hint(config: Config, e: StateDictError) -> str:
+    """The usual causes of a mismatch, said: a head of another size, a wrapper's prefix on every key."""
+    missing = set(e.problems.get("missing", []))
+    split = [key.split(".", 1) for key in e.problems.get("unexpected", []) if "." in key]
+    prefixes = {parts[0] for parts in split}
+    if missing and len(prefixes) == 1 and missing <= {parts[1] for parts in split}:
+        return f"; its keys carry a wrapper's prefix {prefixes.pop()}. (e.g. DataParallel's): save the inner model's"
+    if not config.init_skip and any(item.startswith("fc.") for item in e.problems.get("mis-shaped", [])):
+        return "; --init-skip fc starts a head of another size from the seeded init"
+    return ""
 
 
 def init_weights_line(config: Config, kept: list[str]) -> str:
@@ -153,6 +169,7 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--init-weights",
+        type=file_path,
         metavar="PATH",
         help="start from this torch state dict (.safetensors, .pt, .pth: torchvision's, torch_ref's, or an "
         "export of a JAX run) instead of the seeded init; a run that resumes takes its checkpoint instead",

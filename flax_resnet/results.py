@@ -41,7 +41,7 @@ def summarize_run(workdir: str | Path) -> RunSummary:
         saved = json.loads((workdir / "config.json").read_text())
         if not isinstance(saved, dict):
             raise TypeError(f"config.json holds a {type(saved).__name__}, not a run config")
-        config = {**dataclasses.asdict(Config()), **LEGACY_DEFAULTS, **saved}
+        config = {**json.loads(Config().to_json()), **LEGACY_DEFAULTS, **saved}  # as saved: tuples are lists
         lines = (workdir / "metrics.jsonl").read_text().splitlines()
         records = [json.loads(line) for line in lines if line.strip()]
         if not all(isinstance(r, dict) and "epoch" in r and "epoch_seconds" in r for r in records):
@@ -81,6 +81,10 @@ def _other_settings(config: dict[str, Any]) -> str:
         if isinstance(expected, tuple):
             expected = list(expected)
         if value != expected:
+            if key == "init_weights":  # the file, not where it was on one machine
+                value = Path(value).name
+            elif key == "init_skip":
+                value = ",".join(value)
             diffs.append(f"{key}={value}")
     return " ".join(diffs) or "-"
 

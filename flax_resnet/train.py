@@ -174,6 +174,8 @@ class RunError(Exception):
 
 # Fields that must match to resume a workdir: a different model cannot continue from these checkpoints.
 RESUME_KEYS = ("arch", "variant", "num_classes", "dtype", "holdout")  # holdout: which images train
+# Fields only a fresh run reads: a resumed run keeps those it started with (`_keep_start`).
+START_KEYS = ("init_weights", "init_skip")
 # Host fetches of the running metrics (progress bar, NaN check) happen at most this often, besides epoch ends
 # and checkpoints: each one makes the host wait for the device to drain its queue of steps.
 FETCH_SECONDS = 1.0
@@ -253,14 +255,27 @@ def _new_model(config: Config) -> nnx.Module:
     )
 
 
-def initial_weights(config: Config, state_dict: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], list[str]]:
-    """The entries of `state_dict` (`config.init_weights`, read) that a fresh model of `config` starts from,
-    checked against its shapes without building it, and the keys `config.init_skip` leaves at the seeded init;
-    RunError in one line if they do not fit."""
+def check_initial_weights(config: Config, state_dict: Mapping[str, Any]) -> list[str]:
+    """RunError in one line unless `state_dict` (`config.init_weights`, read) fits a fresh model of `config`
+    but for `config.init_skip` (checked against its shapes without building it); the keys left at the seeded
+    init."""
     from flax_resnet.convert import torch_shapes
     from flax_resnet.flags import match_init_weights
 
-    return match_init_weights(config, torch_shapes(nnx.eval_shape(lambda: _new_model(config))), state_dict, RunError)
+    model = nnx.eval_shape(lambda: _new_model(config))
+    return match_init_weights(config, torch_shapes(model), state_dict, RunError)[1]
+
+
+def _keep_start(config: Config, recorded: Mapping[str, Any], warn: Callable[[str], None]) -> Config:
+    """`config` with the `init_weights`/`init_skip` of the run being resumed (`recorded`, its config as a dict):
+    only a fresh run reads them, and config.json must keep saying where the run started; a note if they differ."""
+    start = {key: recorded.get(key) for key in START_KEYS}
+    start["init_skip"] = tuple(start["init_skip"] or ())
+    if all(getattr(config, key) == value for key, value in start.items()):
+        return config
+    was = f"from {start['init_weights']}" if start["init_weights"] else "from the seeded init"
+    warn(f"note: resuming a run that started {was}; --init-weights and --init-skip apply to a fresh run only")
+    return dataclasses.replace(config, **start)
 
 
 def build_state(
@@ -268,7 +283,7 @@ def build_state(
 ) -> tuple[nnx.GraphDef, TrainState, optax.GradientTransformation, optax.Schedule]:
     """Fresh model + optimizer state for `config` (dtype already resolved): graphdef, state, tx, schedule.
 
-    `weights` (a torch state dict, e.g. from `initial_weights`) replace the seeded init but for
+    `weights` (a torch state dict that `check_initial_weights` accepts) replace the seeded init but for
     `config.init_skip`."""
     model = _new_model(config)
     if weights is not None:
@@ -518,7 +533,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     Writes config.json, metrics.jsonl, TensorBoard events, curves.png, predictions.png and checkpoints/.
     Raises data.DataError, checkpoint.CheckpointError or RunError (one-line messages) for user problems.
     """
-    from flax_resnet.checkpoint import Checkpointer
+    from flax_resnet.checkpoint import Checkpointer, has_step_dirs
     from flax_resnet.distributed import make_mesh, put_batch, put_replicated
     from flax_resnet.flags import init_weights_line, read_init_weights
     from flax_resnet.reporting import Reporter, format_final, truncate_metrics
@@ -532,12 +547,8 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     if problem:
         raise RunError(problem)
     check_workdir(workdir, config, ("arch", "variant", "dtype"))  # cheap checks before loading any data
-    # A fresh run's starting weights; a run with checkpoints resumes from them instead (and reads the file
-    # only if none of them is readable).
-    steps_saved = (workdir / "checkpoints").is_dir() and any(
-        d.name.isdigit() for d in (workdir / "checkpoints").iterdir()
-    )
-    init_state_dict = read_init_weights(config, RunError) if config.init_weights and not steps_saved else None
+    resuming = has_step_dirs(workdir / "checkpoints")  # then the checkpoint holds the weights, not the file
+    init_state_dict = read_init_weights(config, RunError) if config.init_weights and not resuming else None
     dataset = data_lib.hold_out(data_lib.load_dataset(config.data, config.data_dir), config.holdout)
     config = dataclasses.replace(config, num_classes=len(dataset.class_names))
     problem = data_problem(config, dataset.train_images.shape)
@@ -562,7 +573,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
         make_schedule(config, steps_per_epoch)  # e.g. a cosine schedule too short to decay: before any file is written
     except ValueError as e:
         raise RunError(str(e)) from None
-    weights = None if init_state_dict is None else initial_weights(config, init_state_dict)  # before any write
+    init_kept = None if init_state_dict is None else check_initial_weights(config, init_state_dict)  # before writes
 
     reporter = Reporter(workdir, progress=config.progress, write=is_main, stream=stream)
     warn = (lambda line: print(line, file=sys.stderr, flush=True)) if is_main else (lambda line: None)
@@ -572,7 +583,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             changed = [
                 f"{f.name} {getattr(saved, f.name)!r} -> {getattr(config, f.name)!r}"
                 for f in dataclasses.fields(Config)
-                if getattr(saved, f.name) != getattr(config, f.name)
+                if getattr(saved, f.name) != getattr(config, f.name) and f.name not in START_KEYS  # see _keep_start
             ]
             if changed:
                 warn(f"note: resuming with changed settings: {', '.join(changed)}")
@@ -581,20 +592,22 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     reporter.print(f"jax {jax.__version__} on {len(devices)} x {kind} ({jax.process_count()} process(es))")
     reporter.print("config: " + json.dumps(dataclasses.asdict(config), sort_keys=True))
 
-    graphdef, state, tx, schedule = build_state(config, steps_per_epoch, weights[0] if weights else None)
+    graphdef, state, tx, schedule = build_state(config, steps_per_epoch, init_state_dict)
     state = put_replicated(state, mesh)
     ckpt = Checkpointer(workdir / "checkpoints")
     acc = dict(EPOCH_SUMS)
     restored = ckpt.restore_latest(state, warn, quarantine=workdir / "checkpoints-corrupt")
     step = 0
     if restored is None and config.init_weights:
-        if weights is None:  # there were checkpoints, none of them readable: a fresh start after all
-            weights = initial_weights(config, read_init_weights(config, RunError))
-            graphdef, state, tx, schedule = build_state(config, steps_per_epoch, weights[0])
+        if init_kept is None:  # numbered folders that orbax does not count as saves: a fresh start after all
+            init_state_dict = read_init_weights(config, RunError)
+            init_kept = check_initial_weights(config, init_state_dict)
+            graphdef, state, tx, schedule = build_state(config, steps_per_epoch, init_state_dict)
             state = put_replicated(state, mesh)
-        reporter.print(init_weights_line(config, weights[1]))
+        reporter.print(init_weights_line(config, init_kept))
     if restored is not None:
         state, meta = restored
+        config = _keep_start(config, meta.get("config", {}), warn)
         step = int(meta["step"])
         check_step_geometry(meta, bs, n_train, steps_per_epoch, ckpt.step_dir(step))
         check_held_out(meta, holdout_digest, ckpt.step_dir(step))

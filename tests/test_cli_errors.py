@@ -199,6 +199,8 @@ def test_init_flags_are_checked_before_any_work(name: str, tmp_path: Path, capsy
     assert line.endswith("error: --init-skip applies to --init-weights only")
     line = _usage_error(capsys, main, ["--init-weights", "x.pt", "--init-skip", "fc,,layer4", "--workdir", workdir])
     assert line.endswith("argument --init-skip: wants comma-separated names such as fc or fc,layer4, got 'fc,,layer4'")
+    line = _usage_error(capsys, main, ["--init-weights", "", "--workdir", workdir])
+    assert line.endswith("argument --init-weights: must name a file, got an empty string")
     # Before the data are loaded: these do not exist either.
     flags = ["--data", str(tmp_path / "no_data"), "--workdir", workdir, "--no-progress"]
     assert main([*flags, "--init-weights", str(tmp_path / "x.safetensors")]) == 1

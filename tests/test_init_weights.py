@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -141,9 +142,52 @@ def test_a_resumed_run_takes_its_checkpoint_and_never_reads_the_weights(
     shutil.copytree(trained_run, tmp_path / "run")
     config = _config(tiny_data, tmp_path, tmp_path / "gone.pt", max_steps=None)
     result = train_lib.train(config)
-    out = capsys.readouterr().out
-    assert "resuming from checkpoint step 12" in out and "weights from" not in out
+    captured = capsys.readouterr()
+    assert "resuming from checkpoint step 12" in captured.out and "weights from" not in captured.out
     assert result["step"] == 12
+    # It started from the seeded init, and its config keeps saying so.
+    assert "note: resuming a run that started from the seeded init; --init-weights and --init-skip apply to a " \
+        "fresh run only" in captured.err
+    saved = json.loads((tmp_path / "run/config.json").read_text())
+    assert saved["init_weights"] is None and saved["init_skip"] == []
+
+
+def test_a_skip_name_that_only_the_file_has_is_no_error(tiny_data: Path, tmp_path: Path, imagenet_weights) -> None:
+    """`--init-skip fc,aux` over a file with an extra `aux.*` module: checked once, loaded as checked."""
+    path, theirs = imagenet_weights
+    sd = {**theirs, "aux.weight": np.ones((2, 2), np.float32)}
+    config = _config(tiny_data, tmp_path, path, init_skip=("fc", "aux"), num_classes=len(TINY_CLASSES))
+    assert train_lib.check_initial_weights(config, sd) == HEAD
+    graphdef, state = train_lib.build_state(config, 1, sd)[:2]
+    ours = convert.to_torch_state_dict(train_lib.merge_model(graphdef, state))
+    assert np.array_equal(ours["layer4.1.conv2.weight"], theirs["layer4.1.conv2.weight"])
+
+
+def test_the_torch_trainer_takes_bfloat16_safetensors(tmp_path: Path, imagenet_weights) -> None:
+    """safetensors' numpy reader gives ml_dtypes' bfloat16 (jax is loaded), which torch.tensor cannot take."""
+    from torch_ref.train import _load_initial_weights
+
+    _, theirs = imagenet_weights
+    bf16 = {k: torch.from_numpy(v).to(torch.bfloat16) if v.dtype == np.float32 else torch.from_numpy(v)
+            for k, v in theirs.items() if not k.startswith("fc.")}  # fmt: skip
+    path = tmp_path / "bf16.safetensors"
+    convert.save_safetensors({k: v.float().numpy().astype(ml_dtypes.bfloat16) if v.dtype == torch.bfloat16
+                              else v.numpy() for k, v in bf16.items()}, path)  # fmt: skip
+    config = make_config(arch="resnet18", variant="imagenet", init_weights=str(path), init_skip=("fc",))
+    model = torch_ref.create_model("resnet18", "imagenet", 3)
+    assert _load_initial_weights(model, config, convert.load_weights_file(path)) == HEAD
+    assert torch.equal(model.state_dict()["conv1.weight"], bf16["conv1.weight"].float())
+
+
+def test_a_wrapped_model_s_prefix_is_named() -> None:
+    model = create_model("resnet18", "imagenet", 10)
+    sd = {f"module.{k}": v for k, v in convert.to_torch_state_dict(model).items()}
+    config = make_config(variant="imagenet", init_weights="dp.pt")
+    with pytest.raises(RuntimeError) as excinfo:
+        flags.match_init_weights(config, convert.torch_shapes(model), sd, RuntimeError)
+    assert str(excinfo.value).endswith(
+        "; its keys carry a wrapper's prefix module. (e.g. DataParallel's): save the inner model's"
+    )
 
 
 def test_a_head_mismatch_from_another_architecture_is_summarized(imagenet_weights) -> None:

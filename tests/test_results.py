@@ -63,17 +63,20 @@ def test_table_separates_every_setting_that_changes_the_result(tmp_path: Path) -
         _fake_run(tmp_path / "c", 0, [0.80], 1, cutout=16, weight_decay=1e-3),
         _fake_run(tmp_path / "d", 0, [0.70], 1, holdout=5000),
         _fake_run(tmp_path / "e", 0, [0.60], 1, warmup_fraction=0.3),
+        _fake_run(tmp_path / "g", 0, [0.50], 1, init_weights="/data/w/resnet18-f37072fd.pth", init_skip=("fc",)),
     ]
-    # A run made before Config had `cutout`, `holdout` and `batch_norm` used their defaults: same setting as "a".
+    # A run made before Config had `cutout`, `holdout`, `batch_norm` and the init fields used their defaults:
+    # same setting as "a".
     old = json.loads((tmp_path / "a" / "config.json").read_text())
-    for key in ("cutout", "holdout", "batch_norm"):
+    for key in ("cutout", "holdout", "batch_norm", "init_weights", "init_skip"):
         del old[key]
     old["seed"] = 2
     _fake_run(tmp_path / "f", 2, [0.94], 1)
     (tmp_path / "f" / "config.json").write_text(json.dumps(old))
     runs.append(tmp_path / "f")
     rows = results.results_table([results.summarize_run(r) for r in runs], "cpu").strip().splitlines()[2:]
-    assert len(rows) == 4
+    assert len(rows) == 5
+    assert "| init_skip=fc init_weights=resnet18-f37072fd.pth | 0 | 50.00 |" in rows.pop()
     assert "| - | 0,1,2 | 92.00 ± 2.00 |" in rows[0]
     assert "| cutout=16 weight_decay=0.001 | 0 | 80.00 |" in rows[1]
     held = "cifar10-jpeg.tar.gz, evaluated on 5000 held-out train images"
