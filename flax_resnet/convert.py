@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +227,46 @@ def load_weights_file(path: str | Path) -> dict[str, np.ndarray]:
             raise WeightsFileError(f"{path}: does not hold a state dict of tensors")
         return {k: _to_numpy(v) for k, v in obj.items()}
     raise WeightsFileError(f"{path}: unknown weights format {path.suffix!r}; use .safetensors, .pt or .pth")
+
+
+WEIGHTS_FORMAT = "flax_resnet torch state dict"  # the metadata's "format" in files this project writes
+
+
+def weights_metadata(
+    arch: str, variant: str, class_names: Sequence[str], step: int, holdout_digest: str | None = None
+) -> dict[str, str]:
+    """The `.safetensors` metadata that make a weights file usable on its own (scripts/export.py and torch_ref's
+    model.safetensors): the model, its classes in order, the input it expects, the step, and for a `--holdout`
+    run the digest of its held-out images (`data.image_set_digest`), so that it is evaluated on those."""
+    from flax_resnet.data import CIFAR10_MEAN, CIFAR10_STD
+
+    metadata = {
+        "format": WEIGHTS_FORMAT,
+        "arch": arch,
+        "variant": variant,
+        "num_classes": str(len(class_names)),
+        "class_names": json.dumps(list(class_names)),
+        "input": f"RGB NCHW, x / 255 normalized by mean {json.dumps(CIFAR10_MEAN)} std {json.dumps(CIFAR10_STD)}",
+        "step": str(step),
+    }
+    if holdout_digest is not None:
+        metadata["holdout_digest"] = holdout_digest
+    return metadata
+
+
+def read_weights_metadata(path: str | Path) -> dict[str, str]:
+    """A `.safetensors` file's header metadata ({} when it has none, and for `.pt`/`.pth`); WeightsFileError
+    if the file cannot be read."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "np") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsFileError(f"{path}: not a readable safetensors file ({one_line(e)})") from None
 
 
 def save_safetensors(

@@ -25,8 +25,9 @@ from flax import nnx, struct
 from jax import lax
 
 from flax_resnet import data as data_lib
-from flax_resnet.config import SCHEDULES, Config, data_problem, workdir_problem
+from flax_resnet.config import SCHEDULES, Config, data_problem, make_config, workdir_problem
 from flax_resnet.distributed import put_batch, to_host
+from flax_resnet.errors import one_line
 from flax_resnet.packing import StatePacking
 
 
@@ -303,7 +304,9 @@ def make_tx(config: Config, steps_per_epoch: int = 1) -> tuple[optax.GradientTra
 
 @dataclasses.dataclass
 class LoadedRun:
-    """A checkpoint loaded for evaluation/export: its config, class names, model graph and state."""
+    """A checkpoint (or weights file) loaded for evaluation/export: its config, class names, model graph and state.
+
+    `path` is the checkpoint's step directory, or the weights file."""
 
     config: Config
     class_names: tuple[str, ...]
@@ -317,11 +320,22 @@ class LoadedRun:
         """The model holding this checkpoint's parameters and statistics."""
         return merge_model(self.graphdef, self.state)
 
+    @property
+    def directory(self) -> Path:
+        """The run's directory (where its outputs go): the workdir of a checkpoint, the folder of a weights file."""
+        return self.path.parent if self.path.is_file() else self.path.parent.parent
+
 
 def load_run(path: str | Path, warn: Callable[[str], None] | None = None) -> LoadedRun:
-    """Load a workdir's latest readable checkpoint, or one step directory; CheckpointError names the path."""
+    """Load a workdir's latest readable checkpoint, or one step directory; CheckpointError names the path.
+
+    Also a torch_ref run's workdir (its model.safetensors) and a weights file whose metadata name the model
+    (`convert.weights_metadata`: scripts/export.py's output), so that either framework's runs are evaluated,
+    exported and used for prediction by the same code."""
     from flax_resnet.checkpoint import Checkpointer, CheckpointError, find_checkpoint
 
+    if Path(path).is_file() or (Path(path) / "torch_options.json").is_file():
+        return _load_weights_run(Path(path))
     warn = warn or (lambda line: print(line, file=sys.stderr))
     directory, step = find_checkpoint(path)
     ckpt = Checkpointer(directory, read_only=True)
@@ -365,6 +379,53 @@ def load_run(path: str | Path, warn: Callable[[str], None] | None = None) -> Loa
     names = tuple(meta.get("class_names") or [str(i) for i in range(config.num_classes)])
     at = int(meta["step"])
     return LoadedRun(config, names, graphdef, state, at, directory / str(at), meta.get("holdout_digest"))
+
+
+def _load_weights_run(path: Path) -> LoadedRun:
+    """`load_run` for a torch_ref workdir or a weights file: the model from the run's config.json or the file's
+    metadata, its tensors loaded strictly, evaluated in float32."""
+    from flax_resnet.checkpoint import CheckpointError
+    from flax_resnet.convert import StateDictError, WeightsFileError, load_weights_file, read_weights_metadata
+
+    torch_run = path.is_dir()
+    file = path / "model.safetensors" if torch_run else path
+    if not file.is_file():
+        raise CheckpointError(f"{path}: a torch_ref run with no model.safetensors yet (written at each epoch's end)")
+    try:
+        meta = read_weights_metadata(file)
+        weights = load_weights_file(file)
+    except WeightsFileError as e:
+        raise CheckpointError(str(e)) from None
+    try:
+        if torch_run:
+            config = Config.from_json((path / "config.json").read_text())
+        elif {"arch", "variant", "num_classes"} <= set(meta):
+            config = make_config(arch=meta["arch"], variant=meta["variant"], num_classes=int(meta["num_classes"]))
+        else:
+            raise CheckpointError(
+                f"{file}: its metadata do not name the model (arch, variant, num_classes), as the files of "
+                "scripts/export.py and torch_ref runs do; load it into a model you create with "
+                "flax_resnet.load_torch_state_dict"
+            )
+        config = dataclasses.replace(config, dtype="float32", init_weights=None, init_skip=())
+        graphdef, state = build_state(config, 1000, weights)[:2]  # any steps per epoch: only the structure counts
+        names = tuple(json.loads(meta["class_names"])) if "class_names" in meta else None
+        step = int(meta["step"]) if "step" in meta else _last_logged_step(path) if torch_run else 0
+    except StateDictError as e:
+        raise CheckpointError(f"{file}: {e.summary()}") from None
+    except (OSError, ValueError, TypeError) as e:  # an unreadable config.json, or metadata that are not ours
+        raise CheckpointError(f"{file}: cannot tell which model it holds ({one_line(e)})") from None
+    if names is not None and len(names) != config.num_classes:
+        raise CheckpointError(f"{file}: metadata's class names do not match its {config.num_classes} classes")
+    names = names or tuple(str(i) for i in range(config.num_classes))
+    return LoadedRun(config, names, graphdef, state, step, file, meta.get("holdout_digest"))
+
+
+def _last_logged_step(workdir: Path) -> int:
+    """The step of a run's last metrics.jsonl line (0 if none): a torch run's model.safetensors from before it
+    recorded its step holds that epoch's weights."""
+    lines = (workdir / "metrics.jsonl").read_text().splitlines() if (workdir / "metrics.jsonl").is_file() else []
+    return max((int(json.loads(line)["step"]) for line in lines if line.strip()), default=0)
 
 
 def make_eval_fn(graphdef: nnx.GraphDef, packing: StatePacking) -> Callable[..., dict[str, jax.Array]]:

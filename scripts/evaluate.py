@@ -1,7 +1,9 @@
 """Evaluate a checkpoint on the test split: loss, accuracy, per-class accuracy and a confusion-matrix PNG.
 
-`python scripts/evaluate.py runs/r18` (latest checkpoint) or `.../checkpoints/<step>`. A run trained with
-`--holdout N` is scored on its N held-out training images, as during training, never on the test split.
+`python scripts/evaluate.py runs/r18` (latest checkpoint) or `.../checkpoints/<step>`; also a torch_ref run's
+workdir or a weights file from scripts/export.py, so both frameworks' runs are scored by the same code. A run
+trained with `--holdout N` is scored on its N held-out training images, as during training, never on the test
+split.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, evaluate, print the report; bad paths/data print one line and return 1."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", metavar="WORKDIR_OR_CHECKPOINT", help="a run's workdir or one checkpoint step dir")
+    p.add_argument("checkpoint", metavar="WORKDIR_OR_CHECKPOINT",
+                   help="a run's workdir (JAX or torch_ref), one checkpoint step dir, or an exported .safetensors")
     p.add_argument("--data", help="dataset source (default: the one the run trained on)")
     p.add_argument("--data-dir", help="TFDS data dir or decoded-dataset cache dir (default: the run's)")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
@@ -46,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             dataset = data_lib.load_dataset(source, args.data_dir if args.data_dir is not None else run.config.data_dir)
         except data_lib.DataError as e:
-            hint = "" if args.data else " (the data the run trained on; --data points at another copy)"
+            hint = "" if args.data else (
+                " (the data the run trained on, by its config, or tfds for an exported file; --data names another)"
+            )
             raise data_lib.DataError(f"{e}{hint}") from None
         if len(dataset.class_names) != run.config.num_classes:
             raise data_lib.DataError(
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         total = int(matrix[c].sum())
         acc = 100 * matrix[c, c] / total if total else float("nan")
         print(f"  {name:<{width}}  {acc:6.2f}%  ({int(matrix[c, c])}/{total})")
-    out = Path(args.out) if args.out else run.path.parent.parent / "confusion_matrix.png"
+    out = Path(args.out) if args.out else run.directory / "confusion_matrix.png"
     try:
         plot_confusion(matrix, run.class_names, out)
     except OSError as e:

@@ -8,7 +8,6 @@ The file's metadata names the arch, variant, classes and the input normalization
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -18,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, export; bad paths print one line and return 1."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", metavar="WORKDIR_OR_CHECKPOINT", help="a run's workdir or one checkpoint step dir")
+    p.add_argument("checkpoint", metavar="WORKDIR_OR_CHECKPOINT",
+                   help="a run's workdir (JAX or torch_ref), one checkpoint step dir, or an exported .safetensors")
     p.add_argument("out", metavar="OUT.safetensors", help="output file")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -28,23 +28,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{out}: no such directory {str(out.parent)!r}")
 
     from flax_resnet.checkpoint import CheckpointError
-    from flax_resnet.convert import save_safetensors, to_torch_state_dict
-    from flax_resnet.data import CIFAR10_MEAN, CIFAR10_STD
+    from flax_resnet.convert import save_safetensors, to_torch_state_dict, weights_metadata
     from flax_resnet.train import load_run
 
     try:
         run = load_run(args.checkpoint)
         state_dict = to_torch_state_dict(run.model())
         c = run.config
-        metadata = {
-            "format": "flax_resnet torch state dict",
-            "arch": c.arch,
-            "variant": c.variant,
-            "num_classes": str(c.num_classes),
-            "class_names": json.dumps(list(run.class_names)),
-            "input": f"RGB NCHW, x / 255 normalized by mean {json.dumps(CIFAR10_MEAN)} std {json.dumps(CIFAR10_STD)}",
-            "step": str(run.step),
-        }
+        metadata = weights_metadata(c.arch, c.variant, run.class_names, run.step, run.holdout_digest)
         save_safetensors(state_dict, out, metadata)
     except (CheckpointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -36,7 +36,8 @@ def load_image(path: Path) -> tuple[object, bool]:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, classify, print top-k per image; bad paths print one line and return 1."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", metavar="WORKDIR_OR_CHECKPOINT", help="a run's workdir or one checkpoint step dir")
+    p.add_argument("checkpoint", metavar="WORKDIR_OR_CHECKPOINT",
+                   help="a run's workdir (JAX or torch_ref), one checkpoint step dir, or an exported .safetensors")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG/JPEG/...)")
     p.add_argument("--top-k", type=int, default=3, help="how many classes to list per image (default: 3)")
     args = p.parse_args(argv)

@@ -26,7 +26,7 @@ from torch import nn
 
 from flax_resnet import data as data_lib
 from flax_resnet.config import SCHEDULES, Config, data_problem, workdir_problem
-from flax_resnet.convert import save_safetensors
+from flax_resnet.convert import save_safetensors, weights_metadata
 from flax_resnet.flags import init_weights_line, match_init_weights, read_init_weights
 from flax_resnet.reporting import Reporter, format_final
 from torch_ref import data as tdata
@@ -156,9 +156,11 @@ def evaluate(
     return result
 
 
-def save_state_dict(model: nn.Module, path: str | Path) -> None:
-    """Write the model's state dict as .safetensors atomically (the one writer both frameworks use)."""
-    save_safetensors({k: v.detach().to("cpu").contiguous().numpy() for k, v in model.state_dict().items()}, path)
+def save_state_dict(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write the model's state dict as .safetensors atomically (the one writer both frameworks use), with
+    `metadata` (`convert.weights_metadata`: what makes the file usable on its own) in its header."""
+    state = {k: v.detach().to("cpu").contiguous().numpy() for k, v in model.state_dict().items()}
+    save_safetensors(state, path, metadata)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -215,6 +217,7 @@ def train(
         raise TrainError(f"{workdir} holds a JAX run (checkpoints/); give the torch run its own --workdir")
     init_state_dict = read_init_weights(config, TrainError) if config.init_weights else None
     dataset = data_lib.hold_out(data_lib.load_dataset(config.data, config.data_dir), config.holdout)
+    holdout_digest = data_lib.image_set_digest(dataset.test_images, dataset.test_labels) if config.holdout else None
     # The model's output size follows the dataset; the amp flag is what "dtype" means for this trainer.
     config = dataclasses.replace(
         config, num_classes=len(dataset.class_names), dtype="bfloat16" if options.amp else "float32"
@@ -348,7 +351,8 @@ def train(
                 record.update(test_loss_flip=test["loss_flip"], test_acc_flip=test["accuracy_flip"])
             record["wall_seconds"] = time.perf_counter() - recorded_at  # as in the JAX trainer (flax_resnet/train.py)
             recorded_at = time.perf_counter()
-            save_state_dict(model, workdir / "model.safetensors")
+            metadata = weights_metadata(config.arch, config.variant, dataset.class_names, step, holdout_digest)
+            save_state_dict(model, workdir / "model.safetensors", metadata)
             reporter.log_epoch(record, history, force_plot=finished)  # the plot at most every PLOT_SECONDS
             history.append(record)
         reporter.flush_plots()  # a run stopped by --max-steps: its last record is plotted too

@@ -1,0 +1,151 @@
+"""The companion CLIs on runs held as weights files: a torch_ref run's workdir (its model.safetensors) and a
+file from scripts/export.py. The references are independent of the loader: the torch trainer's own final
+evaluation, and the same CLIs on the JAX checkpoint the file was exported from."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from conftest import REPO, TINY_CLASSES, run_cli
+from flax_resnet import convert
+from flax_resnet.config import make_config
+from flax_resnet.train import load_run
+from torch_ref.train import TorchOptions, save_state_dict
+from torch_ref.train import train as torch_train
+
+
+def _main(name: str):
+    spec = importlib.util.spec_from_file_location(f"weights_runs_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _scores(text: str) -> dict[str, float]:
+    plain = re.search(r"loss: ([\d.]+)  accuracy: ([\d.]+)%", text)
+    flip = re.search(r"with flip TTA:  loss: ([\d.]+)  accuracy: ([\d.]+)%", text)
+    return {"loss": float(plain[1]), "acc": float(plain[2]), "loss_flip": float(flip[1]), "acc_flip": float(flip[2])}
+
+
+@pytest.mark.parametrize("holdout", [0, 30])
+def test_a_torch_run_scores_in_jax_as_it_scored_itself(
+    tiny_data: Path, tmp_path: Path, holdout: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`evaluate.py <torch workdir>`: the JAX model built from the run's config.json and model.safetensors
+    scores the run's own final evaluation (test images, or its held-out ones), with flip TTA too."""
+    workdir = tmp_path / "torch_run"
+    config = make_config(
+        arch="resnet18", variant="imagenet", batch_size=16, epochs=1, lr=0.05, progress=False, holdout=holdout,
+        data=str(tiny_data), data_dir=str(tmp_path / "cache"), workdir=str(workdir),
+    )  # fmt: skip
+    last = torch_train(config, TorchOptions())[-1]
+    capsys.readouterr()
+    from safetensors import safe_open
+
+    with safe_open(str(workdir / "model.safetensors"), "np") as f:
+        meta = f.metadata()
+    assert (meta["arch"], meta["variant"], json.loads(meta["class_names"])) == ("resnet18", "imagenet", [*TINY_CLASSES])
+    assert int(meta["step"]) == last["step"] and ("holdout_digest" in meta) == bool(holdout)
+
+    assert _main("evaluate")([str(workdir), "--flip-tta"]) == 0
+    out = capsys.readouterr().out
+    scored = _scores(out)
+    assert f"{'holdout (' if holdout else 'test images: '}{holdout or 3 * 7}" in out
+    assert scored["acc"] == pytest.approx(100 * last["test_acc"], abs=0.006)
+    assert scored["acc_flip"] == pytest.approx(100 * last["test_acc_flip"], abs=0.006)
+    # Printed to 4 decimals; two frameworks' float32 logits, within 1e-5 relative (as tests/test_cli.py).
+    assert scored["loss"] == pytest.approx(last["test_loss"], rel=1e-5, abs=6e-5)
+    assert scored["loss_flip"] == pytest.approx(last["test_loss_flip"], rel=1e-5, abs=6e-5)
+    assert (workdir / "confusion_matrix.png").stat().st_size > 0
+
+
+def test_a_torch_run_saved_without_metadata_loads_from_its_config_and_metrics(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """model.safetensors files written before they carried metadata: the step from metrics.jsonl, classes unnamed."""
+    workdir = tmp_path / "old"
+    workdir.mkdir()
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3)
+    save_state_dict(model, workdir / "model.safetensors")  # no metadata
+    config = make_config(arch="resnet18", variant="imagenet", num_classes=3, dtype="bfloat16", workdir=str(workdir))
+    config.save(workdir / "config.json")
+    (workdir / "torch_options.json").write_text("{}")
+    (workdir / "metrics.jsonl").write_text('{"epoch": 1, "step": 6}\n{"epoch": 2, "step": 12}\n')
+    run = load_run(workdir)
+    assert (run.step, run.class_names, run.config.dtype, run.path) == (
+        12, ("0", "1", "2"), "float32", workdir / "model.safetensors"
+    )
+    ours = convert.to_torch_state_dict(run.model())
+    for key, value in model.state_dict().items():
+        assert np.array_equal(ours[key], value.numpy()), key
+
+
+def test_an_exported_file_evaluates_and_predicts_as_its_checkpoint(
+    trained_run: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exported = tmp_path / "r18.safetensors"
+    run_cli("export.py", str(trained_run), str(exported), check=True)
+    evaluate, predict = _main("evaluate"), _main("predict")
+    outputs = []
+    for source in (trained_run, exported):
+        assert evaluate([str(source), "--data", str(tiny_data), "--flip-tta", "--out", str(tmp_path / "cm.png")]) == 0
+        outputs.append(capsys.readouterr().out.splitlines())
+    assert outputs[0][0].startswith(f"checkpoint: {trained_run / 'checkpoints/12'} (step 12, resnet18/imagenet)")
+    assert outputs[1][0] == f"checkpoint: {exported} (step 12, resnet18/imagenet)"
+    assert outputs[0][1:] == outputs[1][1:]  # the same numbers, the same per-class lines
+    assert evaluate([str(exported), "--data", str(tiny_data)]) == 0
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 0  # beside the file
+    capsys.readouterr()
+
+    images = [str(tiny_data / "test" / name / "001.png") for name in TINY_CLASSES]
+    printed = []
+    for source in (trained_run, exported):
+        assert predict([str(source), *images]) == 0
+        printed.append(capsys.readouterr().out)
+    assert printed[0] == printed[1] and printed[0].count("\n") == 3
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_weights_that_do_not_name_or_fit_their_model_are_one_line(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    evaluate = _main("evaluate")
+    bare = tmp_path / "bare.safetensors"
+    convert.save_safetensors(convert.to_torch_state_dict(load_run(trained_run).model()), bare)
+    assert evaluate([str(bare)]) == 1
+    assert _one_error_line(capsys) == (
+        f"error: {bare}: its metadata do not name the model (arch, variant, num_classes), as the files of "
+        "scripts/export.py and torch_ref runs do; load it into a model you create with "
+        "flax_resnet.load_torch_state_dict"
+    )
+
+    wrong = tmp_path / "wrong.safetensors"
+    sd = convert.to_torch_state_dict(load_run(trained_run).model())
+    convert.save_safetensors(sd, wrong, convert.weights_metadata("resnet34", "imagenet", TINY_CLASSES, 12))
+    assert evaluate([str(wrong)]) == 1
+    line = _one_error_line(capsys)
+    # resnet34 has 8 more basic blocks, each 10 tensors besides its BatchNorms' batch counts (taken as 0)
+    assert line.startswith(f"error: {wrong}: state dict does not match resnet34/imagenet: 80 missing: layer1.2.")
+    assert line.endswith(", (76 more)")
+
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh/torch_options.json").write_text("{}")
+    assert evaluate([str(tmp_path / "fresh")]) == 1
+    assert _one_error_line(capsys) == (
+        f"error: {tmp_path / 'fresh'}: a torch_ref run with no model.safetensors yet (written at each epoch's end)"
+    )
