@@ -233,11 +233,17 @@ WEIGHTS_FORMAT = "flax_resnet torch state dict"  # the metadata's "format" in fi
 
 
 def weights_metadata(
-    arch: str, variant: str, class_names: Sequence[str], step: int, holdout_digest: str | None = None
+    arch: str,
+    variant: str,
+    class_names: Sequence[str],
+    step: int,
+    holdout: int = 0,
+    holdout_digest: str | None = None,
 ) -> dict[str, str]:
     """The `.safetensors` metadata that make a weights file usable on its own (scripts/export.py and torch_ref's
     model.safetensors): the model, its classes in order, the input it expects, the step, and for a `--holdout`
-    run the digest of its held-out images (`data.image_set_digest`), so that it is evaluated on those."""
+    run how many images it held out and their digest (`data.image_set_digest`), so that it is evaluated on
+    those, never on the test set."""
     from flax_resnet.data import CIFAR10_MEAN, CIFAR10_STD
 
     metadata = {
@@ -249,8 +255,8 @@ def weights_metadata(
         "input": f"RGB NCHW, x / 255 normalized by mean {json.dumps(CIFAR10_MEAN)} std {json.dumps(CIFAR10_STD)}",
         "step": str(step),
     }
-    if holdout_digest is not None:
-        metadata["holdout_digest"] = holdout_digest
+    if holdout:
+        metadata.update(holdout=str(holdout), holdout_digest=str(holdout_digest))
     return metadata
 
 

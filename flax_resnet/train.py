@@ -400,7 +400,10 @@ def _load_weights_run(path: Path) -> LoadedRun:
         if torch_run:
             config = Config.from_json((path / "config.json").read_text())
         elif {"arch", "variant", "num_classes"} <= set(meta):
-            config = make_config(arch=meta["arch"], variant=meta["variant"], num_classes=int(meta["num_classes"]))
+            config = make_config(
+                arch=meta["arch"], variant=meta["variant"], num_classes=int(meta["num_classes"]),
+                holdout=int(meta.get("holdout", 0)),  # scored on its held-out images, as the run was
+            )  # fmt: skip
         else:
             raise CheckpointError(
                 f"{file}: its metadata do not name the model (arch, variant, num_classes), as the files of "

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             dataset = data_lib.load_dataset(source, args.data_dir if args.data_dir is not None else run.config.data_dir)
         except data_lib.DataError as e:
             hint = "" if args.data else (
-                " (the data the run trained on, by its config, or tfds for an exported file; --data names another)"
+                " (the data the run trained on, by its config, or tfds for an exported file; "
+                "--data points at another copy)"
             )
             raise data_lib.DataError(f"{e}{hint}") from None
         if len(dataset.class_names) != run.config.num_classes:

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         run = load_run(args.checkpoint)
         state_dict = to_torch_state_dict(run.model())
         c = run.config
-        metadata = weights_metadata(c.arch, c.variant, run.class_names, run.step, run.holdout_digest)
+        metadata = weights_metadata(c.arch, c.variant, run.class_names, run.step, c.holdout, run.holdout_digest)
         save_safetensors(state_dict, out, metadata)
     except (CheckpointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -66,6 +66,12 @@ def test_a_torch_run_scores_in_jax_as_it_scored_itself(
     assert scored["loss_flip"] == pytest.approx(last["test_loss_flip"], rel=1e-5, abs=6e-5)
     assert (workdir / "confusion_matrix.png").stat().st_size > 0
 
+    # The file alone (its metadata) is scored the same way: on the held-out images of a --holdout run.
+    alone = tmp_path / "alone.safetensors"
+    alone.write_bytes((workdir / "model.safetensors").read_bytes())
+    assert _main("evaluate")([str(alone), "--flip-tta", "--data", str(tiny_data)]) == 0
+    assert capsys.readouterr().out.splitlines()[1:-1] == out.splitlines()[1:-1]  # all but the paths
+
 
 def test_a_torch_run_saved_without_metadata_loads_from_its_config_and_metrics(
     tiny_data: Path, tmp_path: Path

@@ -351,7 +351,9 @@ def train(
                 record.update(test_loss_flip=test["loss_flip"], test_acc_flip=test["accuracy_flip"])
             record["wall_seconds"] = time.perf_counter() - recorded_at  # as in the JAX trainer (flax_resnet/train.py)
             recorded_at = time.perf_counter()
-            metadata = weights_metadata(config.arch, config.variant, dataset.class_names, step, holdout_digest)
+            metadata = weights_metadata(
+                config.arch, config.variant, dataset.class_names, step, config.holdout, holdout_digest
+            )
             save_state_dict(model, workdir / "model.safetensors", metadata)
             reporter.log_epoch(record, history, force_plot=finished)  # the plot at most every PLOT_SECONDS
             history.append(record)
