@@ -394,11 +394,6 @@ def find_checkpoint(path: str | Path) -> tuple[Path, int | None]:
         raise CheckpointError(f"{p}: not a run directory or checkpoint (expected a workdir or a checkpoint step dir)")
     if (p / "checkpoints").is_dir():
         return p / "checkpoints", None
-    if (p / "torch_options.json").is_file():
-        raise CheckpointError(
-            f"{p}: a torch_ref run, whose weights are {p / 'model.safetensors'}; this tool reads the JAX trainer's "
-            "checkpoints (flax_resnet.load_weights_file + load_torch_state_dict load the torch weights into Flax)"
-        )
     if p.name.isdigit() and (p / "meta").is_dir() and (p / "state").is_dir():
         return p.parent, int(p.name)
     if has_step_dirs(p):

@@ -202,13 +202,7 @@ def load_weights_file(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise WeightsFileError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError, TypeError) as e:  # TypeError: a dtype numpy lacks
-            raise WeightsFileError(f"{path}: not a readable safetensors file ({e})") from None
+        return read_safetensors(path)[0]
     if path.suffix in (".pt", ".pth"):
         import pickle
 
@@ -256,22 +250,25 @@ def weights_metadata(
         "step": str(step),
     }
     if holdout:
-        metadata.update(holdout=str(holdout), holdout_digest=str(holdout_digest))
+        metadata["holdout"] = str(holdout)
+    if holdout and holdout_digest is not None:  # none: a run from before digests (evaluation then refuses it)
+        metadata["holdout_digest"] = holdout_digest
     return metadata
 
 
-def read_weights_metadata(path: str | Path) -> dict[str, str]:
-    """A `.safetensors` file's header metadata ({} when it has none, and for `.pt`/`.pth`); WeightsFileError
-    if the file cannot be read."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        return {}
+def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """A `.safetensors` file's tensors and header metadata ({} if none), read in one open (a file replaced
+    meanwhile, e.g. a torch run's model.safetensors each epoch, cannot mix two versions); WeightsFileError
+    if it cannot be read."""
     from safetensors import SafetensorError, safe_open
 
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsFileError(f"weights file not found: {path}")
     try:
         with safe_open(str(path), "np") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as e:
+            return {key: f.get_tensor(key) for key in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, TypeError) as e:  # TypeError: a dtype numpy lacks
         raise WeightsFileError(f"{path}: not a readable safetensors file ({one_line(e)})") from None
 
 

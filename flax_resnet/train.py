@@ -314,16 +314,12 @@ class LoadedRun:
     state: TrainState
     step: int
     path: Path
+    directory: Path  # where its outputs go: the run's workdir, or the weights file's folder
     holdout_digest: str | None = None  # `data.image_set_digest` of a --holdout run's held-out images
 
     def model(self) -> nnx.Module:
         """The model holding this checkpoint's parameters and statistics."""
         return merge_model(self.graphdef, self.state)
-
-    @property
-    def directory(self) -> Path:
-        """The run's directory (where its outputs go): the workdir of a checkpoint, the folder of a weights file."""
-        return self.path.parent if self.path.is_file() else self.path.parent.parent
 
 
 def load_run(path: str | Path, warn: Callable[[str], None] | None = None) -> LoadedRun:
@@ -378,50 +374,57 @@ def load_run(path: str | Path, warn: Callable[[str], None] | None = None) -> Loa
     config, graphdef, _ = built[Config.from_json(json.dumps(meta["config"])).to_json()]
     names = tuple(meta.get("class_names") or [str(i) for i in range(config.num_classes)])
     at = int(meta["step"])
-    return LoadedRun(config, names, graphdef, state, at, directory / str(at), meta.get("holdout_digest"))
+    where = directory / str(at)
+    return LoadedRun(config, names, graphdef, state, at, where, directory.parent, meta.get("holdout_digest"))
 
 
 def _load_weights_run(path: Path) -> LoadedRun:
     """`load_run` for a torch_ref workdir or a weights file: the model from the run's config.json or the file's
-    metadata, its tensors loaded strictly, evaluated in float32."""
+    metadata (this project's, `convert.weights_metadata`), its tensors loaded strictly, evaluated in float32."""
     from flax_resnet.checkpoint import CheckpointError
-    from flax_resnet.convert import StateDictError, WeightsFileError, load_weights_file, read_weights_metadata
+    from flax_resnet.convert import WEIGHTS_FORMAT, StateDictError, WeightsFileError, read_safetensors
 
     torch_run = path.is_dir()
     file = path / "model.safetensors" if torch_run else path
-    if not file.is_file():
+    if torch_run and not file.is_file():
         raise CheckpointError(f"{path}: a torch_ref run with no model.safetensors yet (written at each epoch's end)")
+    if file.suffix != ".safetensors":
+        raise CheckpointError(
+            f"{file}: not a run directory, checkpoint or .safetensors weights file (a .pt/.pth state dict does not "
+            "name its model: load it into one you create with flax_resnet.load_torch_state_dict)"
+        )
     try:
-        meta = read_weights_metadata(file)
-        weights = load_weights_file(file)
+        weights, meta = read_safetensors(file)
     except WeightsFileError as e:
         raise CheckpointError(str(e)) from None
+    if not torch_run and meta.get("format") != WEIGHTS_FORMAT:
+        raise CheckpointError(
+            f"{file}: its metadata do not name the model (arch, variant, classes), as the files of "
+            "scripts/export.py and torch_ref runs do; load it into a model you create with "
+            "flax_resnet.load_torch_state_dict"
+        )
     try:
         if torch_run:
             config = Config.from_json((path / "config.json").read_text())
-        elif {"arch", "variant", "num_classes"} <= set(meta):
+        else:
             config = make_config(
                 arch=meta["arch"], variant=meta["variant"], num_classes=int(meta["num_classes"]),
                 holdout=int(meta.get("holdout", 0)),  # scored on its held-out images, as the run was
             )  # fmt: skip
-        else:
-            raise CheckpointError(
-                f"{file}: its metadata do not name the model (arch, variant, num_classes), as the files of "
-                "scripts/export.py and torch_ref runs do; load it into a model you create with "
-                "flax_resnet.load_torch_state_dict"
-            )
         config = dataclasses.replace(config, dtype="float32", init_weights=None, init_skip=())
         graphdef, state = build_state(config, 1000, weights)[:2]  # any steps per epoch: only the structure counts
-        names = tuple(json.loads(meta["class_names"])) if "class_names" in meta else None
+        names = json.loads(meta["class_names"]) if "class_names" in meta else None
         step = int(meta["step"]) if "step" in meta else _last_logged_step(path) if torch_run else 0
     except StateDictError as e:
         raise CheckpointError(f"{file}: {e.summary()}") from None
-    except (OSError, ValueError, TypeError) as e:  # an unreadable config.json, or metadata that are not ours
+    except (OSError, KeyError, ValueError, TypeError) as e:  # an unreadable config.json or metrics.jsonl, odd metadata
         raise CheckpointError(f"{file}: cannot tell which model it holds ({one_line(e)})") from None
-    if names is not None and len(names) != config.num_classes:
-        raise CheckpointError(f"{file}: metadata's class names do not match its {config.num_classes} classes")
-    names = names or tuple(str(i) for i in range(config.num_classes))
-    return LoadedRun(config, names, graphdef, state, step, file, meta.get("holdout_digest"))
+    if names is not None and (
+        not isinstance(names, list) or len(names) != config.num_classes or not all(isinstance(n, str) for n in names)
+    ):
+        raise CheckpointError(f"{file}: metadata's class names are not the names of its {config.num_classes} classes")
+    names = tuple(names or (str(i) for i in range(config.num_classes)))
+    return LoadedRun(config, names, graphdef, state, step, file, file.parent, meta.get("holdout_digest"))
 
 
 def _last_logged_step(workdir: Path) -> int:

@@ -218,6 +218,14 @@ def test_holdout_trains_on_the_rest_and_evaluates_on_the_held_out_images(
     out = capsys.readouterr().out
     scores = f"loss: {result['test_loss']:.4f}  accuracy: {100 * result['test_acc']:.2f}%"
     assert f"holdout (30 training images) {scores}" in out
+    # Exported, the weights file alone is scored on the same held-out images (its metadata record them).
+    spec = importlib.util.spec_from_file_location("export_cli", REPO / "scripts" / "export.py")
+    export_cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export_cli)
+    assert export_cli.main([str(tmp_path / "run"), str(tmp_path / "run.safetensors")]) == 0
+    capsys.readouterr()
+    assert evaluate_cli.main([str(tmp_path / "run.safetensors"), "--data", str(tiny_data)]) == 0
+    assert f"holdout (30 training images) {scores}" in capsys.readouterr().out
     # Other images under the same classes: their held-out 30 are not the run's, so evaluate.py and a resume
     # refuse them (scoring or training on them would mix trained and held-out images).
     other = make_image_folder(tmp_path / "other", seed=1)
@@ -225,6 +233,8 @@ def test_holdout_trains_on_the_rest_and_evaluates_on_the_held_out_images(
     assert "its 30 held-out images are not the ones the run held out (this data holds other images)" in (
         capsys.readouterr().err
     )
+    assert evaluate_cli.main([str(tmp_path / "run.safetensors"), "--data", str(other)]) == 1
+    assert "held-out images are not the ones the run held out (this data holds other images)" in capsys.readouterr().err
     with pytest.raises(RunError, match=r"held out other training images than this run would \(this data holds"):
         train(_config(other, tmp_path, epochs=2, holdout=30))
 

@@ -135,7 +135,7 @@ def test_weights_that_do_not_name_or_fit_their_model_are_one_line(
     convert.save_safetensors(convert.to_torch_state_dict(load_run(trained_run).model()), bare)
     assert evaluate([str(bare)]) == 1
     assert _one_error_line(capsys) == (
-        f"error: {bare}: its metadata do not name the model (arch, variant, num_classes), as the files of "
+        f"error: {bare}: its metadata do not name the model (arch, variant, classes), as the files of "
         "scripts/export.py and torch_ref runs do; load it into a model you create with "
         "flax_resnet.load_torch_state_dict"
     )
@@ -149,9 +149,25 @@ def test_weights_that_do_not_name_or_fit_their_model_are_one_line(
     assert line.startswith(f"error: {wrong}: state dict does not match resnet34/imagenet: 80 missing: layer1.2.")
     assert line.endswith(", (76 more)")
 
+    pt = tmp_path / "tv.pt"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), pt)
+    assert evaluate([str(pt)]) == 1
+    assert _one_error_line(capsys) == (
+        f"error: {pt}: not a run directory, checkpoint or .safetensors weights file (a .pt/.pth state dict does "
+        "not name its model: load it into one you create with flax_resnet.load_torch_state_dict)"
+    )
+
     (tmp_path / "fresh").mkdir()
     (tmp_path / "fresh/torch_options.json").write_text("{}")
     assert evaluate([str(tmp_path / "fresh")]) == 1
     assert _one_error_line(capsys) == (
         f"error: {tmp_path / 'fresh'}: a torch_ref run with no model.safetensors yet (written at each epoch's end)"
     )
+
+
+def test_metadata_of_a_holdout_run_without_a_digest_records_none() -> None:
+    """A --holdout checkpoint from before digests: its export says so by leaving the digest out (evaluation then
+    refuses it as predating them), never by a digest that is the text 'None'."""
+    meta = convert.weights_metadata("resnet18", "cifar", TINY_CLASSES, 5, holdout=12)
+    assert meta["holdout"] == "12" and "holdout_digest" not in meta
+    assert "holdout" not in convert.weights_metadata("resnet18", "cifar", TINY_CLASSES, 5, holdout_digest="ab")
