@@ -91,9 +91,12 @@ def test_the_jax_trainer_starts_from_the_weights_with_its_own_head(
 def test_the_torch_trainer_starts_from_the_weights_with_its_own_head(
     tiny_data: Path, tmp_path: Path, imagenet_weights, capsys
 ) -> None:
-    path, theirs = imagenet_weights
+    path = tmp_path / "copy.pt"
+    path.write_bytes(imagenet_weights[0].read_bytes())
+    theirs = imagenet_weights[1]
     # lr 0 and no weight decay: after one step the parameters are where the run started.
-    torch_train(_config(tiny_data, tmp_path, path, lr=0.0, weight_decay=0.0), TorchOptions())
+    config = _config(tiny_data, tmp_path, path, lr=0.0, weight_decay=0.0)
+    history = torch_train(config, TorchOptions())
     assert f"weights from {path}; at the seeded init: fc.bias, fc.weight" in capsys.readouterr().out
     ours = convert.load_weights_file(tmp_path / "run/model.safetensors")
     torch.manual_seed(0)
@@ -108,6 +111,10 @@ def test_the_torch_trainer_starts_from_the_weights_with_its_own_head(
             assert value == theirs[key] + 1, key
         else:
             assert np.array_equal(value, theirs[key]), key
+    # The finished run's own command has nothing to do, even with its weights file gone.
+    path.unlink()
+    assert torch_train(config, TorchOptions()) == history
+    assert "holds this run, finished at step 1: nothing to do" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("framework", ["jax", "torch"])

@@ -172,10 +172,15 @@ def _write_json(path: Path, obj: Any) -> None:
 RUN_FILES = ("metrics.jsonl", "model.safetensors", "curves.png", "tensorboard")  # what a run writes besides configs
 
 
+def _holds_run(workdir: Path) -> bool:
+    """Whether `workdir` holds a torch run's files (finished or not)."""
+    return any((workdir / name).exists() for name in ("torch_options.json", *RUN_FILES[:2]))
+
+
 def _previous_run(workdir: Path, config: Config, steps_per_epoch: int) -> tuple[list[dict[str, Any]], bool] | None:
     """The metrics of the torch run already in `workdir` (None if there is none), and whether it is this
     config's run, finished: rerunning a finished command then has nothing to do."""
-    if not any((workdir / name).exists() for name in ("torch_options.json", *RUN_FILES[:2])):
+    if not _holds_run(workdir):
         return None
     try:
         saved = Config.from_json((workdir / "config.json").read_text())
@@ -215,7 +220,10 @@ def train(
         raise TrainError(problem)
     if (workdir / "checkpoints").is_dir():
         raise TrainError(f"{workdir} holds a JAX run (checkpoints/); give the torch run its own --workdir")
-    init_state_dict = read_init_weights(config, TrainError) if config.init_weights else None
+    # Read only for a run that will train: a finished run's own command has nothing to do, even if its weights
+    # file has moved since, and another run in the workdir is refused below anyway.
+    trains = overwrite or not _holds_run(workdir)
+    init_state_dict = read_init_weights(config, TrainError) if config.init_weights and trains else None
     dataset = data_lib.hold_out(data_lib.load_dataset(config.data, config.data_dir), config.holdout)
     holdout_digest = data_lib.image_set_digest(dataset.test_images, dataset.test_labels) if config.holdout else None
     # The model's output size follows the dataset; the amp flag is what "dtype" means for this trainer.
