@@ -46,10 +46,19 @@ COMMON = textwrap.dedent(
         step = train.make_train_step(graphdef, tx, config, augment=True)
         state = distributed.put_replicated(jax.device_get(state), mesh)
         rng = np.random.default_rng(0)
+        batches = []
         for i in range(steps):
             images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
             labels = rng.integers(0, 10, (batch,), dtype=np.int32)
-            b = {{"image": distributed.put_batch(images, mesh), "label": distributed.put_batch(labels, mesh)}}
+            put = distributed.put_batch
+            batches.append({{"image": put(images, mesh), "label": put(labels, mesh)}})
+        step = step.lower(state, batches[0], jax.random.key(0)).compile()
+        if jax.process_count() > 1:
+            # Every process compiled before the first collective: gloo waits only 30 s for a peer, and on a busy
+            # 2-core machine one process's compilation can lag the other's by more (CI, 2026-12-05).
+            from jax._src import distributed as jax_distributed
+            jax_distributed.global_state.client.wait_at_barrier("compiled", 600_000)
+        for i, b in enumerate(batches):
             state, _ = step(state, b, jax.random.key(i))
         leaves = jax.tree.leaves((state.params, state.batch_stats))
         return [np.asarray(jax.device_get(x)) for x in leaves]
