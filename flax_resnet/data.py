@@ -56,14 +56,19 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 
 IMAGE_SIZE = 32
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# What torchvision's ImageFolder reads (its IMG_EXTENSIONS, matched case-insensitively), and the PIL formats
+# they name (PPM covers .pgm).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+_IMAGE_FORMATS = ("JPEG", "PNG", "PPM", "BMP", "TIFF", "WEBP")
+_EXTENSIONS_TEXT = ", ".join(IMAGE_EXTENSIONS)
 _SPLITS = ("train", "test")
 _CIFAR_BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
 _CIFAR_META = "batches.meta"
 # Bump when the decoded content for the same source would change (invalidates old caches).
 # 2: 16-bit greys scaled, transparency composited; tars: links followed, hidden paths skipped. 3: a class
-# folder without images is refused (a cached copy of such a source would load without it).
-_CACHE_FORMAT = 3
+# folder without images is refused (a cached copy of such a source would load without it). 4: images in a
+# class folder's subfolders and every ImageFolder extension are read.
+_CACHE_FORMAT = 4
 # What TFDS 4.9 downloads for cifar10; probed once (no retries) before handing over to TFDS's own downloader,
 # which retries for minutes when there is no network.
 _TFDS_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
@@ -253,14 +258,20 @@ def _wanted(name: str) -> bool:
     return base.lower().endswith(IMAGE_EXTENSIONS) or base in _CIFAR_BATCHES or base == _CIFAR_META
 
 
-def _scan_directory(path: Path, max_depth: int = 4) -> _Tree:
-    """List relevant files up to `max_depth` levels below `path` (enough for wrapper/train/class/file)."""
+def _scan_directory(path: Path) -> _Tree:
+    """List the relevant files below `path`: the levels where a dataset root may sit (it or one wrapper folder),
+    and everything below a class folder (`[wrapper/]{train,test}/<class>/`), whose subfolders torchvision's
+    ImageFolder reads too. Folder links are followed, as it follows them; a link back to a folder it is inside
+    is an error (it would never end)."""
     dirs: set[str] = {""}
     files: dict[str, tuple[Callable[[], bytes], os.stat_result | None]] = {}
 
-    def walk(directory: Path, prefix: str, depth: int) -> None:
+    def descend(parts: list[str]) -> bool:  # wrapper, split, class levels; then only inside a split's class
+        return len(parts) < 3 or parts[0] in _SPLITS or parts[1] in _SPLITS
+
+    def walk(directory: Path, prefix: str, inside: tuple[tuple[int, int], ...]) -> None:
         try:
-            entries = list(os.scandir(directory))
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as e:
             raise DataError(f"{directory}: cannot list ({one_line(e)})") from None
         for entry in entries:
@@ -269,12 +280,16 @@ def _scan_directory(path: Path, max_depth: int = 4) -> _Tree:
             name = prefix + entry.name
             if entry.is_dir():
                 dirs.add(name)
-                if depth < max_depth - 1:
-                    walk(Path(entry.path), name + "/", depth + 1)
+                if descend(name.split("/")):
+                    st = entry.stat()
+                    if (st.st_dev, st.st_ino) in inside:
+                        raise DataError(f"{entry.path}: a link to a folder it is inside (a loop)")
+                    walk(Path(entry.path), name + "/", (*inside, (st.st_dev, st.st_ino)))
             elif entry.is_file() and _wanted(name):
                 files[name] = (Path(entry.path).read_bytes, entry.stat())
 
-    walk(path, "", 0)
+    root = path.stat()
+    walk(path, "", ((root.st_dev, root.st_ino),))
     return _Tree(path, dirs, files, is_tar=False)
 
 
@@ -351,12 +366,12 @@ def _assemble_folder(tree: _Tree, root: str) -> Dataset:
         if not name.startswith(prefix):
             continue
         parts = name[len(prefix) :].split("/")
-        if len(parts) == 3 and parts[0] in by_split and parts[2].lower().endswith(IMAGE_EXTENSIONS):
+        if len(parts) >= 3 and parts[0] in by_split and parts[-1].lower().endswith(IMAGE_EXTENSIONS):
             by_split[parts[0]].setdefault(parts[1], []).append(name)
     split_dir = {s: tree.where(prefix + s) for s in _SPLITS}
     for split in _SPLITS:
         if not by_split[split]:
-            raise DataError(f"{split_dir[split]}: no images (.png, .jpg, .jpeg) in its class folders")
+            raise DataError(f"{split_dir[split]}: no images ({_EXTENSIONS_TEXT}) in its class folders")
     # A class folder without images: torchvision's ImageFolder raises (on either split), and a train/ class
     # dropped here would shift every later label against it.
     for split in _SPLITS:
@@ -365,8 +380,7 @@ def _assemble_folder(tree: _Tree, root: str) -> Dataset:
         empty = sorted(d for d in folders if d[len(below) :] not in by_split[split])
         if empty:
             raise DataError(
-                f"{tree.where(empty[0])}: class folder holds no images (.png, .jpg, .jpeg; "
-                "images in its subfolders are not read)"
+                f"{tree.where(empty[0])}: class folder holds no images ({_EXTENSIONS_TEXT}), nor do its subfolders"
             )
     classes = tuple(sorted(by_split["train"]))
     unknown = sorted(set(by_split["test"]) - set(classes))
@@ -381,7 +395,10 @@ def _assemble_folder(tree: _Tree, root: str) -> Dataset:
     index = {c: i for i, c in enumerate(classes)}
     arrays = []
     for split in _SPLITS:
-        names = sorted((index[c], n) for c, ns in by_split[split].items() for n in ns)
+        # ImageFolder's order: by class, then by folder path (a class folder's own files before its subfolders'),
+        # then by file name.
+        named = ((index[c], n) for c, ns in by_split[split].items() for n in ns)
+        names = sorted(named, key=lambda item: (item[0], *item[1].rsplit("/", 1)))
         images = np.empty((len(names), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
         for i, (_, name) in enumerate(names):
             images[i] = _decode_image(tree.read(name), tree.where(name))
@@ -414,7 +431,7 @@ def _decode_image(data: bytes, where: str) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as image:
+        with Image.open(io.BytesIO(data), formats=_IMAGE_FORMATS) as image:
             if image.size != (IMAGE_SIZE, IMAGE_SIZE):
                 raise DataError(f"{where}: image is {image.size[0]}x{image.size[1]}, expected 32x32")
             image.load()

@@ -224,8 +224,8 @@ def test_empty_train_class_folder_says_it_holds_no_images(tmp_path: Path) -> Non
     with pytest.raises(data_lib.DataError) as excinfo:
         data_lib.load_dataset(tmp_path / "src", tmp_path / "cache")
     assert str(excinfo.value) == (
-        f"{tmp_path / 'src/train/cat'}: class folder holds no images (.png, .jpg, .jpeg; images in its subfolders "
-        "are not read)"
+        f"{tmp_path / 'src/train/cat'}: class folder holds no images (.jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, "
+        ".tiff, .webp), nor do its subfolders"
     )
 
 

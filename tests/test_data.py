@@ -179,6 +179,64 @@ def test_image_folder_tar(tmp_path: Path, name: str, wrapper: str | None) -> Non
     _assert_same(load_dataset(str(archive), data_dir=str(tmp_path / "cache")), want)
 
 
+def _make_nested_folder(root: Path) -> None:
+    """A tree in every format ImageFolder reads, with images in subfolders of class folders (one class has only
+    such images) and folder names whose sort order differs from a plain path sort ('sub-2' before 'sub/')."""
+    rgb = {name: _pixels(20 + i) for i, name in enumerate("abcdefgh")}
+    grey = _pixels(30, (32, 32))
+    _write_png(root / "train/cat/b.png", rgb["a"])
+    _write_png(root / "train/cat/A.PNG", rgb["b"])
+    (root / "train/cat/sub/deeper").mkdir(parents=True)
+    Image.fromarray(rgb["c"]).save(root / "train/cat/sub/a.bmp", format="BMP")
+    (root / "train/cat/sub-2").mkdir()
+    Image.fromarray(rgb["d"]).save(root / "train/cat/sub-2/c.ppm", format="PPM")
+    Image.fromarray(rgb["e"]).save(root / "train/cat/sub/deeper/d.TIFF", format="TIFF")
+    (root / "train/dog").mkdir()
+    Image.fromarray(rgb["f"]).save(root / "train/dog/x.webp", format="WEBP", lossless=True)
+    Image.fromarray(grey, mode="L").save(root / "train/dog/y.pgm", format="PPM")
+    (root / "train/dog/notes.txt").write_text("not an image")
+    (root / "train/bird/nested/only").mkdir(parents=True)
+    Image.fromarray(rgb["g"]).save(root / "train/bird/nested/only/e.tif", format="TIFF")
+    _write_png(root / "test/bird/deep/0.png", rgb["h"])
+    _write_png(root / "test/cat/0.png", rgb["a"])
+
+
+def _image_folder_reference(root: Path) -> Dataset:
+    """What torchvision's ImageFolder gives for `root`/{train,test}: its classes, sample order and RGB pixels."""
+    import torchvision
+
+    arrays = []
+    classes = None
+    for split in ("train", "test"):
+        folder = torchvision.datasets.ImageFolder(str(root / split), allow_empty=split == "test")
+        classes = classes or tuple(folder.classes)
+        arrays += [
+            np.stack([np.asarray(folder.loader(path)) for path, _ in folder.samples]),
+            np.array(folder.targets, np.int32),
+        ]
+    return Dataset(*arrays, class_names=classes)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "tar"])
+def test_image_folder_matches_torchvision_with_subfolders_and_every_extension(tmp_path: Path, packed: bool) -> None:
+    _make_nested_folder(tmp_path / "tree")
+    want = _image_folder_reference(tmp_path / "tree")
+    assert want.class_names == ("bird", "cat", "dog") and len(want.train_labels) == 8  # the tree is what it says
+    source = _make_tar(tmp_path / "tree", tmp_path / "t.tar.gz") if packed else tmp_path / "tree"
+    _assert_same(load_dataset(source, data_dir=tmp_path / "cache"), want)
+
+
+def test_folder_links_below_a_class_are_followed_and_a_loop_is_named(tmp_path: Path) -> None:
+    _make_nested_folder(tmp_path / "tree")
+    _write_png(tmp_path / "elsewhere/0.png", _pixels(40))
+    (tmp_path / "tree/train/dog/linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    want = _image_folder_reference(tmp_path / "tree")
+    _assert_same(load_dataset(tmp_path / "tree", data_dir=tmp_path / "cache"), want)
+    (tmp_path / "tree/train/cat/sub/up").symlink_to(tmp_path / "tree/train/cat", target_is_directory=True)
+    message = _error(tmp_path / "tree", tmp_path / "cache")
+    assert message == f"{tmp_path / 'tree/train/cat/sub/up'}: a link to a folder it is inside (a loop)"
+
+
 def _linked_tar(archive: Path, image_file: Path, links: list[tuple[str, bytes, str]]) -> Path:
     """A tar holding `image_file` as train/cat/0.png and link members (name, tarfile link type, target)."""
     with tarfile.open(archive, "w") as out:
