@@ -87,6 +87,12 @@ class Config:
         tmp.replace(path)
 
 
+# Config fields that only say where things are, how often to report or save, or which implementation computes
+# the same function: a run may resume with other values of them, and the results table does not group by them.
+OPERATIONAL_KEYS = ("workdir", "data", "data_dir", "progress", "checkpoint_every", "checkpoint_seconds",
+                    "conv_lowering", "batch_norm")
+
+
 # Recipe values; anything not named keeps the Config default above.
 RECIPE_VALUES: dict[str, dict[str, Any]] = {
     # Short modern recipe: goal >= 95.3% final-epoch test accuracy for cifar ResNet-18 in <= 40 epochs.

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from flax_resnet.config import LEGACY_DEFAULTS, Config, make_config
+from flax_resnet.config import LEGACY_DEFAULTS, OPERATIONAL_KEYS, Config, make_config
 
 CPU_DATA = "../shared/data/cifar10-jpeg.tar.gz"
 
@@ -63,10 +63,8 @@ def summarize_run(workdir: str | Path) -> RunSummary:
 
 
 SETTING_KEYS = ("arch", "variant", "recipe", "epochs", "batch_size", "lr", "dtype")
-# Config fields that cannot change what a run learns (seed: the runs of one setting differ only in it; the
-# lowering and BatchNorm options compute the same function) or only say where things are.
-NOT_SETTING_KEYS = ("seed", "workdir", "data", "data_dir", "progress", "checkpoint_every", "checkpoint_seconds",
-                    "conv_lowering", "batch_norm")
+# Config fields the runs of one setting may differ in: the seed, and the operational ones (data is its own column).
+NOT_SETTING_KEYS = ("seed", *OPERATIONAL_KEYS)
 
 
 def _other_settings(config: dict[str, Any]) -> str:

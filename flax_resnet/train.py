@@ -25,7 +25,7 @@ from flax import nnx, struct
 from jax import lax
 
 from flax_resnet import data as data_lib
-from flax_resnet.config import SCHEDULES, Config, data_problem, make_config, workdir_problem
+from flax_resnet.config import OPERATIONAL_KEYS, SCHEDULES, Config, data_problem, make_config, workdir_problem
 from flax_resnet.distributed import put_batch, to_host
 from flax_resnet.errors import one_line
 from flax_resnet.packing import StatePacking
@@ -173,19 +173,22 @@ class RunError(Exception):
     """A run that must stop with one user-facing line (mismatched workdir, non-finite loss, bad settings)."""
 
 
-# Fields that must match to resume a workdir: a different model cannot continue from these checkpoints.
-RESUME_KEYS = ("arch", "variant", "num_classes", "dtype", "holdout")  # holdout: which images train
 # Fields only a fresh run reads: a resumed run keeps those it started with (`_keep_start`).
 START_KEYS = ("init_weights", "init_skip")
+# Fields that must match to resume a workdir: all but the operational ones, where the run stops (--max-steps)
+# and START_KEYS. Another model cannot continue from the checkpoints, and another seed, recipe or epoch count
+# (which every schedule is a fraction of) would make config.json describe steps it did not take.
+RESUME_KEYS = tuple(
+    f.name for f in dataclasses.fields(Config) if f.name not in {*OPERATIONAL_KEYS, "max_steps", *START_KEYS}
+)
 # Host fetches of the running metrics (progress bar, NaN check) happen at most this often, besides epoch ends
 # and checkpoints: each one makes the host wait for the device to drain its queue of steps.
 FETCH_SECONDS = 1.0
 
 
 def check_workdir(workdir: str | Path, config: Config, keys: tuple[str, ...] = RESUME_KEYS) -> Config | None:
-    """The config saved in `workdir`, or None; RunError if it describes another model than `config`."""
-    if (Path(workdir) / "torch_options.json").is_file():
-        raise RunError(f"{workdir} holds a torch run (torch_options.json); give the JAX run its own --workdir")
+    """The config saved in `workdir`, or None; RunError if it differs from `config` in `keys` (call it only for a
+    workdir with checkpoints to resume: a run that stopped before its first one starts afresh)."""
     path = Path(workdir) / "config.json"
     if not path.is_file():
         return None
@@ -203,8 +206,8 @@ def check_workdir(workdir: str | Path, config: Config, keys: tuple[str, ...] = R
     ]
     if diffs:
         raise RunError(
-            f"{Path(workdir)} holds a run with a different model: {', '.join(diffs)}; "
-            "refusing to resume (use another --workdir)"
+            f"{Path(workdir)} holds a run with other settings: {', '.join(diffs)}; refusing to resume (rerun "
+            "with the run's own settings, its config.json, or use another --workdir)"
         )
     return saved
 
@@ -613,15 +616,18 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     problem = workdir_problem(workdir)
     if problem:
         raise RunError(problem)
-    check_workdir(workdir, config, ("arch", "variant", "dtype"))  # cheap checks before loading any data
     resuming = has_step_dirs(workdir / "checkpoints")  # then the checkpoint holds the weights, not the file
+    if (workdir / "torch_options.json").is_file():
+        raise RunError(f"{workdir} holds a torch run (torch_options.json); give the JAX run its own --workdir")
+    if resuming:  # before loading any data; num_classes comes from the data
+        check_workdir(workdir, config, tuple(k for k in RESUME_KEYS if k != "num_classes"))
     init_state_dict = read_init_weights(config, RunError) if config.init_weights and not resuming else None
     dataset = data_lib.hold_out(data_lib.load_dataset(config.data, config.data_dir), config.holdout)
     config = dataclasses.replace(config, num_classes=len(dataset.class_names))
     problem = data_problem(config, dataset.train_images.shape)
     if problem:
         raise RunError(problem)
-    saved = check_workdir(workdir, config)
+    saved = check_workdir(workdir, config) if resuming else None
     holdout_digest = data_lib.image_set_digest(dataset.test_images, dataset.test_labels) if config.holdout else None
 
     mesh = make_mesh()

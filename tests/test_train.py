@@ -17,7 +17,7 @@ import scipy.special
 from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, make_image_folder
 from flax_resnet import data as data_lib
 from flax_resnet.checkpoint import Checkpointer
-from flax_resnet.config import make_config
+from flax_resnet.config import Config, make_config
 from flax_resnet.distributed import make_mesh, put_replicated
 from flax_resnet.models import predict
 from flax_resnet.packing import StatePacking
@@ -85,21 +85,39 @@ def test_eval_counts_every_test_image_once(tiny_data: Path, tmp_path: Path) -> N
     np.testing.assert_array_equal(ev["first_logits"], ev["logits"][first])
 
 
-def test_refuses_workdir_of_another_architecture(tiny_data: Path, tmp_path: Path) -> None:
+def test_resume_refuses_other_settings_and_a_run_without_checkpoints_starts_afresh(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A run that stopped before its first checkpoint left only its config: nothing to resume, so another model
+    # may start there (it was refused as "another model").
     (tmp_path / "run").mkdir()
-    other = _config(tiny_data, tmp_path, arch="resnet34", variant="cifar")
-    other.save(tmp_path / "run" / "config.json")
-    with pytest.raises(RunError, match=r"arch 'resnet34' \(this run: 'resnet18'\).*refusing to resume"):
-        train(_config(tiny_data, tmp_path))
-    other = _config(tiny_data, tmp_path, num_classes=10, dtype="float32")
-    other.save(tmp_path / "run" / "config.json")
-    with pytest.raises(RunError, match=r"num_classes 10 \(this run: 3\)"):
-        train(_config(tiny_data, tmp_path))
-    # Another held-out split would move images between training and evaluation.
-    other = _config(tiny_data, tmp_path, num_classes=3, dtype="float32", holdout=12)
-    other.save(tmp_path / "run" / "config.json")
-    with pytest.raises(RunError, match=r"holdout 12 \(this run: 0\)"):
-        train(_config(tiny_data, tmp_path))
+    _config(tiny_data, tmp_path, arch="resnet34", variant="cifar").save(tmp_path / "run" / "config.json")
+    assert train(_config(tiny_data, tmp_path, max_steps=1))["step"] == 1
+    assert Config.from_json((tmp_path / "run" / "config.json").read_text()).arch == "resnet18"
+    # With a checkpoint, every setting that changes what the run learns must be the run's own; config.json would
+    # otherwise describe steps the run did not take (e.g. a finished seed-0 run relabelled seed 1).
+    refusals = [
+        (dict(arch="resnet34", variant="cifar"), r"arch 'resnet34' \(this run: 'resnet18'\).*refusing to resume"),
+        (dict(seed=1), r"seed 1 \(this run: 0\)"),
+        (dict(epochs=3), r"epochs 3 \(this run: 2\)"),
+        (dict(lr=0.1, cutout=8), r"lr 0.1 \(this run: 0.05\), cutout 8 \(this run: 0\)"),
+        (dict(num_classes=10), r"num_classes 10 \(this run: 3\)"),
+        # Another held-out split would move images between training and evaluation.
+        (dict(holdout=12), r"holdout 12 \(this run: 0\)"),
+    ]
+    mine = (tmp_path / "run" / "config.json").read_text()
+    for changes, message in refusals:
+        saved = _config(tiny_data, tmp_path, **{"num_classes": 3, "dtype": "float32", **changes})
+        saved.save(tmp_path / "run" / "config.json")
+        with pytest.raises(RunError, match=message):
+            train(_config(tiny_data, tmp_path, max_steps=1))
+    (tmp_path / "run" / "config.json").write_text(mine)
+    # Where things are, how often to save, and where the run stops may change: it resumes, with a note.
+    capsys.readouterr()
+    result = train(_config(tiny_data, tmp_path, max_steps=2, data_dir=str(tmp_path / "cache2"), checkpoint_every=1))
+    assert result["step"] == 2
+    err = capsys.readouterr().err
+    assert "note: resuming with changed settings: data_dir" in err and "max_steps 1 -> 2" in err
 
 
 def test_settings_the_data_cannot_take_are_run_errors_before_any_file(tiny_data: Path, tmp_path: Path) -> None:
@@ -135,8 +153,13 @@ def test_cosine_run_loads_and_refuses_a_resume_with_another_batch_size(tiny_data
         r"/run/checkpoints/2 was made with batch size 16 over 96 training images \(6 steps per epoch\); "
         r"this run has batch size 32 over 96 \(3\)"
     )
+    with pytest.raises(RunError, match=r"batch_size 16 \(this run: 32\)"):  # its config.json says so first
+        train(_config(tiny_data, tmp_path, schedule="cosine", epochs=1, batch_size=32))
+    config_file = tmp_path / "run" / "config.json"
+    config_file.rename(tmp_path / "config.json")  # without it, the checkpoint's own record refuses
     with pytest.raises(RunError, match=message):
         train(_config(tiny_data, tmp_path, schedule="cosine", epochs=1, batch_size=32))
+    (tmp_path / "config.json").rename(config_file)
     # Fewer steps than the checkpoint holds: nothing to train, and the saved config must keep the run's own.
     with pytest.raises(RunError, match=r"checkpoints/2 is past this run's end \(step 1: --epochs 1, --max-steps 1\)"):
         train(_config(tiny_data, tmp_path, schedule="cosine", epochs=1, max_steps=1))
@@ -236,7 +259,7 @@ def test_holdout_trains_on_the_rest_and_evaluates_on_the_held_out_images(
     assert evaluate_cli.main([str(tmp_path / "run.safetensors"), "--data", str(other)]) == 1
     assert "held-out images are not the ones the run held out (this data holds other images)" in capsys.readouterr().err
     with pytest.raises(RunError, match=r"held out other training images than this run would \(this data holds"):
-        train(_config(other, tmp_path, epochs=2, holdout=30))
+        train(_config(other, tmp_path, epochs=1, holdout=30))
 
 
 def test_epoch_seconds_leave_out_checkpoints_saved_inside_the_epoch(
