@@ -70,11 +70,19 @@ def smoothing(text: str) -> float:
     return value
 
 
-def file_path(text: str) -> str:
-    """argparse type: a path, not empty (an empty --init-weights would silently mean none)."""
+def path_arg(text: str) -> str:
+    """argparse type: a path, not empty (an empty --init-weights would silently mean none, an empty --workdir
+    the current folder)."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("must name a file, got an empty string")
+        raise argparse.ArgumentTypeError("must name a path, got an empty string")
     return text
+
+
+def default_workdir(args: argparse.Namespace, prefix: str = "") -> str:
+    """runs/<prefix><arch>[_<variant>], the run folder when --workdir is not given: one per model, since a
+    workdir holding another model's run is refused."""
+    variant = args.variant or Config.variant
+    return f"runs/{prefix}{args.arch or Config.arch}" + ("" if variant == Config.variant else f"_{variant}")
 
 
 def module_names(text: str) -> tuple[str, ...]:
@@ -130,8 +138,9 @@ def recipe_default(name: str) -> str:
     return "default: " + ", ".join(parts)
 
 
-def add_training_flags(p: argparse.ArgumentParser) -> None:
-    """The flags both trainers share; each default is None so the recipe decides unless a flag is given."""
+def add_training_flags(p: argparse.ArgumentParser, workdir_prefix: str, workdir_holds: str) -> None:
+    """The flags both trainers share; each default is None so the recipe decides unless a flag is given. The
+    trainer's `default_workdir` prefix and what its workdir holds go into --workdir's help."""
     p.add_argument("--arch", choices=tuple(ARCHS), help=f"network depth (default: {Config.arch})")
     p.add_argument("--variant", choices=VARIANTS, help=f"stem/shortcut/head variant (default: {Config.variant})")
     p.add_argument("--recipe", choices=RECIPES, default="default", help="hyperparameter recipe (default: default)")
@@ -155,21 +164,28 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
         help="erase a random square of this side (clipped at the border) from each training image, after "
         "crop and flip (DeVries & Taylor 2017); " + recipe_default("cutout"),
     )
-    p.add_argument("--data", help="'tfds', an image-folder dir or .tar(.gz), or cifar-10-python.tar.gz (default: tfds)")
+    p.add_argument(
+        "--data", type=path_arg,
+        help="'tfds', an image-folder dir or .tar(.gz), or cifar-10-python.tar.gz (default: tfds)",
+    )
     p.add_argument(
         "--holdout",
         type=non_negative_int,
         help="hold out this many training images (stratified, one fixed split) and evaluate on them instead of "
         "the test set: for choosing a recipe without looking at the test set (default: 0, none)",
     )
-    p.add_argument("--data-dir", help="TFDS data dir, or the decoded-dataset cache dir for paths")
-    p.add_argument("--workdir", help=f"run directory: config, metrics, plots, checkpoints (default: {Config.workdir})")
+    p.add_argument("--data-dir", type=path_arg, help="TFDS data dir, or the decoded-dataset cache dir for paths")
+    p.add_argument(
+        "--workdir", type=path_arg,
+        help=f"run directory: {workdir_holds} (default: runs/{workdir_prefix}<arch>, plus _<variant> for a "
+        f"variant other than {Config.variant})",
+    )
     p.add_argument(
         "--seed", type=seed, help=f"seed for init, batch order and augmentation (default: {Config.seed})"
     )
     p.add_argument(
         "--init-weights",
-        type=file_path,
+        type=path_arg,
         metavar="PATH",
         help="start from this torch state dict (.safetensors, .pt, .pth: torchvision's, torch_ref's, or an "
         "export of a JAX run) instead of the seeded init; a run that resumes takes its checkpoint instead",

@@ -25,7 +25,7 @@ from flax_resnet.models import BATCH_NORMS
 def build_parser() -> argparse.ArgumentParser:
     """The shared recipe flags (flax_resnet/flags.py) plus the JAX trainer's own: dtype, lowering, multi-host."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], argument_default=None)
-    flags.add_training_flags(p)
+    flags.add_training_flags(p, "", "config, metrics, plots, checkpoints")
     p.add_argument(
         "--dtype",
         choices=("auto", "float32", "bfloat16"),
@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         initialize(args.coordinator, args.num_processes, args.process_id)
-        config = make_config(args.recipe, **flags.config_overrides(args))
+        overrides = {**flags.config_overrides(args), "workdir": args.workdir or flags.default_workdir(args)}
+        config = make_config(args.recipe, **overrides)
         result = train(config)
     except (DataError, CheckpointError, RunError, DistributedError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

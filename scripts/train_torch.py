@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "does nothing) unless --overwrite, which removes its files first. The run writes config.json, "
         "metrics.jsonl and model.safetensors (each atomically; the weights after every epoch).",
     )
-    flags.add_training_flags(p)
+    flags.add_training_flags(p, "torch_", "config, metrics, plots, model.safetensors")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for the model and inputs")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast for the forward pass (cuda or cpu)")
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda: no CUDA device is available")
     try:
         overrides = flags.config_overrides(args)
-        overrides["workdir"] = args.workdir or f"runs/torch_{args.arch or 'resnet18'}"
+        overrides["workdir"] = args.workdir or flags.default_workdir(args, "torch_")
         config = make_config(args.recipe, **overrides)
     except ValueError as e:
         parser.error(str(e))

@@ -192,6 +192,30 @@ def test_write_dataset_quality_needs_jpeg(tmp_path: Path, capsys: pytest.Capture
 
 
 @pytest.mark.parametrize("name", ["train", "train_torch"])
+def test_empty_paths_are_usage_errors_and_the_default_workdir_is_the_model_s(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    main = _script(name).main
+    monkeypatch.chdir(tmp_path)  # an empty --workdir or --data-dir meant this folder: the run's files landed here
+    for flag in ("--workdir", "--data-dir", "--data"):
+        line = _usage_error(capsys, main, [flag, ""])
+        assert line.endswith(f"argument {flag}: must name a path, got an empty string")
+    assert not list(tmp_path.iterdir())
+    # Without --workdir, each model gets its own folder (one folder for all would refuse the second model).
+    module = "flax_resnet.train" if name == "train" else "torch_ref.train"
+    seen: list[str] = []
+    monkeypatch.setattr(f"{module}.train", lambda config, *a, **k: seen.append(config.workdir) or {"stopped": ""})
+    prefix = "" if name == "train" else "torch_"
+    for argv, workdir in (
+        ([], "resnet18"),
+        (["--arch", "resnet50"], "resnet50"),
+        (["--arch", "resnet34", "--variant", "imagenet"], "resnet34_imagenet"),
+    ):
+        assert main(argv) == 0
+        assert seen.pop() == f"runs/{prefix}{workdir}"
+
+
+@pytest.mark.parametrize("name", ["train", "train_torch"])
 def test_init_flags_are_checked_before_any_work(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main = _script(name).main
     workdir = str(tmp_path / "w")
@@ -200,7 +224,7 @@ def test_init_flags_are_checked_before_any_work(name: str, tmp_path: Path, capsy
     line = _usage_error(capsys, main, ["--init-weights", "x.pt", "--init-skip", "fc,,layer4", "--workdir", workdir])
     assert line.endswith("argument --init-skip: wants comma-separated names such as fc or fc,layer4, got 'fc,,layer4'")
     line = _usage_error(capsys, main, ["--init-weights", "", "--workdir", workdir])
-    assert line.endswith("argument --init-weights: must name a file, got an empty string")
+    assert line.endswith("argument --init-weights: must name a path, got an empty string")
     # Before the data are loaded: these do not exist either.
     flags = ["--data", str(tmp_path / "no_data"), "--workdir", workdir, "--no-progress"]
     assert main([*flags, "--init-weights", str(tmp_path / "x.safetensors")]) == 1
