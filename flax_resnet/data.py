@@ -324,12 +324,42 @@ def _read_tar(path: Path) -> _Tree:
                     folder_links[name] = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
     except (tarfile.TarError, EOFError, zlib.error, OSError, KeyError) as e:
         raise DataError(f"{path}: not a readable tar archive ({one_line(e)})") from None
-    for link, target in folder_links.items():  # the target's files and folders, also under the link's name
-        if target in dirs:
-            dirs.add(link)
-            dirs.update(link + d[len(target) :] for d in list(dirs) if d.startswith(target + "/"))
-            files.update({link + f[len(target) :]: v for f, v in list(files.items()) if f.startswith(target + "/")})
+    _follow_folder_links(path, dirs, files, folder_links)
     return _Tree(path, dirs, files, is_tar=True)
+
+
+def _follow_folder_links(
+    path: Path, dirs: set[str], files: dict[str, Any], links: dict[str, str]
+) -> None:
+    """Add each folder link's target's folders and files under the link's name too, links inside links
+    included, as unpacking would show them; a link that leads back into itself is a DataError, as in a scan."""
+    links = {link: "" if target == "." else target for link, target in links.items()}
+    links = {link: target for link, target in links.items() if target in dirs}  # links to folders of the archive
+
+    def under(name: str, folder: str) -> bool:
+        return not folder or name == folder or name.startswith(folder + "/")
+
+    def leads_to(target: str, link: str, seen: set[str]) -> bool:  # whether unpacking `target` reaches `link`
+        if under(link, target):
+            return True
+        inner = [m for m in links if under(m, target) and m not in seen]
+        seen.update(inner)
+        return any(leads_to(links[m], link, seen) for m in inner)
+
+    for link, target in sorted(links.items()):
+        if leads_to(target, link, set()):
+            raise DataError(f"{path}:{link}: a link to a folder it is inside (a loop)")
+    grown = True
+    while grown:  # to a fixed point: a link inside a linked folder shows up under both names
+        grown = False
+        for link, target in links.items():
+            new_dirs = {link + d[len(target) :] for d in dirs if under(d, target)} - dirs
+            new_files = {link + f[len(target) :]: v for f, v in files.items() if under(f, target)}
+            new_files = {f: v for f, v in new_files.items() if f not in files}
+            if new_dirs or new_files:
+                dirs.update(new_dirs)
+                files.update(new_files)
+                grown = True
 
 
 def _assemble(tree: _Tree) -> Dataset:

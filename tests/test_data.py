@@ -226,15 +226,27 @@ def test_image_folder_matches_torchvision_with_subfolders_and_every_extension(tm
     _assert_same(load_dataset(source, data_dir=tmp_path / "cache"), want)
 
 
-def test_folder_links_below_a_class_are_followed_and_a_loop_is_named(tmp_path: Path) -> None:
-    _make_nested_folder(tmp_path / "tree")
-    _write_png(tmp_path / "elsewhere/0.png", _pixels(40))
-    (tmp_path / "tree/train/dog/linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
-    want = _image_folder_reference(tmp_path / "tree")
-    _assert_same(load_dataset(tmp_path / "tree", data_dir=tmp_path / "cache"), want)
-    (tmp_path / "tree/train/cat/sub/up").symlink_to(tmp_path / "tree/train/cat", target_is_directory=True)
-    message = _error(tmp_path / "tree", tmp_path / "cache")
-    assert message == f"{tmp_path / 'tree/train/cat/sub/up'}: a link to a folder it is inside (a loop)"
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "tar"])
+def test_folder_links_below_a_class_are_followed_and_a_loop_is_named(tmp_path: Path, packed: bool) -> None:
+    tree = tmp_path / "tree"
+    _make_nested_folder(tree)
+    _write_png(tree / "extra/0.png", _pixels(40))
+    _write_png(tree / "more/1.png", _pixels(41))
+    (tree / "train/dog/linked").symlink_to("../../extra", target_is_directory=True)
+    (tree / "extra/inner").symlink_to("../more", target_is_directory=True)  # reached only through the first link
+    want = _image_folder_reference(tree)
+    assert len(want.train_labels) == 10
+    source = _make_tar(tree, tmp_path / "t.tar", None) if packed else tree
+    _assert_same(load_dataset(source, data_dir=tmp_path / "cache"), want)
+    (tree / "train/cat/sub/up").symlink_to("..", target_is_directory=True)  # train/cat itself
+    source = _make_tar(tree, tmp_path / "loop.tar", None) if packed else tree
+    where = f"{source}:train/cat/sub/up" if packed else str(tree / "train/cat/sub/up")
+    assert _error(source, tmp_path / "cache") == f"{where}: a link to a folder it is inside (a loop)"
+    (tree / "train/cat/sub/up").unlink()
+    (tree / "train/cat/x").symlink_to("../dog", target_is_directory=True)  # a loop through two links
+    (tree / "train/dog/y").symlink_to("../cat", target_is_directory=True)
+    source = _make_tar(tree, tmp_path / "loop2.tar", None) if packed else tree
+    assert _error(source, tmp_path / "cache").endswith(": a link to a folder it is inside (a loop)")
 
 
 def _linked_tar(archive: Path, image_file: Path, links: list[tuple[str, bytes, str]]) -> Path:
