@@ -525,8 +525,8 @@ def run_benchmark(
         if bad:
             raise ValueError(f"unknown {name} {bad[0]!r}; valid choices: {', '.join(valid)}")
     models.check_names(arch, variant)
-    if steps < 1 or windows < 1 or warmup < 0 or batch_size < 2:
-        raise ValueError("need --steps >= 1, --windows >= 1, --warmup >= 0 and --batch-size >= 2")
+    if steps < 1 or windows < 1 or warmup < 1 or batch_size < 2:  # warmup: the first call of each step compiles
+        raise ValueError("need --steps >= 1, --windows >= 1, --warmup >= 1 and --batch-size >= 2")
     jax_plan = [("jit", dtype) for dtype in dtypes if "jax" in frameworks and "jit" in modes]
     torch_plan = [(m, d) for m in ("eager", "compile") if "torch" in frameworks and m in modes for d in dtypes]
 
@@ -672,6 +672,8 @@ def conv_shape_report(
     arch: str = "resnet18", *, batch_size: int = 128, repeats: int = 5, log: Callable[[str], None] | None = None
 ) -> str:
     """Markdown table of per-shape conv timings (both stems at 32x32) with the lowering `choose_lowering` picks."""
+    if batch_size < 1 or repeats < 1:
+        raise ValueError(f"need --batch-size >= 1 and --conv-repeats >= 1, got {batch_size} and {repeats}")
     import datetime
     import os
 

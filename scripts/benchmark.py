@@ -25,19 +25,22 @@ def _csv(text: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, run the benchmark, print the table and optionally write JSON records."""
+    from flax_resnet import flags
     from flax_resnet.conv import LOWERINGS
     from flax_resnet.models import BATCH_NORMS, DEFAULT_BATCH_NORM
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--variant", default="cifar")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=flags.batch_size, default=128)
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma list of float32,bfloat16")
     parser.add_argument("--frameworks", default="jax,torch", help="comma list of jax,torch")
     parser.add_argument("--modes", default="jit,eager,compile", help="jit (jax), eager and compile (torch)")
-    parser.add_argument("--steps", type=int, default=10, help="steps per timed window")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the windows")
-    parser.add_argument("--windows", type=int, default=5, help="timed windows; the median is reported")
+    parser.add_argument("--steps", type=flags.positive_int, default=10, help="steps per timed window")
+    parser.add_argument(
+        "--warmup", type=flags.positive_int, default=2, help="untimed steps before the windows (>= 1: they compile)"
+    )
+    parser.add_argument("--windows", type=flags.positive_int, default=5, help="timed windows; the median is reported")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak, for the fraction column")
     parser.add_argument("--conv-lowering", default="auto", choices=LOWERINGS, help="JAX convolution lowering")
     parser.add_argument(
@@ -52,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
              "into the JSON records",
     )
     parser.add_argument("--conv-table", default=None, help="instead: write the per-shape conv table (markdown)")
-    parser.add_argument("--conv-repeats", type=int, default=5, help="interleaved repeats per shape (--conv-table)")
+    parser.add_argument(
+        "--conv-repeats", type=flags.positive_int, default=5, help="interleaved repeats per shape (--conv-table)"
+    )
     args = parser.parse_args(argv)
     for flag, out in (("--json", args.json), ("--conv-table", args.conv_table)):  # before minutes of measuring
         if out and not Path(out).parent.is_dir():

@@ -125,6 +125,34 @@ def test_cli_bad_flag_is_one_line_error(tmp_path: Path) -> None:
     assert proc.stderr.strip().count("\n") == 0 and "valid choices" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--warmup", "0"], "argument --warmup: must be a positive integer, got 0"),  # compile time in a window
+        (["--conv-table", "t.md", "--batch-size", "0"], "argument --batch-size: must be at least 2"),
+        (["--conv-table", "t.md", "--conv-repeats", "0"], "argument --conv-repeats: must be a positive integer"),
+        (["--steps", "-1"], "argument --steps: must be a positive integer, got -1"),
+    ],
+)
+def test_cli_counts_that_measure_nothing_or_compilation_are_usage_errors(
+    flags: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_cli", ROOT / "scripts" / "benchmark.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(flags)
+    assert exit_info.value.code == 2 and says in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="--warmup >= 1"):  # the API refuses them too
+        benchmark.run_benchmark("resnet18", "cifar", 8, warmup=0)
+    with pytest.raises(ValueError, match="--conv-repeats >= 1"):
+        benchmark.conv_shape_report(repeats=0)
+
+
 @pytest.mark.parametrize("flag", ["--json", "--conv-table"])
 def test_cli_output_in_a_missing_folder_is_refused_before_measuring(tmp_path: Path, flag: str) -> None:
     out = tmp_path / "missing" / "out"
