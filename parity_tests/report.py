@@ -11,6 +11,7 @@ import dataclasses
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import NamedTuple
 
 # Test function -> (what it checks, tolerance). Keep in step with parity_tests/test_*.py and harness.TOL_*.
 CHECKS: dict[str, tuple[str, str]] = {
@@ -66,11 +67,22 @@ class CheckRow:
     seconds: float = 0.0  # summed test durations (worker-seconds)
 
 
-def parse_junit(path: str | Path) -> tuple[list[CheckRow], float, int]:
-    """(rows, suite wall seconds, tests outside CHECKS); raises ValueError if the file holds no parity tests."""
+class JunitRun(NamedTuple):
+    """What a JUnit file says of a parity run: its rows, wall seconds, tests outside CHECKS, and the day it
+    started (pytest's `timestamp`, as recorded; None in files without one)."""
+
+    rows: list[CheckRow]
+    seconds: float
+    unknown: int
+    day: str | None
+
+
+def parse_junit(path: str | Path) -> JunitRun:
+    """The run in a pytest JUnit file; raises ValueError if the file holds no parity tests."""
     root = ET.parse(path).getroot()
     suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
     seconds = sum(float(s.get("time", 0)) for s in suites)
+    starts = sorted(s.get("timestamp", "") for s in suites if s.get("timestamp"))
     rows: dict[str, CheckRow] = {}
     unknown = 0
     for case in root.iter("testcase"):
@@ -94,7 +106,7 @@ def parse_junit(path: str | Path) -> tuple[list[CheckRow], float, int]:
             row.extra = max(row.extra or 0.0, float(props["torch_fp32_vs_fp64"]))
     if not rows:
         raise ValueError("no parity test results in this JUnit file")  # the caller names the file
-    return [rows[n] for n in CHECKS if n in rows], seconds, unknown
+    return JunitRun([rows[n] for n in CHECKS if n in rows], seconds, unknown, starts[0][:10] if starts else None)
 
 
 def markdown(rows: list[CheckRow]) -> str:

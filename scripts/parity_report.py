@@ -31,13 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--machine", default=None, help="machine description (default: this machine's)")
     args = p.parse_args(argv)
     try:
-        rows, seconds, unknown = report.parse_junit(args.junit)
+        rows, seconds, unknown, day = report.parse_junit(args.junit)
     except (OSError, ValueError, report.ET.ParseError) as e:
         detail = e.strerror if isinstance(e, OSError) and e.strerror else e  # OSError's str repeats the path
         print(f"error: {args.junit}: {detail}", file=sys.stderr)
         return 1
     machine = args.machine or f"{platform.platform()}, {os.cpu_count()} CPUs"
-    when = datetime.datetime.fromtimestamp(Path(args.junit).stat().st_mtime).date().isoformat()
+    # The day the run started, as pytest recorded it; the file's date changes with a copy or a fresh clone.
+    when = day or datetime.datetime.fromtimestamp(Path(args.junit).stat().st_mtime).date().isoformat()
     table = report.markdown(rows)
     text = (
         "# Parity: flax_resnet vs torch_ref (CPU)\n\n"

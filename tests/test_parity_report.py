@@ -9,7 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
-<testsuites><testsuite name="pytest" errors="0" failures="1" skipped="0" tests="5" time="312.5">
+<testsuites><testsuite name="pytest" errors="0" failures="1" skipped="0" tests="5" time="312.5"
+ timestamp="2026-12-01T23:10:04.123456+00:00">
 <testcase classname="parity_tests.test_gradients" name="test_gradients[resnet18-cifar]" time="10">
   <properties><property name="max_diff" value="2e-14"/><property name="torch_fp32_vs_fp64" value="0.003"/></properties>
 </testcase>
@@ -35,7 +36,7 @@ def test_report_from_junit(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1 and "1 parity test(s) failed" in proc.stderr  # the init-std failure counts
     text = out.read_text()
-    assert "wall time of the run 5.2 min (including 1 other tests, ignored in the table)" in text
+    assert "date 2026-12-01; wall time of the run 5.2 min (including 1 other tests, ignored in the table)" in text
     assert "parity tests 0.4 worker-minutes" in text  # 10 + 10 + 1 + 1 s
     grad = next(line for line in text.splitlines() if line.startswith("| gradients"))
     assert "| 2 / 2 | 5.00e-13 (resnet50-cifar); torch fp32 vs torch fp64 itself: up to 1.3e-02 |" in grad
