@@ -210,9 +210,11 @@ def load_weights_file(path: str | Path) -> dict[str, np.ndarray]:
 
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise WeightsFileError(f"{path}: refused to load (not a plain tensor file: {first})") from None
+        except pickle.UnpicklingError:  # torch's message is advice for torch.load's caller, styled for a terminal
+            raise WeightsFileError(
+                f"{path}: refused to load: it pickles Python objects, not only tensors (a whole model? save its "
+                "state_dict() instead); loading it could run code from the file"
+            ) from None
         except (RuntimeError, EOFError, OSError, ValueError) as e:
             raise WeightsFileError(f"{path}: not a readable torch file ({one_line(e)})") from None
         if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):

@@ -73,8 +73,8 @@ _CACHE_FORMAT = 4
 # which retries for minutes when there is no network.
 _TFDS_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 _OFFLINE_HINT = (
-    "use an offline copy via --data PATH: an image-folder directory or .tar/.tar.gz of "
-    "<root>/{train,test}/<class>/*.png|jpg, or the cifar-10-python.tar.gz archive"
+    "give an offline copy as the data source instead: an image-folder directory or .tar/.tar.gz of "
+    "<root>/{train,test}/<class>/<images>, or the cifar-10-python.tar.gz archive"
 )
 
 
@@ -379,7 +379,7 @@ def _assemble(tree: _Tree) -> Dataset:
     if not candidates:
         raise DataError(
             f"{tree.origin}: no train/ and test/ class folders found "
-            "(expected <root>/{train,test}/<class>/*.png|jpg, or cifar-10-python.tar.gz)"
+            "(expected <root>/{train,test}/<class>/<images>, or cifar-10-python.tar.gz)"
         )
     candidates.sort()
     if len(candidates) > 1 and candidates[0][0] == candidates[1][0]:

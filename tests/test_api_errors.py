@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -153,6 +154,19 @@ def test_pt_with_code_is_refused_and_not_run(tmp_path: Path) -> None:
     assert not marker.exists()
     torch.load(path, weights_only=False)  # proves the payload is live: the unsafe load runs it
     assert marker.exists()
+
+
+def test_a_pickled_whole_model_is_refused_in_one_plain_line(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save(torch.nn.Linear(2, 2), path)  # the module object, not its state_dict
+    with pytest.raises(pickle.UnpicklingError) as raw:
+        torch.load(path, weights_only=True)
+    assert "\x1b[" in str(raw.value)  # torch styles its advice for a terminal
+    with pytest.raises(WeightsFileError) as e:
+        flax_resnet.load_weights_file(path)
+    message = str(e.value)
+    assert message.startswith(f"{path}: refused to load: it pickles Python objects, not only tensors (a whole model?")
+    assert "\x1b" not in message and "\n" not in message
 
 
 def test_safetensors_round_trip_into_torch_ref_strict(r18: flax_resnet.ResNet, tmp_path: Path) -> None:
