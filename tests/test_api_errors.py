@@ -209,3 +209,12 @@ def test_export_of_one_variable_kind_has_torchs_keys(r18: flax_resnet.ResNet) ->
     tmodel = torch_ref.create_model("resnet18", "cifar")
     assert set(flax_resnet.to_torch_state_dict(r18, nnx.BatchStat)) == {k for k, _ in tmodel.named_buffers()}
     assert set(flax_resnet.to_torch_state_dict(r18, nnx.Param)) == {k for k, _ in tmodel.named_parameters()}
+
+
+def test_one_line_collapses_whitespace_drops_terminal_styles_and_cuts_where_asked() -> None:
+    from flax_resnet.errors import one_line
+
+    e = RuntimeError("Weights \x1b[1mnot\x1b[0m loaded:\n  \x1b[31;1mred\x1b[0m\ttext")
+    assert one_line(e) == "RuntimeError: Weights not loaded: red text"
+    assert one_line(e, limit=20) == "RuntimeError: Weight..."
+    assert one_line(KeyError()) == "KeyError"
