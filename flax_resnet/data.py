@@ -73,8 +73,8 @@ _CACHE_FORMAT = 4
 # which retries for minutes when there is no network.
 _TFDS_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 _OFFLINE_HINT = (
-    "give an offline copy as the data source instead: an image-folder directory or .tar/.tar.gz of "
-    "<root>/{train,test}/<class>/<images>, or the cifar-10-python.tar.gz archive"
+    "use an offline copy as the data source (--data PATH; write_dataset.py's SRC): an image-folder directory "
+    "or .tar/.tar.gz of <root>/{train,test}/<class>/<images>, or the cifar-10-python.tar.gz archive"
 )
 
 
