@@ -91,6 +91,8 @@ class Config:
 # the same function: a run may resume with other values of them, and the results table does not group by them.
 OPERATIONAL_KEYS = ("workdir", "data", "data_dir", "progress", "checkpoint_every", "checkpoint_seconds",
                     "conv_lowering", "batch_norm")
+# The others: what a run learns, or how far it goes, depends on them.
+SETTING_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in OPERATIONAL_KEYS)
 
 
 # Recipe values; anything not named keeps the Config default above.

@@ -25,7 +25,7 @@ from flax import nnx, struct
 from jax import lax
 
 from flax_resnet import data as data_lib
-from flax_resnet.config import OPERATIONAL_KEYS, SCHEDULES, Config, data_problem, make_config, workdir_problem
+from flax_resnet.config import SCHEDULES, SETTING_FIELDS, Config, data_problem, make_config, workdir_problem
 from flax_resnet.distributed import put_batch, to_host
 from flax_resnet.errors import one_line
 from flax_resnet.packing import StatePacking
@@ -178,9 +178,7 @@ START_KEYS = ("init_weights", "init_skip")
 # Fields that must match to resume a workdir: all but the operational ones, where the run stops (--max-steps)
 # and START_KEYS. Another model cannot continue from the checkpoints, and another seed, recipe or epoch count
 # (which every schedule is a fraction of) would make config.json describe steps it did not take.
-RESUME_KEYS = tuple(
-    f.name for f in dataclasses.fields(Config) if f.name not in {*OPERATIONAL_KEYS, "max_steps", *START_KEYS}
-)
+RESUME_KEYS = tuple(k for k in SETTING_FIELDS if k not in ("max_steps", *START_KEYS))
 # Host fetches of the running metrics (progress bar, NaN check) happen at most this often, besides epoch ends
 # and checkpoints: each one makes the host wait for the device to drain its queue of steps.
 FETCH_SECONDS = 1.0

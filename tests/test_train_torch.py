@@ -354,6 +354,9 @@ def test_script_keeps_a_finished_run_and_replaces_a_run_only_when_asked(
     assert main(args) == 0  # the same finished command again: nothing to do, nothing touched
     assert "holds this run, finished at step 1: nothing to do" in capsys.readouterr().out
     assert all((workdir / name).read_bytes() == content for name, content in files.items())
+    assert main([*args, "--data-dir", str(tmp_path / "cache2")]) == 0  # only where the cache is differs: this run
+    assert "holds this run, finished at step 1: nothing to do" in capsys.readouterr().out
+    assert all((workdir / name).read_bytes() == content for name, content in files.items())
 
     assert main([*args, "--arch", "resnet34"]) == 1  # another run in the same workdir: refused, nothing touched
     err = capsys.readouterr().err.strip()
