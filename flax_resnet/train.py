@@ -74,14 +74,17 @@ class TrainState:
 
 
 def init_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
-    """Split the model once into its static graph and a TrainState of arrays."""
+    """Split the model once into its static graph and a TrainState of copies of its arrays: the step donates
+    the state's buffers, which must not be the model's (it stays usable)."""
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    params, batch_stats = jax.tree.map(jnp.copy, (params, batch_stats))
     return graphdef, TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
 
 
 def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
-    """A model object holding `state`'s params and batch statistics (e.g. for export or predict)."""
-    return nnx.merge(graphdef, state.params, state.batch_stats)
+    """A model object holding copies of `state`'s params and batch statistics (e.g. for export or predict),
+    usable after the step has donated `state`."""
+    return nnx.merge(graphdef, *jax.tree.map(jnp.copy, (state.params, state.batch_stats)))
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:

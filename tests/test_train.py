@@ -85,6 +85,29 @@ def test_eval_counts_every_test_image_once(tiny_data: Path, tmp_path: Path) -> N
     np.testing.assert_array_equal(ev["first_logits"], ev["logits"][first])
 
 
+def test_the_donating_step_leaves_the_split_model_and_a_merged_model_usable() -> None:
+    # The step donates its state's buffers; a state that shared them with the model (nnx.split does not copy)
+    # left the model's arrays deleted: predict and export failed with "Array has been deleted".
+    from flax_resnet.models import create_model
+    from flax_resnet.train import init_state, make_optimizer
+
+    model = create_model("resnet18", "imagenet", 10, seed=0)
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    x = data_lib.normalize(images)
+    before = np.asarray(predict(model, x))
+    tx = make_optimizer(0.1, 0.9, True, 5e-4)
+    graphdef, state = init_state(model, tx)
+    step = make_train_step(graphdef, tx, make_config(batch_size=4, dtype="float32"))
+    batch = {"image": jax.numpy.asarray(images), "label": jax.numpy.arange(4)}
+    state, _ = step(state, batch, jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(predict(model, x)), before)  # usable, and not trained in place
+    merged = merge_model(graphdef, state)
+    trained = np.asarray(predict(merged, x))
+    assert not np.array_equal(trained, before)
+    state, _ = step(state, batch, jax.random.key(1))
+    np.testing.assert_array_equal(np.asarray(predict(merged, x)), trained)
+
+
 def test_resume_refuses_other_settings_and_a_run_without_checkpoints_starts_afresh(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
