@@ -94,7 +94,8 @@ def _torch_keys(
 
 
 def to_torch_state_dict(model: nnx.Module, only: type[nnx.Variable] = nnx.Variable) -> dict[str, np.ndarray]:
-    """Export the model as a torch-named state dict of numpy arrays (loads strict into torch_ref/torchvision).
+    """Export the model as a torch-named state dict of numpy arrays; as tensors (`torch.from_numpy` of each) it
+    loads strict into torch_ref/torchvision.
 
     `only=nnx.BatchStat` (or `nnx.Param`) exports just those variables, e.g. to read BN running statistics.
     """
