@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -211,13 +212,16 @@ def load_weights_file(path: str | Path) -> dict[str, np.ndarray]:
 
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:  # torch's message is advice for torch.load's caller, styled for a terminal
+        except pickle.UnpicklingError as e:  # torch's message is advice for torch.load's caller
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+            if found is None:  # e.g. "Unsupported operand": bytes that are no pickle torch wrote
+                raise WeightsFileError(f"{path}: not a readable torch file (damaged, or not a torch.save)") from None
             raise WeightsFileError(
-                f"{path}: refused to load: it pickles Python objects, not only tensors (a whole model? save its "
-                "state_dict() instead); loading it could run code from the file"
+                f"{path}: refused to load: it pickles Python objects ({found.group(1)}), not only tensors (a whole "
+                "model? save its state_dict() instead); loading it could run code from the file"
             ) from None
-        except (RuntimeError, EOFError, OSError, ValueError) as e:
-            raise WeightsFileError(f"{path}: not a readable torch file ({one_line(e)})") from None
+        except Exception as e:  # torch.load raises RuntimeError, EOFError, OSError, KeyError... for broken files
+            raise WeightsFileError(f"{path}: not a readable torch file ({one_line(e, limit=200)})") from None
         if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
             obj = obj["state_dict"]
         if not isinstance(obj, Mapping) or not all(hasattr(v, "detach") for v in obj.values()):

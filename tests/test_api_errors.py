@@ -165,8 +165,17 @@ def test_a_pickled_whole_model_is_refused_in_one_plain_line(tmp_path: Path) -> N
     with pytest.raises(WeightsFileError) as e:
         flax_resnet.load_weights_file(path)
     message = str(e.value)
-    assert message.startswith(f"{path}: refused to load: it pickles Python objects, not only tensors (a whole model?")
+    assert message.startswith(f"{path}: refused to load: it pickles Python objects (torch.nn.modules.linear.Linear)")
     assert "\x1b" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("content", [b"hello\n", bytes(range(256)) * 4], ids=["text", "bytes"])
+def test_a_pt_file_that_is_no_torch_save_is_unreadable_not_unsafe(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)  # torch.load raises KeyError for the text, "Weights only load failed" for the bytes
+    with pytest.raises(WeightsFileError) as e:
+        flax_resnet.load_weights_file(path)
+    assert str(e.value).startswith(f"{path}: not a readable torch file (")
 
 
 def test_safetensors_round_trip_into_torch_ref_strict(r18: flax_resnet.ResNet, tmp_path: Path) -> None:
