@@ -42,8 +42,8 @@ _LEAF_TABLE: dict[tuple[str, int], tuple[str, Layout, Layout]] = {
 class StateDictError(ValueError):
     """A state dict that does not fit the model; the message lists every problem at once.
 
-    `problems` holds the same lists by kind ("missing", "unexpected", "mis-shaped", "skip matches no key");
-    `summary()` is a bounded line of them for command lines."""
+    `problems` holds the same lists by kind ("missing", "unexpected", "mis-shaped", "out of range", "skip matches
+    no key"); `summary()` is a bounded line of them for command lines."""
 
     def __init__(self, what: str, problems: Mapping[str, list[str]]):
         self.what = what
@@ -65,6 +65,9 @@ class StateDictError(ValueError):
 
 class WeightsFileError(ValueError):
     """A weights file that cannot be read (missing, truncated, not safetensors, or unsafe pickle)."""
+
+
+_INT32 = np.iinfo(np.int32)
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -131,6 +134,11 @@ def match_state_dict(
     from before torch counted batches) loads as 0. Every missing, unexpected and mis-shaped key, and every
     unmatched skip name, is reported together in one StateDictError.
     """
+    if not isinstance(state_dict, Mapping):  # e.g. the module itself, or a file's path
+        raise TypeError(
+            f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}: pass "
+            "module.state_dict(), or load_weights_file(path) for a file"
+        )
     names = [name.rstrip(".") for name in ((skip,) if isinstance(skip, str) else skip)]
 
     def skipped(key: Any, name: str) -> bool:
@@ -141,7 +149,7 @@ def match_state_dict(
 
     kept = sorted(key for key in expected if is_skipped(key))
     chosen: dict[str, np.ndarray] = {}
-    missing, mis_shaped = [], []
+    missing, mis_shaped, out_of_range = [], [], []
     for key, want in expected.items():
         if is_skipped(key):
             continue
@@ -155,16 +163,20 @@ def match_state_dict(
         if raw.shape != tuple(want):  # compared before any layout change, which a wrong rank would break
             mis_shaped.append(f"{key} {raw.shape} (expected {tuple(want)})")
             continue
+        if key.rsplit(".", 1)[-1] == "num_batches_tracked" and not _INT32.min <= int(raw) <= _INT32.max:
+            out_of_range.append(f"{key} {int(raw)} (the model counts in int32)")  # it would wrap silently
+            continue
         chosen[key] = raw
     # str: a non-str key must not break the report
     unexpected = sorted(str(k) for k in set(state_dict) - set(expected) if not is_skipped(k))
     unmatched = [repr(n) for n in names if not any(skipped(k, n) for k in (*expected, *state_dict))]
-    if missing or unexpected or mis_shaped or unmatched:  # sorted: the same line whatever the model's key order
+    if missing or unexpected or mis_shaped or out_of_range or unmatched:  # sorted: the same line in any key order
         missing.sort()
         mis_shaped.sort()
         raise StateDictError(
             what,
-            {"missing": missing, "unexpected": unexpected, "mis-shaped": mis_shaped, "skip matches no key": unmatched},
+            {"missing": missing, "unexpected": unexpected, "mis-shaped": mis_shaped, "out of range": out_of_range,
+             "skip matches no key": unmatched},
         )
     return chosen, kept
 

@@ -8,6 +8,7 @@ variance). Inputs are NHWC float; all padding is explicit and symmetric, as in t
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -419,9 +420,15 @@ def create_model(
     conv_lowering: Lowering = "auto",
     batch_norm: str = DEFAULT_BATCH_NORM,
 ) -> ResNet:
-    """Build a freshly initialized ResNet; unknown names raise ValueError naming the valid choices."""
+    """Build a freshly initialized ResNet; unknown names raise ValueError naming the valid choices, and so do a
+    class count below 1 or a seed that is not an integer (they failed deep inside XLA or NNX)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid choices: {', '.join(DTYPES)}")
+    for name, value in (("num_classes", num_classes), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     return ResNet(
         arch, variant, num_classes, dtype=DTYPES[dtype], conv_lowering=conv_lowering, batch_norm=batch_norm,
         rngs=nnx.Rngs(seed),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import sys
 from pathlib import Path
 
@@ -32,6 +33,20 @@ def test_unknown_arch_and_variant(create) -> None:
         create("resnet20")
     with pytest.raises(ValueError, match=r"unknown variant 'tiny'.*cifar, imagenet, article"):
         create("resnet18", "tiny")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        (dict(num_classes=0), "num_classes must be at least 1, got 0"),
+        (dict(num_classes=-1), "num_classes must be at least 1, got -1"),  # was an MLIRError from inside XLA
+        (dict(num_classes=2.5), "num_classes must be an integer, got 2.5"),
+        (dict(seed=None), "seed must be an integer, got None"),  # was "No RngStream named 'params'"
+    ],
+)
+def test_create_model_refuses_a_class_count_or_seed_it_cannot_use(kwargs: dict, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        flax_resnet.create_model("resnet18", "imagenet", **kwargs)
 
 
 @pytest.mark.parametrize("shape", [(32, 32, 3), (1, 32, 32, 1), (1, 3, 32, 32)], ids=["rank3", "1-channel", "NCHW"])
@@ -106,6 +121,25 @@ def test_state_dict_with_wrong_ranks_is_one_error_listing_each(r18: flax_resnet.
     assert "layer1.0.conv2.weight (64, 64, 3) (expected (64, 64, 3, 3))" in msg
     assert "fc.bias (10, 1) (expected (10,))" in msg
     assert all(np.array_equal(a, b) for a, b in zip(before, _snapshot(r18), strict=True))
+
+
+def test_something_that_is_no_state_dict_is_a_type_error_that_says_what_to_pass(r18: flax_resnet.ResNet) -> None:
+    for wrong in (torch_ref.create_model("resnet18"), "w.pt", None):  # the module, a path, nothing
+        with pytest.raises(TypeError, match=r"expected a state dict .* pass module.state_dict\(\), or load_weights"):
+            flax_resnet.load_torch_state_dict(r18, wrong)
+
+
+def test_a_batch_count_beyond_int32_is_refused_not_wrapped() -> None:
+    r18 = flax_resnet.create_model("resnet18", "cifar")  # its own: this test loads into it
+    sd = flax_resnet.to_torch_state_dict(r18)
+    sd["bn1.num_batches_tracked"] = np.array(2**31 + 5, np.int64)
+    before = _snapshot(r18)
+    with pytest.raises(StateDictError, match=r"1 out of range: bn1.num_batches_tracked 2147483653 \(the model"):
+        flax_resnet.load_torch_state_dict(r18, sd)
+    assert all(np.array_equal(a, b) for a, b in zip(before, _snapshot(r18), strict=True))
+    sd["bn1.num_batches_tracked"] = np.array(2**31 - 1, np.int64)  # the largest count it holds: bitwise back
+    flax_resnet.load_torch_state_dict(r18, sd)
+    assert flax_resnet.to_torch_state_dict(r18)["bn1.num_batches_tracked"] == 2**31 - 1
 
 
 def test_bfloat16_pt_file_loads_exactly(r18: flax_resnet.ResNet, tmp_path: Path) -> None:
