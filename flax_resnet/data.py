@@ -707,13 +707,14 @@ def normalize(
 ) -> jax.Array:
     """uint8 NHWC -> float32 (x/255 - mean)/std per channel: torchvision's ToTensor + Normalize, to the bit.
 
-    Integer pixels are looked up in a table of the 256 levels per channel, computed in numpy float32 as
+    uint8 pixels are looked up in a table of the 256 levels per channel, computed in numpy float32 as
     torchvision computes them: bitwise its values, and the same in any jitted program, where the arithmetic
     form rounds 1 ulp apart depending on what XLA fuses it with (it rewrites divisions as products or not).
-    Float pixels (0..255), and a traced mean or std, take the arithmetic form.
+    Other pixels (float 0..255, wider integers, whose values the table would clip and mix across channels),
+    and a traced mean or std, take the arithmetic form.
     """
     images = jnp.asarray(images)
-    if jnp.issubdtype(images.dtype, jnp.integer):
+    if images.dtype == jnp.uint8:
         try:
             levels = np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0)
             table = (levels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)  # (256, channels)

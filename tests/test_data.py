@@ -557,6 +557,9 @@ def test_normalize_hand_computed() -> None:
     np.testing.assert_allclose(out[1, 0, 0], [-1.44043, -1.41525, -1.22637], atol=1e-5)
     np.testing.assert_allclose(out[2, 0, 0], [2.51409, 2.59679, 2.75373], atol=1e-5)
     np.testing.assert_allclose(np.asarray(normalize(images[2:], mean=(0.5,) * 3, std=(0.5,) * 3)), 1.0)
+    # Wider integers are no uint8 levels: 300 is (300/255 - mean)/std per channel, not level 255 of the last one.
+    wide = np.asarray(normalize(np.full((1, 1, 1, 3), 300, np.uint16)))
+    np.testing.assert_allclose(wide[0, 0, 0], [3.38641, 3.48180, 3.63169], atol=1e-5)
 
 
 def _recover_crops(images: np.ndarray, out: np.ndarray, pad: int) -> list[tuple[int, int, bool]]:
