@@ -78,11 +78,12 @@ def path_arg(text: str) -> str:
     return text
 
 
-def default_workdir(args: argparse.Namespace, prefix: str = "") -> str:
-    """runs/<prefix><arch>[_<variant>], the run folder when --workdir is not given: one per model, since a
-    workdir holding another model's run is refused."""
+def _default_workdir(args: argparse.Namespace) -> str:
+    """runs/<trainer's prefix><arch>[_<variant>], the run folder when --workdir is not given: one per model,
+    since a workdir holding another model's run is refused."""
     variant = args.variant or Config.variant
-    return f"runs/{prefix}{args.arch or Config.arch}" + ("" if variant == Config.variant else f"_{variant}")
+    name = f"{args.workdir_prefix}{args.arch or Config.arch}"
+    return f"runs/{name}" + ("" if variant == Config.variant else f"_{variant}")
 
 
 def module_names(text: str) -> tuple[str, ...]:
@@ -140,7 +141,9 @@ def recipe_default(name: str) -> str:
 
 def add_training_flags(p: argparse.ArgumentParser, workdir_prefix: str, workdir_holds: str) -> None:
     """The flags both trainers share; each default is None so the recipe decides unless a flag is given. The
-    trainer's `default_workdir` prefix and what its workdir holds go into --workdir's help."""
+    trainer's default-workdir prefix (kept for `config_overrides`) and what its workdir holds go into
+    --workdir's help."""
+    p.set_defaults(workdir_prefix=workdir_prefix)
     p.add_argument("--arch", choices=tuple(ARCHS), help=f"network depth (default: {Config.arch})")
     p.add_argument("--variant", choices=VARIANTS, help=f"stem/shortcut/head variant (default: {Config.variant})")
     p.add_argument("--recipe", choices=RECIPES, default="default", help="hyperparameter recipe (default: default)")
@@ -208,6 +211,7 @@ def check_init_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The parsed values that are Config fields (None = not given), for `make_config(args.recipe, **...)`."""
+    """The parsed values that are Config fields (None = not given), for `make_config(args.recipe, **...)`, with
+    the trainer's default workdir for the model when --workdir is not given."""
     fields = {f.name for f in dataclasses.fields(Config)} - {"recipe"}
-    return {k: v for k, v in vars(args).items() if k in fields}
+    return {**{k: v for k, v in vars(args).items() if k in fields}, "workdir": args.workdir or _default_workdir(args)}

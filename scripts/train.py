@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         initialize(args.coordinator, args.num_processes, args.process_id)
-        overrides = {**flags.config_overrides(args), "workdir": args.workdir or flags.default_workdir(args)}
-        config = make_config(args.recipe, **overrides)
+        config = make_config(args.recipe, **flags.config_overrides(args))
         result = train(config)
     except (DataError, CheckpointError, RunError, DistributedError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

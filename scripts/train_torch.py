@@ -51,9 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     try:
-        overrides = flags.config_overrides(args)
-        overrides["workdir"] = args.workdir or flags.default_workdir(args, "torch_")
-        config = make_config(args.recipe, **overrides)
+        config = make_config(args.recipe, **flags.config_overrides(args))
     except ValueError as e:
         parser.error(str(e))
     options = TorchOptions(device=device, channels_last=args.channels_last, amp=args.amp, compile=args.compile)
