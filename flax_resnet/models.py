@@ -380,6 +380,8 @@ class ResNet(nnx.Module):
     def _check_input(self, x: jax.Array) -> None:
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected NHWC images with 3 channels, shape (N, H, W, 3); got shape {tuple(x.shape)}")
+        if 0 in x.shape[1:3]:  # convolutions refuse these in torch; here they failed deep inside a lowering
+            raise ValueError(f"images must be at least 1x1, got {x.shape[1]}x{x.shape[2]}")
         if self.variant == "article":
             h, w = final_map_size("article", x.shape[1]), final_map_size("article", x.shape[2])
             if (h, w) != (1, 1):
@@ -404,7 +406,7 @@ class ResNet(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         y = self.stages(x)[-1]
         if self.variant == "article":
-            y = y.reshape(y.shape[0], -1)
+            y = y.reshape(y.shape[0], math.prod(y.shape[1:]))  # not -1: that fails on an empty batch
         else:
             y = jnp.mean(y.astype(jnp.promote_types(y.dtype, jnp.float32)), axis=(1, 2)).astype(y.dtype)
         return self.fc(y).astype(jnp.promote_types(y.dtype, jnp.float32))

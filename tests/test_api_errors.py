@@ -67,6 +67,19 @@ def test_predict_refuses_raw_pixels_and_takes_normalized_images(r18: flax_resnet
     assert flax_resnet.predict(r18, flax_resnet.normalize(pixels)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("variant", ["cifar", "imagenet", "article"])
+def test_empty_batch_and_empty_images_behave_as_in_torch(variant: str) -> None:
+    # An empty batch gives (0, classes) as torch_ref does (the article variant's flatten raised
+    # ZeroDivisionError); a 0x0 image, which torch's convolutions refuse, failed deep inside a conv lowering.
+    model = flax_resnet.create_model("resnet18", variant)
+    tmodel = torch_ref.create_model("resnet18", variant).eval()
+    with torch.no_grad():
+        assert tuple(tmodel(torch.zeros(0, 3, 32, 32)).shape) == (0, 10)
+    assert flax_resnet.predict(model, np.zeros((0, 32, 32, 3), np.float32)).shape == (0, 10)
+    with pytest.raises(ValueError, match=r"images must be at least 1x1, got 0x5"):
+        flax_resnet.predict(model, np.zeros((1, 0, 5, 3), np.float32))
+
+
 def test_article_model_rejects_64px() -> None:
     model = nnx.eval_shape(lambda: flax_resnet.create_model("resnet18", "article"))
     graphdef, state = nnx.split(model)
