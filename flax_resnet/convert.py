@@ -211,12 +211,13 @@ def load_torch_state_dict(
 
 
 def load_weights_file(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a torch state dict from `.safetensors`, or from `.pt`/`.pth` with torch.load(weights_only=True)."""
+    """Read a torch state dict from `.safetensors`, or from `.pt`/`.pth` with torch.load(weights_only=True);
+    bfloat16 tensors come back as float32 (exact) from either, so that torch and numpy both take them."""
     path = Path(path)
     if not path.is_file():
         raise WeightsFileError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        return read_safetensors(path)[0]
+        return {k: _to_numpy(v) for k, v in read_safetensors(path)[0].items()}
     if path.suffix in (".pt", ".pth"):
         import pickle
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from flax import nnx
 
@@ -155,13 +156,20 @@ def test_a_batch_count_beyond_int32_is_refused_not_wrapped() -> None:
     assert flax_resnet.to_torch_state_dict(r18)["bn1.num_batches_tracked"] == 2**31 - 1
 
 
-def test_bfloat16_pt_file_loads_exactly(r18: flax_resnet.ResNet, tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_bfloat16_weights_files_load_exactly_as_float32(r18: flax_resnet.ResNet, tmp_path: Path, suffix: str) -> None:
+    # A bf16 .safetensors came back as ml_dtypes bfloat16 while the same .pt came back as float32.
     tmodel = torch_ref.create_model("resnet18", "cifar")
     state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tmodel.state_dict().items()}
-    torch.save(state, tmp_path / "bf16.pt")
-    loaded = flax_resnet.load_weights_file(tmp_path / "bf16.pt")
+    path = tmp_path / f"bf16{suffix}"
+    if suffix == ".pt":
+        torch.save(state, path)
+    else:
+        safetensors.torch.save_file(state, str(path))
+    loaded = flax_resnet.load_weights_file(path)
     for k, v in state.items():  # bfloat16 -> float32 is exact
-        assert np.array_equal(loaded[k], v.float().numpy() if v.is_floating_point() else v.numpy()), k
+        expected = v.float().numpy() if v.is_floating_point() else v.numpy()
+        assert loaded[k].dtype == expected.dtype and np.array_equal(loaded[k], expected), k
     flax_resnet.load_torch_state_dict(nnx.clone(r18), loaded)  # a copy: r18 is shared by the module
 
 
