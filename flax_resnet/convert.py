@@ -103,9 +103,11 @@ def to_torch_state_dict(model: nnx.Module, only: type[nnx.Variable] = nnx.Variab
 
     `only=nnx.BatchStat` (or `nnx.Param`) exports just those variables, e.g. to read BN running statistics.
     """
-    return {
-        key: np.array(row[1](np.asarray(var[...])), order="C") for key, (var, row) in _torch_keys(model, only).items()
-    }
+    variables = _torch_keys(model, only)
+    if any(_abstract(var) for var, _ in variables.values()):
+        raise TypeError("the model is abstract (nnx.eval_shape): it has shapes but no values to export; load "
+                        "weights into it first (load_torch_state_dict)")
+    return {key: np.array(row[1](np.asarray(var[...])), order="C") for key, (var, row) in variables.items()}
 
 
 def torch_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
@@ -184,7 +186,8 @@ def match_state_dict(
 def load_torch_state_dict(
     model: nnx.Module, state_dict: Mapping[str, Any], *, skip: str | Iterable[str] = ()
 ) -> list[str]:
-    """Load a torch state dict (tensors or numpy) into `model` in place; strict and all-or-nothing.
+    """Load a torch state dict (tensors or numpy) into `model` in place; strict and all-or-nothing. `model` may
+    be abstract (`nnx.eval_shape(lambda: create_model(...))`), which skips the random init; it then gets values.
 
     Every missing, unexpected and mis-shaped key is reported together in one StateDictError, and the
     model is left unchanged. A missing `num_batches_tracked` (state dicts from before torch counted batches) is
@@ -199,15 +202,26 @@ def load_torch_state_dict(
     what = f"{getattr(model, 'arch', 'model')}/{getattr(model, 'variant', '?')}"
     expected = {key: _torch_shape(var, row) for key, (var, row) in variables.items()}
     chosen, kept = match_state_dict(expected, state_dict, skip=skip, what=what)
+    unset = [key for key in kept if _abstract(variables[key][0])]
+    if unset:  # an nnx.eval_shape model has shapes only: what skip leaves would stay without a value
+        raise TypeError(
+            f"the model is abstract (nnx.eval_shape) and skip would leave {len(unset)} of its values unset "
+            f"({', '.join(unset[:3])}{', ...' if len(unset) > 3 else ''}): load a whole state dict into it, or "
+            "skip into a model from create_model"
+        )
     updates = []
     for key, raw in chosen.items():
         var, row = variables[key]
         # A host copy (on CPU a device array may alias the caller's buffer, e.g. torch's, which torch then
         # mutates), then device_put: jnp.array would compile a small program for every distinct shape.
-        updates.append((var, jax.device_put(np.array(row[2](raw), dtype=var[...].dtype, copy=True))))
+        updates.append((var, jax.device_put(np.array(row[2](raw), dtype=var.get_value().dtype, copy=True))))
     for var, value in updates:
-        var[...] = value
+        var.set_value(value)  # not var[...] = : an abstract model's values cannot be indexed
     return kept
+
+
+def _abstract(var: nnx.Variable) -> bool:
+    return isinstance(var.get_value(), jax.ShapeDtypeStruct)
 
 
 def load_weights_file(path: str | Path) -> dict[str, np.ndarray]:

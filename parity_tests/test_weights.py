@@ -97,3 +97,28 @@ def test_backbone_with_another_head_loads_with_skip() -> None:
         want = tv.eval()(harness.nchw(x)).numpy()
     got = np.asarray(nnx.view(model, use_running_average=True)(x))
     assert np.max(np.abs(got - want)) <= harness.TOL_EVAL * max(1.0, float(np.max(np.abs(want))))
+
+
+def test_torchvision_weights_load_into_an_abstract_model() -> None:
+    """`nnx.eval_shape` builds the model without its random init; loading torchvision's state dict gives it values,
+    and its logits are torchvision's. A partial load or an export would leave values unset, and says so."""
+    import torchvision
+    from flax import nnx
+
+    import flax_resnet
+
+    torch.manual_seed(7)
+    tv = torchvision.models.resnet18(num_classes=10).eval()
+    harness.randomize_batchnorm(tv, 8)
+    model = nnx.eval_shape(lambda: flax_resnet.create_model("resnet18", "imagenet"))
+    with pytest.raises(TypeError, match=r"abstract \(nnx.eval_shape\): it has shapes but no values"):
+        flax_resnet.to_torch_state_dict(model)
+    with pytest.raises(TypeError, match=r"skip would leave 2 of its values unset \(fc\.bias, fc\.weight\)"):
+        flax_resnet.load_torch_state_dict(model, tv.state_dict(), skip="fc")
+    assert flax_resnet.load_torch_state_dict(model, tv.state_dict()) == []
+    x = harness.images(9, 2, 64)
+    with torch.no_grad():
+        want = tv(harness.nchw(x)).numpy()
+    got = np.asarray(flax_resnet.predict(model, x))
+    assert np.max(np.abs(got - want)) <= harness.TOL_EVAL * max(1.0, float(np.max(np.abs(want))))
+    assert all(np.array_equal(v, tv.state_dict()[k].numpy()) for k, v in flax_resnet.to_torch_state_dict(model).items())
