@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from augment_reference import assert_uniform_draws, recover_windows
 from flax import nnx
 from PIL import Image
 from safetensors.torch import load_file
@@ -88,22 +89,7 @@ def test_augment_is_a_shifted_window_of_the_zero_padded_image_then_maybe_flipped
     out = tdata.augment(torch.from_numpy(images), torch.Generator().manual_seed(1), pad=pad).numpy()
     assert out.dtype == np.uint8 and out.shape == images.shape
 
-    padded = np.zeros((n, 3, 32 + 2 * pad, 32 + 2 * pad), np.uint8)
-    padded[:, :, pad:-pad, pad:-pad] = images
-    matches = np.zeros((n, 2 * pad + 1, 2 * pad + 1, 2), bool)  # per image: row offset, col offset, flipped
-    for dy in range(2 * pad + 1):
-        for dx in range(2 * pad + 1):
-            window = padded[:, :, dy : dy + 32, dx : dx + 32]
-            matches[:, dy, dx, 0] = (out == window).all(axis=(1, 2, 3))
-            matches[:, dy, dx, 1] = (out == window[..., ::-1]).all(axis=(1, 2, 3))
-    assert (matches.sum(axis=(1, 2, 3)) == 1).all(), "every output must be exactly one of the 81 x 2 candidates"
-
-    flipped = matches[..., 1].any(axis=(1, 2))
-    assert 0.45 < flipped.mean() < 0.55
-    counts = matches.any(axis=3).sum(axis=0).ravel()  # how often each of the 81 offsets was drawn
-    assert counts.min() > 0
-    chi2 = ((counts - n / 81) ** 2 / (n / 81)).sum()
-    assert chi2 < 80 + 5 * np.sqrt(2 * 80), f"offsets not uniform: chi2 {chi2:.1f} with 80 dof"
+    assert_uniform_draws(*recover_windows(images.transpose(0, 2, 3, 1), out.transpose(0, 2, 3, 1), pad), pad)
 
 
 def test_normalize_matches_torchvision() -> None:
