@@ -191,7 +191,8 @@ def load_torch_state_dict(
 
     Every missing, unexpected and mis-shaped key is reported together in one StateDictError, and the
     model is left unchanged. A missing `num_batches_tracked` (state dicts from before torch counted batches) is
-    taken as 0; torch keeps the module's own count there. It changes nothing unless BatchNorm's momentum is None.
+    taken as 0, in any state dict (torch forgives the gap only in one saved before it counted, and keeps the
+    module's own count then). The count changes nothing unless BatchNorm's momentum is None.
 
     `skip` names torch modules or keys (`"fc"`, `"layer4.1.bn2.weight"`) to leave out on both sides, e.g. to
     take an ImageNet backbone into a model with another head: the model keeps its own values there, the state
