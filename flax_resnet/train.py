@@ -110,6 +110,7 @@ def make_train_step(
     """
 
     def step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
+        _check_batch(batch, "train")
         images = batch["image"]
         if augment:
             images = data_lib.augment(rng, images)
@@ -137,6 +138,17 @@ def make_train_step(
     return jax.jit(step, donate_argnums=0)
 
 
+def _check_batch(batch: dict[str, jax.Array], which: str) -> None:
+    """At trace time, so free per step: the steps normalize raw pixels themselves, and an image batch that is
+    already float (normalized by the caller) would be normalized twice without a word."""
+    image, label = jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
+    if not jnp.issubdtype(image.dtype, jnp.integer):
+        raise TypeError(f"the {which} step takes raw integer pixels (uint8 NHWC) and normalizes them itself; got "
+                        f"{image.dtype} images (already normalized? pass the uint8 pixels)")  # fmt: skip
+    if not jnp.issubdtype(label.dtype, jnp.integer):
+        raise TypeError(f"the {which} step takes integer class labels, got {label.dtype}")
+
+
 def make_eval_step(
     graphdef: nnx.GraphDef,
 ) -> Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]]:
@@ -146,6 +158,7 @@ def make_eval_step(
     """
 
     def step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        _check_batch(batch, "eval")
         model = nnx.merge(graphdef, state.params, state.batch_stats)
         model.eval()
         logits = model(data_lib.normalize(batch["image"]))

@@ -282,3 +282,21 @@ def test_one_line_collapses_whitespace_drops_terminal_styles_and_cuts_where_aske
     assert one_line(e) == "RuntimeError: Weights not loaded: red text"
     assert one_line(e, limit=20) == "RuntimeError: Weight..."
     assert one_line(KeyError()) == "KeyError"
+
+
+def test_the_steps_refuse_images_normalized_twice_and_float_labels() -> None:
+    # The steps normalize raw pixels themselves: float images (normalized by the caller) were normalized again,
+    # and trained on, without a word.
+    from flax_resnet import train
+    from flax_resnet.config import make_config
+
+    config = make_config("article", arch="resnet18", variant="imagenet", batch_size=4)
+    graphdef, state, tx, _ = train.build_state(config)
+    pixels = np.zeros((4, 32, 32, 3), np.uint8)
+    normalized = {"image": flax_resnet.normalize(pixels), "label": np.zeros(4, np.int32), "mask": np.ones(4)}
+    with pytest.raises(TypeError, match=r"the train step takes raw integer pixels .* got float32 images"):
+        train.make_train_step(graphdef, tx, config)(state, normalized, jax.random.key(0))
+    with pytest.raises(TypeError, match=r"the eval step takes raw integer pixels .* got float32 images"):
+        train.make_eval_step(graphdef)(state, normalized)
+    with pytest.raises(TypeError, match=r"the eval step takes integer class labels, got float32"):
+        train.make_eval_step(graphdef)(state, {**normalized, "image": pixels, "label": np.zeros(4, np.float32)})
