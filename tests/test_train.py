@@ -480,3 +480,30 @@ def test_the_loop_feeds_each_epochs_batch_order_cropped_and_flipped(
     # Fresh, a slot repeats its (dy, dx, flip) with probability 1/162: ~0.6 of the 96 slots.
     repeats = (dy[:96] == dy[96:]) & (dx[:96] == dx[96:]) & (flipped[:96] == flipped[96:])
     assert repeats.sum() <= 6, repeats.sum()
+
+
+def test_each_epoch_record_is_its_steps_replayed_by_hand(tiny_data: Path, tmp_path: Path) -> None:
+    """metrics.jsonl's train_loss and train_acc are the means of the plain step's loss and accuracy over the epoch's
+    steps, replayed here on the same batches and keys; its lr is the epoch's last step's, by torch_ref's schedule.
+    (A loss divided by the images instead of the steps, or the next step's lr, passed every other test.)"""
+    from torch_ref.train import lr_at
+
+    config = _config(tiny_data, tmp_path, num_classes=3)  # 96 training images, batch 16: 6 steps an epoch
+    train(config)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    dataset = data_lib.load_dataset(tiny_data, tmp_path / "cache")
+    graphdef, state, tx, _ = build_state(config, steps_per_epoch=6)
+    step = make_train_step(graphdef, tx, config)
+    losses, accuracies = [], []
+    for k in range(12):
+        idx = data_lib.train_batch_indices(config.seed, k // 6, 96, 16)[k % 6]
+        batch = {"image": dataset.train_images[idx], "label": dataset.train_labels[idx]}
+        state, metrics = step(state, batch, jax.random.fold_in(jax.random.key(config.seed), k))
+        losses.append(float(metrics["loss"]))
+        accuracies.append(float(metrics["accuracy"]))
+    assert [r["step"] for r in records] == [6, 12]
+    for epoch, record in enumerate(records):
+        assert record["train_loss"] == pytest.approx(np.mean(losses[6 * epoch : 6 * epoch + 6]), rel=1e-5)
+        assert record["train_acc"] == pytest.approx(np.mean(accuracies[6 * epoch : 6 * epoch + 6]), abs=1e-6)
+        assert record["lr"] == pytest.approx(lr_at(config, 6, record["step"] - 1), rel=1e-6)
+    assert records[-1]["lr"] > 0  # the last step's lr, not the 0 the schedule reaches after it
