@@ -44,14 +44,14 @@ def test_table_mean_std_of_final_epoch(tmp_path: Path) -> None:
         _fake_run(tmp_path / "b", 1, [0.5, 0.6, 0.92], 3, flip=0.93),
         _fake_run(tmp_path / "c", 2, [0.5, 0.6, 0.94], 3, flip=0.95),
         _fake_run(tmp_path / "t", 0, [0.5, 0.6, 0.91], 3, torch=True),
-        _fake_run(tmp_path / "u", 5, [0.5], 3),  # stopped after epoch 1 of 3
+        _fake_run(tmp_path / "u", 5, [0.5, 0.99], 3),  # stopped after epoch 2 of 3: its 0.99 is no final accuracy
     ]
     text = results.results_table([results.summarize_run(r) for r in runs], "cpu")
     lines = text.strip().splitlines()
     assert len(lines) == 4  # header, rule, jax row, torch row
     jax_row, torch_row = lines[2], lines[3]
     # mean 92.00, sample std of (90, 92, 94) = 2.00; with flip TTA (91, 93, 95): 93.00 ± 2.00; minutes per run,
-    # of the finished runs (the stopped one's 30 s is not what a run takes): (90 + 90 + 90) s / 3 / 60 = 1.50
+    # of the finished runs (the stopped one's 60 s is not what a run takes): (90 + 90 + 90) s / 3 / 60 = 1.50
     assert "| 0,1,2,5 | 92.00 ± 2.00 (1 of 4 unfinished) | 93.00 ± 2.00 | 1.50 | cpu | cifar10-jpeg.tar.gz |" in jax_row
     assert torch_row.startswith("| torch |") and "| 91.00 | not measured |" in torch_row
 
