@@ -344,6 +344,16 @@ def test_script_keeps_a_finished_run_and_replaces_a_run_only_when_asked(
     assert "holds this run, finished at step 1: nothing to do" in capsys.readouterr().out
     assert all((workdir / name).read_bytes() == content for name, content in files.items())
 
+    # A --epochs 2 run killed after epoch 1 leaves these files with epochs 2 in its config.json: unfinished, and
+    # the same command again is refused (this trainer does not resume), not taken as finished.
+    (workdir / "config.json").write_text(json.dumps({**json.loads(files["config.json"]), "epochs": 2}))
+    two = [*args]
+    two[two.index("--epochs") + 1] = "2"
+    assert main(two) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds another or unfinished torch run (1 epochs logged)" in err
+    (workdir / "config.json").write_bytes(files["config.json"])
+
     assert main([*args, "--arch", "resnet34"]) == 1  # another run in the same workdir: refused, nothing touched
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "holds another or unfinished torch run (1 epochs logged)" in err
