@@ -66,7 +66,7 @@ def test_round_trip_keeps_last_two_and_ignores_half_written(tmp_path: Path) -> N
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_corrupt_latest_falls_back_to_previous_with_warning(tmp_path: Path, damage: str) -> None:
     ckpt = Checkpointer(tmp_path / "ck")
-    ckpt.save(2, _state(2), {})
+    ckpt.save(3, _state(3), {})  # consecutive steps: the skipped one is the step right after the restored one
     ckpt.save(4, _state(4), {})
     victim = _largest_file(ckpt.step_dir(4))
     data = victim.read_bytes()
@@ -78,11 +78,11 @@ def test_corrupt_latest_falls_back_to_previous_with_warning(tmp_path: Path, dama
         ckpt.restore(4, _state(0))
     warnings: list[str] = []
     restored, meta = ckpt.restore_latest(_state(0), warnings.append, quarantine=tmp_path / "bad")
-    assert meta["step"] == 2 and _equal(restored, _state(2))
-    assert len(warnings) == 1 and "ck/4" in warnings[0] and "falling back to step 2" in warnings[0]
+    assert meta["step"] == 3 and _equal(restored, _state(3))
+    assert len(warnings) == 1 and "ck/4" in warnings[0] and "falling back to step 3" in warnings[0]
     assert "TensorStore details" not in warnings[0]  # tensorstore's repr of a bound method: noise, left out
     # The damaged step was moved aside, so a resumed run can write step 4 again.
-    assert ckpt.all_steps() == [2] and len(list((tmp_path / "bad").iterdir())) == 1
+    assert ckpt.all_steps() == [3] and len(list((tmp_path / "bad").iterdir())) == 1
     ckpt.save(4, _state(5), {})
     assert _equal(ckpt.restore(4, _state(0))[0], _state(5))
 
