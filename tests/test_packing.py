@@ -28,6 +28,10 @@ def _state(variant: str, batch_size: int = 8) -> tuple:
 @pytest.mark.parametrize("variant", sorted(WEIGHT_TENSORS))
 def test_round_trip_is_exact_and_packs_every_vector(variant: str) -> None:
     _, _, state, _ = _state(variant)
+    # Distinct values in every leaf: a fresh state's BatchNorm vectors are all 0 or all 1, so leaves of one shape
+    # swapped by unpack would round-trip unnoticed.
+    rng = np.random.default_rng(0)
+    state = jax.tree.map(lambda x: jnp.asarray(rng.integers(0, 2**20, x.shape).astype(x.dtype)), state)
     packing = StatePacking(state)
     packed = packing.pack(state)
     # one int32 buffer (step and counters), one float32 buffer (BatchNorm vectors, biases, their momentum),
