@@ -223,6 +223,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(
         return state.replace(params=params), meta
 
     monkeypatch.setattr(Checkpointer, "restore_latest", poisoned)
+    # No timed fetches: the sums are read first at step 6 (a checkpoint), after two NaN steps; the first is named.
+    monkeypatch.setattr("flax_resnet.train.FETCH_SECONDS", 1e9)
     with pytest.raises(RunError, match=r"not finite \(nan/inf\) at step 5 .*last good checkpoint: step 4"):
         train(_config(tiny_data, tmp_path, max_steps=8, checkpoint_every=2))
     monkeypatch.undo()
