@@ -353,6 +353,23 @@ def test_cache_is_used_and_invalidated(tmp_path: Path, monkeypatch: pytest.Monke
     np.testing.assert_array_equal(load_dataset(str(archive), data_dir=str(cache)).test_images[1], new_dog)
 
 
+def test_archive_cache_sees_a_change_that_keeps_every_size(tmp_path: Path) -> None:
+    # Uncompressed .bmp files in a plain .tar: a changed pixel changes no size, so only the archive's mtime says
+    # that the cache is stale.
+    tree = tmp_path / "tree"
+    for k, name in enumerate(("train/cat", "train/dog", "test/cat", "test/dog")):
+        (tree / name).mkdir(parents=True)
+        Image.fromarray(_pixels(k)).save(tree / name / "0.bmp")
+    archive = _make_tar(tree, tmp_path / "data.tar")
+    cache, size = tmp_path / "cache", archive.stat().st_size
+    np.testing.assert_array_equal(load_dataset(str(archive), data_dir=str(cache)).test_images[1], _pixels(3))
+    Image.fromarray(_pixels(99)).save(tree / "test/dog/0.bmp")
+    _make_tar(tree, archive)
+    assert archive.stat().st_size == size
+    os.utime(archive, ns=(time.time_ns(), archive.stat().st_mtime_ns + 10**9))
+    np.testing.assert_array_equal(load_dataset(str(archive), data_dir=str(cache)).test_images[1], _pixels(99))
+
+
 def test_directory_cache_sees_changed_files(tmp_path: Path) -> None:
     _make_folder(tmp_path / "tree")
     cache = tmp_path / "cache"
