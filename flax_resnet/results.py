@@ -94,13 +94,16 @@ def _data_name(config: dict[str, Any]) -> str:
 
 
 def group_runs(runs: Iterable[RunSummary]) -> list[tuple[dict[str, Any], list[RunSummary]]]:
-    """Runs grouped by framework and every setting that can change the result (all but NOT_SETTING_KEYS)."""
+    """Runs grouped by framework and every setting that can change the result (all but NOT_SETTING_KEYS); the data
+    and the initial weights by file name, as the table shows them: one file copied to each machine is one setting."""
     groups: dict[tuple, tuple[dict[str, Any], list[RunSummary]]] = {}
     for run in runs:
         setting = {"framework": run.framework, **{k: run.config[k] for k in SETTING_KEYS}}
         setting["other"] = _other_settings(run.config)
         setting["data"] = _data_name(run.config)
         rest = {k: v for k, v in run.config.items() if k not in {*SETTING_KEYS, *NOT_SETTING_KEYS}}
+        if rest.get("init_weights"):  # by file name, as the table shows it and as `data` is grouped
+            rest["init_weights"] = Path(rest["init_weights"]).name
         key = json.dumps([setting, rest], sort_keys=True)
         groups.setdefault(key, (setting, []))[1].append(run)
     return list(groups.values())

@@ -64,6 +64,8 @@ def test_table_separates_every_setting_that_changes_the_result(tmp_path: Path) -
         _fake_run(tmp_path / "d", 0, [0.70], 1, holdout=5000),
         _fake_run(tmp_path / "e", 0, [0.60], 1, warmup_fraction=0.3),
         _fake_run(tmp_path / "g", 0, [0.50], 1, init_weights="/data/w/resnet18-f37072fd.pth", init_skip=("fc",)),
+        # the same file at another place (another machine): the same setting, one row
+        _fake_run(tmp_path / "h", 1, [0.52], 1, init_weights="/mnt/resnet18-f37072fd.pth", init_skip=("fc",)),
     ]
     # A run made before Config had `cutout`, `holdout`, `batch_norm` and the init fields used their defaults:
     # same setting as "a".
@@ -76,7 +78,7 @@ def test_table_separates_every_setting_that_changes_the_result(tmp_path: Path) -
     runs.append(tmp_path / "f")
     rows = results.results_table([results.summarize_run(r) for r in runs], "cpu").strip().splitlines()[2:]
     assert len(rows) == 5
-    assert "| init_skip=fc init_weights=resnet18-f37072fd.pth | 0 | 50.00 |" in rows.pop()
+    assert "| init_skip=fc init_weights=resnet18-f37072fd.pth | 0,1 | 51.00 ± 1.41 |" in rows.pop()
     assert "| - | 0,1,2 | 92.00 ± 2.00 |" in rows[0]
     assert "| cutout=16 weight_decay=0.001 | 0 | 80.00 |" in rows[1]
     held = "cifar10-jpeg.tar.gz, evaluated on 5000 held-out train images"
