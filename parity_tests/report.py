@@ -51,6 +51,10 @@ CHECKS: dict[str, tuple[str, str]] = {
         "torchvision's 1000-class resnet18 into a 10-class Flax model with skip='fc': weights, head, logits",
         "weights bitwise; logits <= 1e-4 max(1, max abs logits)",
     ),
+    "test_torchvision_weights_load_into_an_abstract_model": (
+        "torchvision resnet18 into an nnx.eval_shape model (no init): values, logits; export/partial load refused",
+        "weights bitwise; logits <= 1e-4 max(1, max abs logits)",
+    ),
 }
 
 
