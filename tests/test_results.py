@@ -255,3 +255,20 @@ def test_calibration_runs_both_trainers_afresh(tmp_path: Path, tiny_data: Path) 
         for name in ("jax_r18_imagenet_budget20", "torch_r18_imagenet_budget20"):
             lines = (tmp_path / "calibrate" / name / "metrics.jsonl").read_text().splitlines()
             assert len(lines) == 1 and json.loads(lines[0])["step"] == 3
+
+
+def test_a_partial_last_epoch_is_unfinished_and_flip_needs_every_seed(tmp_path: Path) -> None:
+    # A run stopped inside its last epoch (a torch --max-steps run) logs that epoch with complete: false; its
+    # accuracy is no final-epoch accuracy. The flip column averages only when every finished seed has a flip.
+    stopped = _fake_run(tmp_path / "s", 3, [0.5, 0.6, 0.97], 3)
+    records = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    records[-1]["complete"] = False
+    (stopped / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert results.summarize_run(stopped).final_test_acc is None
+    runs = [
+        _fake_run(tmp_path / "a", 0, [0.90], 1, flip=0.91),
+        _fake_run(tmp_path / "b", 1, [0.92], 1, flip=0.93),
+        _fake_run(tmp_path / "c", 2, [0.94], 1),  # evaluated without flip TTA
+    ]
+    (row,) = results.results_table([results.summarize_run(r) for r in runs], "cpu").strip().splitlines()[2:]
+    assert "| 0,1,2 | 92.00 ± 2.00 | not measured |" in row
