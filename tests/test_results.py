@@ -130,6 +130,24 @@ def test_plans_are_valid_cli_invocations() -> None:
             assert parsed.epochs == (2 if cmd[0].endswith("train_torch.py") else 3)
     with pytest.raises(ValueError, match="valid choices"):
         results.plan_commands("nope", "r", "d")
+    # What each plan runs, as its issue asks (hand-written, not read from PLANS).
+    def settings(plan: str) -> list[tuple]:
+        out = []
+        sized = {"jax": 3, "torch": 2} if plan in results.SIZED_PLANS else None
+        for cmd in results.plan_commands(plan, "runs/x", "data.tar.gz", epochs=sized):
+            a = parsers[Path(cmd[0]).name].parse_args(cmd[1:])
+            out.append((Path(cmd[0]).name, a.arch, a.variant, a.recipe, a.epochs, a.batch_size, a.seed))
+        return out
+
+    assert settings("cpu-realdata") == [("train.py", "resnet18", "imagenet", "default", 2, 128, None),
+                                        ("train_torch.py", "resnet18", "imagenet", "default", 2, 128, None)]
+    assert settings("cpu-budget") == [("train.py", "resnet18", "imagenet", "default", 3, 128, None),
+                                      ("train_torch.py", "resnet18", "imagenet", "default", 2, 128, None)]
+    # None: not given, so the recipe's own (the default recipe: 40 epochs of 512; the cifar variant)
+    assert (Config().variant, make_config("default").epochs, make_config("default").batch_size) == ("cifar", 40, 512)
+    assert settings("gpu") == [*[("train.py", "resnet18", None, "default", None, None, s) for s in (0, 1, 2)],
+                               ("train_torch.py", "resnet18", None, "default", None, None, None),
+                               ("train.py", "resnet18", "article", "article", None, None, None)]  # fmt: skip
 
 
 def test_cli_table_and_errors(tmp_path: Path) -> None:
