@@ -40,7 +40,7 @@ def _torch_macs(arch: str, variant: str, size: int) -> int:
 
 @pytest.mark.parametrize(
     ("arch", "variant", "size"),
-    [("resnet18", "cifar", 32), ("resnet18", "imagenet", 32), ("resnet50", "article", 32),
+    [("resnet18", "cifar", 32), ("resnet18", "imagenet", 32), ("resnet18", "article", 32), ("resnet50", "article", 32),
      ("resnet34", "imagenet", 65)],
 )
 def test_forward_macs_match_torch_model(arch: str, variant: str, size: int) -> None:
