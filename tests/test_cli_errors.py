@@ -360,6 +360,21 @@ def test_predict_reads_photos_upright_and_16_bit_greys_at_their_level(tmp_path: 
     assert not resized and np.unique(array).tolist() == [128]
 
 
+@pytest.mark.parametrize("size", [(48, 40), (40, 64)], ids=["wide", "tall"])
+def test_predict_crops_the_centre_square_and_resizes_it_as_torchvision(tmp_path: Path, size: tuple[int, int]) -> None:
+    # torchvision's CenterCrop(shorter side) + Resize(32, bicubic) on the same PIL image is the reference.
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    w, h = size
+    image = Image.fromarray(np.random.default_rng(w).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    image.save(tmp_path / "x.png")
+    array, resized = _script("predict").load_image(tmp_path / "x.png")
+    side = min(w, h)
+    want = TF.resize(TF.center_crop(image, [side, side]), [32, 32], InterpolationMode.BICUBIC)
+    assert resized and np.array_equal(array, np.asarray(want))
+
+
 def test_dataset_decodes_16_bit_greys_at_their_level(tmp_path: Path) -> None:
     for split in ("train", "test"):
         for name in ("a", "b"):
