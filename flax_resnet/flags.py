@@ -123,8 +123,9 @@ def _init_hint(config: Config, e: StateDictError) -> str:
     prefixes = {parts[0] for parts in split}
     if missing and len(prefixes) == 1 and missing <= {parts[1] for parts in split}:
         return f"; its keys carry a wrapper's prefix {prefixes.pop()}. (e.g. DataParallel's): save the inner model's"
-    if not config.init_skip and any(item.startswith("fc.") for item in e.problems.get("mis-shaped", [])):
-        return "; --init-skip fc starts a head of another size from the seeded init"
+    if any(item.startswith("fc.") for item in e.problems.get("mis-shaped", [])):  # so fc is not skipped yet
+        flag = f"--init-skip {','.join((*config.init_skip, 'fc'))}"
+        return f"; {flag} starts a head of another size from the seeded init"
     return ""
 
 

@@ -130,6 +130,10 @@ def test_weights_that_do_not_fit_are_one_line_before_anything_is_written(
          "another size from the seeded init"),
         (dict(init_skip=("fc", "layer9")), f"--init-weights {path}: state dict does not match resnet18/imagenet: "
          "skip matches no key: 'layer9'"),
+        # another module skipped, the head not: the hint still says how to start a head of another size
+        (dict(init_skip=("layer4",)), f"--init-weights {path}: state dict does not match resnet18/imagenet: "
+         "2 mis-shaped: fc.bias (1000,) (expected (3,)), fc.weight (1000, 512) (expected (3, 512)); --init-skip "
+         "layer4,fc starts a head of another size from the seeded init"),
         (dict(variant="cifar"), f"--init-weights {path}: state dict does not match resnet18/cifar: 1 mis-shaped: "
          "conv1.weight (64, 3, 7, 7) (expected (64, 3, 3, 3))"),
         (dict(init_weights=str(tmp_path / "no.pt")), f"--init-weights: weights file not found: {tmp_path / 'no.pt'}"),
