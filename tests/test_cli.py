@@ -158,7 +158,10 @@ def test_export_evaluate_predict_agree_with_torch(trained_run: Path, tiny_data: 
     assert float(flip.group(1)) == pytest.approx(tta_loss, rel=1e-5, abs=6e-5)
     for c, name in enumerate(TINY_CLASSES):
         mask = dataset.test_labels == c
-        assert f"({int((preds[mask] == c).sum())}/{int(mask.sum())})" in proc.stdout.split(name, 1)[1].splitlines()[0]
+        line = proc.stdout.split(name, 1)[1].splitlines()[0]
+        assert f"({int((preds[mask] == c).sum())}/{int(mask.sum())})" in line
+        percent = float(re.search(r"([\d.]+)%", line).group(1))
+        assert percent == pytest.approx(100 * np.mean(preds[mask] == c), abs=0.006)
     assert (tmp_path / "cm.png").stat().st_size > 0
 
     files = [tiny_data / "test" / name / "000.png" for name in TINY_CLASSES]
