@@ -329,6 +329,24 @@ def test_failed_figure_save_leaves_no_temp_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outdir"] and not list(out.iterdir())
 
 
+def test_epoch_line_and_curves_show_each_number_where_it_belongs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = [
+        {"epoch": e, "step": 10 * e, "lr": 0.1, "train_loss": 2.5 - e, "train_acc": 0.25 * e, "test_loss": 3.0 - e,
+         "test_acc": 0.125 + 0.25 * e, "epoch_seconds": 12.0, "images_per_second": 400.0} for e in (1, 2)
+    ]  # fmt: skip
+    line = reporting.format_epoch({**records[1], "test_acc_flip": 0.7})
+    assert line == ("epoch 2 step 20 lr 0.1 | train loss 0.5000 acc 50.00% | test loss 1.0000 acc 62.50% | "
+                    "flip TTA acc 70.00% | 12.0s 400 img/s")  # fmt: skip
+    figures = []
+    monkeypatch.setattr(reporting, "_save", lambda fig, path: figures.append(fig))
+    reporting.plot_curves(records, tmp_path / "curves.png")
+    (loss_ax, acc_ax) = figures[0].axes
+    assert [list(line.get_ydata()) for line in loss_ax.get_lines()] == [[1.5, 0.5], [2.0, 1.0]]
+    assert [list(line.get_ydata()) for line in acc_ax.get_lines()] == [[25.0, 50.0], [37.5, 62.5]]  # percent
+
+
 def test_predict_image_over_the_decompression_bomb_limit_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
