@@ -509,3 +509,15 @@ def test_each_epoch_record_is_its_steps_replayed_by_hand(tiny_data: Path, tmp_pa
         assert record["train_acc"] == pytest.approx(np.mean(accuracies[6 * epoch : 6 * epoch + 6]), abs=1e-6)
         assert record["lr"] == pytest.approx(lr_at(config, 6, record["step"] - 1), rel=1e-6)
     assert records[-1]["lr"] > 0  # the last step's lr, not the 0 the schedule reaches after it
+
+
+def test_rerunning_a_run_that_max_steps_ended_keeps_its_partial_epoch_record(tiny_data: Path, tmp_path: Path) -> None:
+    # --max-steps 3 ends the run inside epoch 1 (6 steps an epoch): its record of steps 1-3 is the run's last one,
+    # and the same command again, which has nothing to train, must not drop it (the results table reads it).
+    config = _config(tiny_data, tmp_path, max_steps=3)
+    train(config)
+    path = tmp_path / "run" / "metrics.jsonl"
+    before = path.read_text()
+    assert [(r["step"], r["complete"]) for r in map(json.loads, before.splitlines())] == [(3, False)]
+    train(config)
+    assert path.read_text() == before
