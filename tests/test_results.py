@@ -185,6 +185,7 @@ def test_rerun_of_a_plan_restarts_an_unfinished_torch_run_and_keeps_a_finished_o
     script = str(ROOT / "scripts" / "reproduce.py")
     base = [sys.executable, script, "run", "cpu-budget", "--root", str(root), "--dry-run"]
     _fake_run(root / "torch_r18_imagenet_budget20", 0, [0.5], 3, torch=True)  # stopped after epoch 1 of 3
+    _fake_run(root / "jax_r18_imagenet_budget20", 0, [0.5], 3)  # the JAX trainer resumes it: no --overwrite
     dry = subprocess.run(base, capture_output=True, text=True, check=True)
     commands = [line for line in dry.stdout.splitlines() if line.startswith("$ python")]
     assert "--overwrite" not in commands[0] and commands[1].endswith("--overwrite")
@@ -193,6 +194,10 @@ def test_rerun_of_a_plan_restarts_an_unfinished_torch_run_and_keeps_a_finished_o
     (root / "torch_r18_imagenet_budget20" / "metrics.jsonl").write_bytes((done / "metrics.jsonl").read_bytes())
     dry = subprocess.run(base, capture_output=True, text=True, check=True)
     assert "--overwrite" not in dry.stdout and "unfinished" not in dry.stdout
+    (root / "torch_r18_imagenet_budget20" / "metrics.jsonl").unlink()  # stopped before its first epoch ended
+    dry = subprocess.run(base, capture_output=True, text=True, check=True)
+    commands = [line for line in dry.stdout.splitlines() if line.startswith("$ python")]
+    assert "--overwrite" not in commands[0] and commands[1].endswith("--overwrite")
 
 
 def test_budget_epochs_hand_computed() -> None:
