@@ -172,3 +172,13 @@ def test_alternating_windows_time_each_call_in_abba_order() -> None:
     assert "".join(synced) == "ab" + "abbaabba"  # after each call's warm-up, then after each window
     assert [len(t) for t in times] == [4, 4] and all(x >= 0 for t in times for x in t)
     assert benchmark.time_windows(runs[0], synced.append, warmup=0, windows=3, steps=1) and log.count("a") == 12
+
+
+def test_a_record_is_the_median_window_and_its_flops_by_hand() -> None:
+    # Three windows of 10 steps of 8 images in 1, 2 and 4 s: 80, 40 and 20 img/s, median 40 (mean 46.7, max 80).
+    r = benchmark._record("jax", "jit", "float32", "resnet18", "cifar", 8, "cpu", "fixed", [1.0, 2.0, 4.0], [0.5],
+                          10, 3.0, 100.0, "rss", peak_tflops=2.0)  # fmt: skip
+    assert r["window_images_per_second"] == [80.0, 40.0, 20.0]
+    assert r["train_images_per_second"] == 40.0 and r["eval_images_per_second"] == 160.0
+    assert r["achieved_tflops"] == pytest.approx(40.0 * r["train_flops_per_image"] / 1e12)
+    assert r["fraction_of_peak"] == pytest.approx(r["achieved_tflops"] / 2.0)
