@@ -74,7 +74,8 @@ def path_arg(text: str) -> str:
     """argparse type: a path, not empty (an empty --init-weights would silently mean none, an empty --workdir
     the current folder)."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("must name a path, got an empty string")
+        got = f"only blanks {text!r}" if text else "an empty string"
+        raise argparse.ArgumentTypeError(f"must name a path, got {got}")
     return text
 
 

@@ -200,6 +200,8 @@ def test_empty_paths_are_usage_errors_and_the_default_workdir_is_the_model_s(
     for flag in ("--workdir", "--data-dir", "--data"):
         line = _usage_error(capsys, main, [flag, ""])
         assert line.endswith(f"argument {flag}: must name a path, got an empty string")
+        line = _usage_error(capsys, main, [flag, " "])  # would be a folder named " "
+        assert line.endswith(f"argument {flag}: must name a path, got only blanks ' '")
     assert not list(tmp_path.iterdir())
     # Without --workdir, each model gets its own folder (one folder for all would refuse the second model).
     module = "flax_resnet.train" if name == "train" else "torch_ref.train"
