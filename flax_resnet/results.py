@@ -79,12 +79,17 @@ def _other_settings(config: dict[str, Any]) -> str:
         if isinstance(expected, tuple):
             expected = list(expected)
         if value != expected:
-            if key == "init_weights":  # the file, not where it was on one machine
-                value = Path(value).name
+            if key == "init_weights":
+                value = _weights_name(value)
             elif key == "init_skip":
                 value = ",".join(value)
             diffs.append(f"{key}={value}")
     return " ".join(diffs) or "-"
+
+
+def _weights_name(path: str) -> str:
+    """An --init-weights file as the table shows and groups it: the file, not where it was on one machine."""
+    return Path(path).name
 
 
 def _data_name(config: dict[str, Any]) -> str:
@@ -102,8 +107,8 @@ def group_runs(runs: Iterable[RunSummary]) -> list[tuple[dict[str, Any], list[Ru
         setting["other"] = _other_settings(run.config)
         setting["data"] = _data_name(run.config)
         rest = {k: v for k, v in run.config.items() if k not in {*SETTING_KEYS, *NOT_SETTING_KEYS}}
-        if rest.get("init_weights"):  # by file name, as the table shows it and as `data` is grouped
-            rest["init_weights"] = Path(rest["init_weights"]).name
+        if rest.get("init_weights"):
+            rest["init_weights"] = _weights_name(rest["init_weights"])
         key = json.dumps([setting, rest], sort_keys=True)
         groups.setdefault(key, (setting, []))[1].append(run)
     return list(groups.values())
