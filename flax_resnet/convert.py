@@ -307,11 +307,26 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
         raise WeightsFileError(f"{path}: not a readable safetensors file ({one_line(e)})") from None
 
 
+def _host_array(value: Any) -> np.ndarray:
+    """A C-ordered host copy of a numpy, JAX or torch array (any device), dtype kept: a torch bfloat16 tensor
+    becomes ml_dtypes' bfloat16, bit for bit, which numpy alone cannot hold."""
+    if hasattr(value, "detach"):  # torch.Tensor, without importing torch
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            import ml_dtypes
+            import torch
+
+            return value.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
+        value = value.numpy()
+    return np.array(value, order="C")
+
+
 def save_safetensors(
-    state_dict: Mapping[str, np.ndarray], path: str | Path, metadata: Mapping[str, str] | None = None
+    state_dict: Mapping[str, Any], path: str | Path, metadata: Mapping[str, str] | None = None
 ) -> None:
-    """Write a numpy state dict as `.safetensors` atomically (temp file, fsync, rename), with the umask's mode;
-    `metadata` (str -> str) goes into the file's header. A symlink `path` is written through, not replaced.
+    """Write a state dict of numpy, JAX or torch arrays (e.g. a torch module's `state_dict()`, bfloat16 kept) as
+    `.safetensors` atomically (temp file, fsync, rename), with the umask's mode; `metadata` (str -> str) goes into
+    the file's header. A symlink `path` is written through, not replaced.
 
     Raises OSError naming the path when it cannot be written (no temporary file is left behind), TypeError for
     keys or arrays that safetensors cannot store.
@@ -321,7 +336,7 @@ def save_safetensors(
 
     arrays = {}
     for key, value in state_dict.items():
-        array = np.array(value, order="C")
+        array = _host_array(value)
         if not isinstance(key, str) or not (array.dtype.kind in "biuf" or array.dtype.name == "bfloat16"):
             raise TypeError(f"cannot store {key!r} ({array.dtype}) in safetensors: keys are str, values numeric arrays")
         arrays[key] = array

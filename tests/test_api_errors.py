@@ -300,3 +300,23 @@ def test_the_steps_refuse_images_normalized_twice_and_float_labels() -> None:
         train.make_eval_step(graphdef)(state, normalized)
     with pytest.raises(TypeError, match=r"the eval step takes integer class labels, got float32"):
         train.make_eval_step(graphdef)(state, {**normalized, "image": pixels, "label": np.zeros(4, np.float32)})
+
+
+def test_save_safetensors_takes_torch_and_jax_arrays_as_they_are(tmp_path: Path) -> None:
+    """A torch module's state_dict() saves directly, bfloat16 and non-contiguous tensors included; what
+    safetensors' own torch reader returns equals the tensors given, dtype and bits."""
+    sd = torch_ref.create_model("resnet18").state_dict()
+    given = {
+        "conv1.weight": sd["conv1.weight"],
+        "bn1.num_batches_tracked": sd["bn1.num_batches_tracked"],
+        "bf16": sd["fc.weight"].to(torch.bfloat16),
+        "transposed": sd["fc.weight"].t(),
+        "jax": jax.numpy.arange(6, dtype=np.float32).reshape(2, 3),
+    }
+    path = tmp_path / "torch.safetensors"
+    flax_resnet.save_safetensors(given, path)
+    read = safetensors.torch.load_file(str(path))
+    for key, value in given.items():
+        expected = torch.from_numpy(np.array(value)) if key == "jax" else value
+        assert read[key].dtype == expected.dtype and torch.equal(read[key], expected), key
+    assert flax_resnet.load_weights_file(path)["bf16"].dtype == np.float32  # the loader's documented widening
