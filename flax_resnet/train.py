@@ -88,12 +88,15 @@ def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example cross-entropy in float32 (float64 for float64 logits), with torch-style label smoothing."""
+    """Per-example cross-entropy in float32 (float64 for float64 logits), with torch-style label smoothing. A label
+    outside 0..classes-1 gets a NaN loss, which the trainer stops on: torch raises there, and one_hot would give
+    it an all-zero target, a finite loss that trains on nothing (a per-element select, no cost to speak of)."""
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
     if label_smoothing:
         targets = optax.smooth_labels(targets, label_smoothing)
-    return optax.softmax_cross_entropy(logits, targets)
+    valid = (labels >= 0) & (labels < logits.shape[-1])
+    return jnp.where(valid, optax.softmax_cross_entropy(logits, targets), jnp.nan)
 
 
 # fold_in tag of the cutout key: crop and flip keep their keys whether cutout is on or off. Not 0 or 1: with
@@ -154,7 +157,8 @@ def make_eval_step(
 ) -> Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]]:
     """Jitted eval-mode step over a padded batch: sums of loss and correct predictions, and the count.
 
-    `batch["mask"]` is 1 for real examples and 0 for padding, so every test image counts exactly once.
+    `batch["mask"]` is 1 for real examples and 0 for padding, so every test image counts exactly once (padding
+    may carry any label, -1 included: its loss is left out, not multiplied by 0).
     """
 
     def step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -166,7 +170,7 @@ def make_eval_step(
         loss = cross_entropy(logits, batch["label"])
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
         return {
-            "loss_sum": jnp.sum(loss * mask),
+            "loss_sum": jnp.sum(jnp.where(mask > 0, loss * mask, 0.0)),
             "correct": jnp.sum(correct * mask),
             "count": jnp.sum(mask),
             "logits": logits,
