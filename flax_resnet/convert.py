@@ -70,14 +70,24 @@ class WeightsFileError(ValueError):
 _INT32 = np.iinfo(np.int32)
 
 
-def _to_numpy(value: Any) -> np.ndarray:
+def _host_array(value: Any) -> np.ndarray:
+    """A host numpy view or copy of a numpy, JAX or torch array (any device), dtype kept: a torch bfloat16 tensor
+    becomes ml_dtypes' bfloat16, bit for bit, which numpy alone cannot hold."""
     if hasattr(value, "detach"):  # torch.Tensor, without importing torch
         value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":  # numpy has no bfloat16; float32 holds it exactly
-            value = value.float()
+        if str(value.dtype) == "torch.bfloat16":
+            import ml_dtypes
+            import torch
+
+            return value.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
         value = value.numpy()
-    value = np.asarray(value)
-    # safetensors' numpy reader gives ml_dtypes' bfloat16 where jax is loaded, which torch cannot take in
+    return np.asarray(value)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    """A loaded value as numpy that torch takes too: bfloat16 (torch's, or ml_dtypes' from safetensors' numpy
+    reader where jax is loaded) widened to float32, which holds it exactly."""
+    value = _host_array(value)
     return value.astype(np.float32) if value.dtype.name == "bfloat16" else value
 
 
@@ -307,20 +317,6 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
         raise WeightsFileError(f"{path}: not a readable safetensors file ({one_line(e)})") from None
 
 
-def _host_array(value: Any) -> np.ndarray:
-    """A C-ordered host copy of a numpy, JAX or torch array (any device), dtype kept: a torch bfloat16 tensor
-    becomes ml_dtypes' bfloat16, bit for bit, which numpy alone cannot hold."""
-    if hasattr(value, "detach"):  # torch.Tensor, without importing torch
-        value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":
-            import ml_dtypes
-            import torch
-
-            return value.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
-        value = value.numpy()
-    return np.array(value, order="C")
-
-
 def save_safetensors(
     state_dict: Mapping[str, Any], path: str | Path, metadata: Mapping[str, str] | None = None
 ) -> None:
@@ -336,7 +332,7 @@ def save_safetensors(
 
     arrays = {}
     for key, value in state_dict.items():
-        array = _host_array(value)
+        array = np.array(_host_array(value), order="C")  # a copy: the caller's arrays may change while it writes
         if not isinstance(key, str) or not (array.dtype.kind in "biuf" or array.dtype.name == "bfloat16"):
             raise TypeError(f"cannot store {key!r} ({array.dtype}) in safetensors: keys are str, values numeric arrays")
         arrays[key] = array
