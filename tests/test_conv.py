@@ -216,3 +216,95 @@ def test_auto_picks_dense_where_the_window_covers_the_map() -> None:
     assert choose_lowering((128, 2, 2, 256), (3, 3, 256, 512), 2, SAME) == "dense"
     assert choose_lowering((128, 4, 4, 128), (3, 3, 128, 256), 2, SAME) == "chunked"  # 25 of 36 pairs
     assert choose_lowering((128, 1, 1, 512), (1, 1, 512, 512), 1, ((0, 0), (0, 0))) == "matmul"
+
+
+# Several chunks per batch, non-square maps, padding whose two axes differ (a mutation audit found these
+# untested): every value against torch.nn.functional.conv2d, forward and both gradients.
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (8, 3, 2, SAME, 16, 8),  # a stride-2 3x3 conv: auto's "chunked" choice on CPU
+        (5, 3, 1, SAME, 16, 8),  # an odd map
+        (6, 3, 1, ((0, 2), (1, 0)), 4, 5),  # one-sided padding, the two axes differing
+    ],
+)
+def test_chunked_over_several_chunks_matches_torch(case, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A budget of 2 images per chunk and 6 images: three chunks, so the scan's output order and the kernel
+    # gradient summed across chunks are exercised (the other tests' batches fit in one chunk).
+    size, k, stride, padding, cin, _ = case
+    ho = (size + sum(padding[0]) - k) // stride + 1
+    wo = (size + sum(padding[1]) - k) // stride + 1
+    per_image = ho * wo * k * k * cin * 4  # the patch buffer of one image, float32
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 2 * per_image + per_image // 2)
+    assert conv._chunk_images((6, size, size, cin), (k, k, cin, 1), stride, padding) == 2
+    _check("chunked", [case], n=6)
+
+
+def test_winograd_over_several_chunks_matches_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 2 images per chunk of 6: the chunk outputs must come back in batch order.
+    size, cin, cout = 8, 16, 48
+    per_image = 4 * size * size * max(cin, cout) * 4
+    monkeypatch.setattr(conv, "WINOGRAD_CHUNK_BYTES", 2 * per_image + per_image // 2)
+    assert conv._winograd_images((6, size, size, cin), max(cin, cout)) == 2
+    _check("winograd", [(size, 3, 1, SAME, cin, cout)], n=6)
+
+
+def _check_geometry(x_shape, k, stride, padding, cout, lowering, tol=1e-5) -> None:
+    """One conv of any (non-square) geometry: forward and both gradients against torch."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((k, k, x_shape[3], cout)).astype(np.float32)
+    ho = (x_shape[1] + sum(padding[0]) - k) // stride + 1
+    wo = (x_shape[2] + sum(padding[1]) - k) // stride + 1
+    g = rng.standard_normal((x_shape[0], ho, wo, cout)).astype(np.float32)
+    y, vjp = jax.vjp(lambda a, b: conv2d(a, b, stride, padding, lowering), x, w)
+    ours = (y, *vjp(g))
+    refs = _torch_reference(x, w, g, stride, padding)
+    assert ours[0].shape == refs[0].shape, (lowering, x_shape, padding, ours[0].shape, refs[0].shape)
+    for name, a, b in zip(("y", "dx", "dw"), ours, refs, strict=True):
+        err = _rel(np.asarray(a), b)
+        assert err <= tol, (lowering, x_shape, padding, name, err)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "padding"),
+    [
+        ((2, 4, 5, 16), SAME),  # even height, odd width: no Winograd tiling of the width
+        ((2, 5, 4, 16), SAME),
+        ((2, 4, 4, 16), ((1, 1), (0, 0))),  # a 3x3 conv padded along the height only
+        ((2, 4, 4, 16), ((1, 1), (2, 0))),  # the width padded on one side
+        ((2, 3, 1, 8), SAME),  # a 3x1 map: the far rows are out of the corner outputs' windows
+        ((2, 1, 3, 8), SAME),
+        ((2, 2, 1, 8), ((2, 0), (1, 1))),  # the first input row is 3 rows (a kernel's height) from an output
+    ],
+)
+def test_auto_on_non_square_maps_and_per_axis_padding_matches_torch(x_shape, padding) -> None:
+    if jax.default_backend() != "cpu":
+        pytest.skip("auto picks XLA's convolution off the CPU")
+    _check_geometry(x_shape, 3, 1, padding, 8, "auto")
+
+
+def test_dense_with_different_padding_per_axis_matches_torch() -> None:
+    # A 1x1 map padded (1, 1) in height and (1, 2) in width gives a 1x2 output: every output still sees the pixel.
+    _check("dense", [(1, 3, 1, ((1, 1), (1, 2)), 4, 6)], n=3)
+
+
+def test_geometry_bound_lowerings_refuse_per_axis_geometries() -> None:
+    for shape, k, padding in (
+        ((1, 4, 5, 2), 3, SAME),
+        ((1, 5, 4, 2), 3, SAME),
+        ((1, 4, 4, 2), 3, ((1, 1), (0, 0))),
+        ((1, 4, 4, 2), 3, ((1, 1), (0, 2))),
+    ):
+        with pytest.raises(ValueError, match="winograd lowering needs"):
+            conv2d(np.zeros(shape, np.float32), np.zeros((k, k, 2, 2), np.float32), 1, padding, "winograd")
+    # a 3x1 map (the corner outputs do not see the far row), and a conv with no output at all
+    for shape, k, padding in (
+        ((1, 3, 1, 2), 3, SAME),
+        ((1, 1, 3, 2), 3, SAME),
+        ((1, 1, 1, 2), 3, ((0, 0), (0, 0))),
+        ((1, 2, 1, 2), 3, ((2, 0), (1, 1))),
+    ):
+        with pytest.raises(ValueError, match="dense lowering needs"):
+            conv2d(np.zeros(shape, np.float32), np.zeros((k, k, 2, 2), np.float32), 1, padding, "dense")
