@@ -351,3 +351,13 @@ def test_save_safetensors_takes_torch_and_jax_arrays_as_they_are(tmp_path: Path)
         expected = torch.from_numpy(np.array(value)) if key == "jax" else value
         assert read[key].dtype == expected.dtype and torch.equal(read[key], expected), key
     assert flax_resnet.load_weights_file(path)["bf16"].dtype == np.float32  # the loader's documented widening
+
+
+@pytest.mark.parametrize("hw", [(32, 33), (33, 32), (64, 64)])
+def test_torch_article_refuses_inputs_without_a_1x1_final_map(hw) -> None:
+    # 32x33 ends in a 1x2 map (stem 17x17 -> pool 9 -> 5 -> 3 -> 2 along the 33 side): the flatten would
+    # feed 1024 features to a 512-input head.
+    from torch_ref.models import create_model
+
+    with pytest.raises(ValueError, match="needs a 1x1 final feature map"):
+        create_model("resnet18", "article").eval()(torch.zeros(1, 3, *hw))

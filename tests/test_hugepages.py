@@ -146,3 +146,44 @@ def test_importing_the_re_exec_loads_neither_jax_nor_flax() -> None:
         "flax_resnet.models flax_resnet.data flax_resnet.models",
         "True True",
     ]
+
+
+@pytest.mark.parametrize(
+    ("libc", "mode", "want"),
+    [
+        (("glibc", "2.35"), "madvise", True),
+        (("glibc", "2.35"), "always", True),  # THP for everything also honours madvise
+        (("glibc", "2.40"), "madvise", True),  # compared as numbers, not strings
+        (("glibc", "3.0"), "always", True),
+        (("glibc", "2.34"), "madvise", False),  # no glibc.malloc.hugetlb tunable yet
+        (("glibc", "2.9"), "always", False),
+        (("", ""), "madvise", False),  # musl and others
+        (("glibc", "2.35"), "never", False),
+    ],
+)
+def test_wanted_by_glibc_version_and_thp_mode(libc, mode, want, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hugepages.platform, "libc_ver", lambda: libc)
+    monkeypatch.setattr(hugepages.sys, "platform", "linux")
+    assert hugepages.wanted(env={}, mode=mode) is want
+
+
+def test_the_last_tunable_setting_wins_and_an_empty_one_is_off(tmp_path: Path) -> None:
+    # glibc applies GLIBC_TUNABLES left to right, so a later setting overrides an earlier one.
+    both = "glibc.malloc.hugetlb=1:glibc.malloc.hugetlb=0"
+    assert not hugepages.enabled({"GLIBC_TUNABLES": both})
+    assert hugepages.enabled({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0:glibc.malloc.hugetlb=1"})
+    assert not hugepages.enabled({"GLIBC_TUNABLES": "glibc.malloc.hugetlb="})
+    assert hugepages.tunable_set({"GLIBC_TUNABLES": "glibc.malloc.hugetlb="})  # still the user's choice
+    f = tmp_path / "enabled"
+    f.write_text("always madvise never\n")  # no bracketed word: unknown, not "always"
+    assert hugepages.thp_mode(f) is None
+
+
+def test_a_failed_re_exec_runs_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    def execve(*args):
+        raise OSError(8, "Exec format error")
+
+    monkeypatch.setattr(hugepages, "wanted", lambda: True)
+    monkeypatch.setattr(hugepages.sys, "argv", [__file__])
+    monkeypatch.setattr(hugepages.os, "execve", execve)
+    assert hugepages.reexec_with_hugepages() is None

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import pytest
+import torch
 
 from flax_resnet import profiling
 
@@ -78,3 +80,81 @@ def test_cpu_trace_of_a_jitted_function(tmp_path: Path) -> None:
     assert not any(n.startswith("$") or "::" in n for n in names), names  # Python and runtime frames left out
     text = profiling.format_profile("f", s)
     assert text.startswith("profile f: wall") and len(text.splitlines()) == 1 + min(12, len(s["top"]))
+
+
+def test_device_lines_without_stream_or_xla_ops_names_still_count_device_events_only(tmp_path: Path) -> None:
+    events = [
+        {"ph": "M", "name": "process_name", "pid": 1, "tid": 0, "args": {"name": "/host:CPU"}},
+        {"ph": "M", "name": "process_name", "pid": 2, "tid": 0, "args": {"name": "/device:TPU:0"}},
+        {"ph": "M", "name": "thread_name", "pid": 2, "tid": 3, "args": {"name": "TensorCore"}},
+        {"ph": "X", "pid": 1, "tid": 1, "name": "host_op", "ts": 0, "dur": 9000.0},
+        {"ph": "X", "pid": 2, "tid": 3, "name": "fusion.7", "ts": 0, "dur": 300.0},
+        {"ph": "X", "pid": 2, "tid": 3, "name": "fusion.7", "ts": 0, "dur": 100.0},
+    ]
+    s = profiling.summarize_jax_trace(_write(tmp_path / "t.trace.json.gz", events), steps=2, wall_seconds=0.01)
+    assert s["source"] == "device events"
+    assert s["device_ms_per_step"] == pytest.approx(0.2)  # (300 + 100) us over 2 steps, the host op left out
+    assert [k["name"] for k in s["top"]] == ["fusion.7"]
+
+
+def test_format_profile_lists_the_requested_number_of_kernels() -> None:
+    totals = {f"k{i}": float(100 - i) for i in range(30)}
+    s = profiling._summary("device stream kernels", 1, 1.0, totals, dict.fromkeys(totals, 1))
+    assert len(s["top"]) == profiling.TOP
+    for top in (3, 12, 25):
+        assert len(profiling.format_profile("x", s, top=top).splitlines()) == 1 + top
+    empty = profiling._summary("host", 1, 1.0, {"a": 0.0}, {"a": 1})
+    assert empty["top"][0]["share"] == 0.0  # no time at all: no share, not 100%
+
+
+def test_a_profile_that_writes_no_trace_is_an_error_even_after_an_earlier_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An earlier trace in the same directory must not be summarized as this profile's.
+    import contextlib
+
+    f = jax.jit(lambda x: (x * 2).sum())
+    x = jnp.ones((8,))
+    profiling.profile_jax(lambda: f(x), 1, tmp_path)
+    monkeypatch.setattr(jax.profiler, "trace", lambda *a, **k: contextlib.nullcontext())
+    with pytest.raises(RuntimeError, match="wrote no trace"):
+        profiling.profile_jax(lambda: f(x), 1, tmp_path)
+
+
+def test_stream_named_host_threads_are_not_device_kernels(tmp_path: Path) -> None:
+    events = [
+        {"ph": "M", "name": "process_name", "pid": 1, "tid": 0, "args": {"name": "/host:CPU"}},
+        {"ph": "M", "name": "process_name", "pid": 2, "tid": 0, "args": {"name": "/device:GPU:0"}},
+        {"ph": "M", "name": "thread_name", "pid": 1, "tid": 7, "args": {"name": "StreamExecutor callback"}},
+        {"ph": "M", "name": "thread_name", "pid": 2, "tid": 13, "args": {"name": "Stream #13(Compute)"}},
+        {"ph": "X", "pid": 1, "tid": 7, "name": "host_callback", "ts": 0, "dur": 5000.0},
+        {"ph": "X", "pid": 2, "tid": 13, "name": "gemm", "ts": 0, "dur": 250.0},
+    ]
+    s = profiling.summarize_jax_trace(_write(tmp_path / "t.trace.json.gz", events), steps=1, wall_seconds=0.01)
+    assert s["source"] == "device stream kernels" and [k["name"] for k in s["top"]] == ["gemm"]
+    assert s["device_ms_per_step"] == pytest.approx(0.25)
+
+
+def test_jax_wall_time_waits_for_the_device(tmp_path: Path) -> None:
+    # jax dispatches asynchronously: a wall time taken before the results are ready measures the dispatch only.
+    f = jax.jit(lambda x: jnp.tanh(x @ x @ x @ x).sum())
+    x = jnp.ones((1024, 1024))
+    f(x).block_until_ready()
+    synced = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        f(x).block_until_ready()
+        synced.append(time.perf_counter() - t0)
+    s = profiling.profile_jax(lambda: f(x), 3, tmp_path)
+    assert s["wall_ms_per_step"] >= 0.5 * 1000 * min(synced), (s["wall_ms_per_step"], synced)
+
+
+def test_torch_profile_counts_top_level_operators_once(tmp_path: Path) -> None:
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+    s = profiling.profile_torch(lambda: torch.nn.functional.linear(a, b).relu(), 4, tmp_path, "lin")
+    assert s["source"].startswith("host operators") and s["steps"] == 4
+    calls = {k["name"]: k["calls_per_step"] for k in s["top"]}
+    # linear's own children (aten::t, aten::addmm or aten::matmul...) are nested under it: not counted again
+    assert calls == {"aten::linear": 1.0, "aten::relu": 1.0}, calls
+    assert s["kernels_per_step"] == 2.0
+    assert Path(s["trace"]).is_file() and Path(s["trace"]).name == "lin.trace.json"

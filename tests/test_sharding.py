@@ -231,3 +231,79 @@ def test_signal_to_one_process_stops_all_at_one_boundary_and_resume_finishes(tmp
     assert load_run(tmp_path / "run").step == 12
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows if r["complete"]] == [1, 2]
+
+
+PLACEMENT = """
+import sys
+sys.path.insert(0, {root!r})
+import jax, numpy as np
+from jax.sharding import PartitionSpec
+from flax_resnet import distributed
+mesh = distributed.make_mesh()
+assert mesh.size == 2, mesh
+order = np.arange(5 * 4).reshape(5, 4)  # an epoch of 5 steps of 4 examples: 5 does not split, 4 does
+placed = distributed.put_batch(order, mesh, axis=1)
+assert placed.sharding.spec == PartitionSpec(None, "data"), placed.sharding.spec
+assert [s.data.shape for s in placed.addressable_shards] == [(5, 2), (5, 2)]
+assert np.array_equal(distributed.to_host(placed), order)
+batch = distributed.put_batch(order.T, mesh)
+assert [np.asarray(s.data).tolist() for s in batch.addressable_shards] == [order.T[:2].tolist(), order.T[2:].tolist()]
+params = distributed.put_replicated({{"w": np.ones((3, 5))}}, mesh)
+assert [s.data.shape for s in params["w"].addressable_shards] == [(3, 5), (3, 5)]
+try:
+    distributed.put_batch(order, mesh)
+except ValueError as e:
+    assert "batch of 5 does not split over 2 devices" in str(e), e
+else:
+    raise AssertionError("an odd batch was placed")
+print("ok")
+"""
+
+
+def test_placement_on_two_devices() -> None:
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(PLACEMENT).format(root=str(REPO))], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+TWO_PROCESSES = """
+import sys
+sys.path.insert(0, {root!r})
+import jax, numpy as np
+from flax_resnet import distributed
+distributed.initialize("127.0.0.1:{port}", 2, {pid})
+mesh = distributed.make_mesh()
+assert mesh.size == 2 and {{d.process_index for d in mesh.devices.flat}} == {{0, 1}}, mesh
+batch = np.arange(8 * 3).reshape(8, 3)
+placed = distributed.put_batch(batch, mesh)
+(shard,) = placed.addressable_shards
+assert np.array_equal(np.asarray(shard.data), batch[4 * {pid} : 4 * {pid} + 4])  # this process's half only
+assert not placed.is_fully_addressable
+assert np.array_equal(distributed.to_host(placed), batch)  # the whole batch on every process
+params = distributed.put_replicated(np.ones((2, 5)), mesh)
+assert np.array_equal(distributed.to_host(params), np.ones((2, 5)))
+print("ok", {pid})
+"""
+
+
+def test_two_processes_share_one_mesh_and_gather_the_whole_batch() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(TWO_PROCESSES).format(root=str(REPO), port=port, pid=pid)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for pid in range(2)
+    ]
+    outs = [p.communicate(timeout=180) for p in procs]
+    for pid, (p, (out, err)) in enumerate(zip(procs, outs, strict=True)):  # gloo prints to stdout first
+        assert p.returncode == 0 and out.splitlines()[-1] == f"ok {pid}", out[-2000:] + err[-3000:]

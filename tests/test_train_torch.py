@@ -528,3 +528,62 @@ def test_train_steps_are_hand_sgd_at_the_scheduled_lr_on_the_smoothed_loss(
             rel = np.linalg.norm(update - want) / np.linalg.norm(want)
             assert rel < 1e-9, f"step {k}, parameter {j}: update off by {rel:.2g} (relative)"
     assert [r["train_loss"] for r in rows] == pytest.approx([np.mean(losses[:5]), np.mean(losses[5:])], rel=1e-5)
+
+
+def test_torch_to_device_refuses_float_images() -> None:
+    from torch_ref import data as tdata
+
+    for bad in (np.zeros((2, 8, 8, 3), np.float32), np.zeros((8, 8, 3), np.uint8)):
+        with pytest.raises(ValueError, match="expected uint8 NHWC images"):
+            tdata.to_device(bad, "cpu")
+    with pytest.raises(ValueError, match="expected NCHW images"):
+        tdata.augment(torch.zeros((3, 8, 8), dtype=torch.uint8), torch.Generator().manual_seed(0))
+
+
+def test_torch_cutout_centres_lie_inside_non_square_images() -> None:
+    # The centre pixel of the square is always inside the image, so every image loses at least one pixel;
+    # along the short side (4 rows) a square of 2 is never clipped to nothing.
+    from torch_ref import data as tdata
+
+    out = tdata.cutout(torch.ones((2000, 1, 4, 32)), torch.Generator().manual_seed(0), 2).numpy()
+    assert (out == 0).any(axis=(1, 2, 3)).all()
+    out = tdata.cutout(torch.ones((2000, 1, 32, 4)), torch.Generator().manual_seed(0), 2).numpy()
+    assert (out == 0).any(axis=(1, 2, 3)).all()
+
+
+def test_torch_train_acc_is_over_the_images_the_epoch_trained_on(tmp_path: Path) -> None:
+    # 80 images in batches of 32: 2 steps of 64 images per epoch, 16 left out; train_acc is the fraction of
+    # those 64 that the training-mode logits got right (recomputed here from the logits and the batch order).
+    import torch_ref.train as ttrain
+
+    class Recorder(_TinyLinear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = super().forward(x)
+            if self.training:
+                self.logits.append(out.detach().numpy().copy())
+            return out
+
+    data = tmp_path / "data"
+    _make_image_folder(data)
+    config = make_config(
+        "default", arch="resnet18", variant="imagenet", batch_size=32, epochs=2, progress=False, data=str(data),
+        data_dir=str(tmp_path / "cache"), workdir=str(tmp_path / "run"),
+    )  # fmt: skip
+    models: list[Recorder] = []
+
+    def tiny(arch: str, variant: str, num_classes: int) -> Recorder:
+        models.append(Recorder(num_classes))
+        models[-1].logits = []
+        return models[-1]
+
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ttrain, "create_model", tiny)
+        rows = ttrain.train(config, ttrain.TorchOptions(device="cpu"), out=io.StringIO())
+    labels = data_lib.hold_out(data_lib.load_dataset(data, tmp_path / "cache"), 0).train_labels
+    (model,) = models
+    assert len(model.logits) == 4 and len(rows) == 2
+    for epoch, row in enumerate(rows):
+        order = data_lib.train_batch_indices(config.seed, epoch, 80, 32)
+        right = [np.argmax(model.logits[2 * epoch + i], 1) == labels[order[i]] for i in range(2)]
+        assert row["train_acc"] == pytest.approx(np.concatenate(right).mean(), abs=1e-12)
