@@ -290,21 +290,19 @@ def test_dense_with_different_padding_per_axis_matches_torch() -> None:
     _check("dense", [(1, 3, 1, ((1, 1), (1, 2)), 4, 6)], n=3)
 
 
-def test_geometry_bound_lowerings_refuse_per_axis_geometries() -> None:
-    for shape, k, padding in (
-        ((1, 4, 5, 2), 3, SAME),
-        ((1, 5, 4, 2), 3, SAME),
-        ((1, 4, 4, 2), 3, ((1, 1), (0, 0))),
-        ((1, 4, 4, 2), 3, ((1, 1), (0, 2))),
-    ):
-        with pytest.raises(ValueError, match="winograd lowering needs"):
-            conv2d(np.zeros(shape, np.float32), np.zeros((k, k, 2, 2), np.float32), 1, padding, "winograd")
-    # a 3x1 map (the corner outputs do not see the far row), and a conv with no output at all
-    for shape, k, padding in (
-        ((1, 3, 1, 2), 3, SAME),
-        ((1, 1, 3, 2), 3, SAME),
-        ((1, 1, 1, 2), 3, ((0, 0), (0, 0))),
-        ((1, 2, 1, 2), 3, ((2, 0), (1, 1))),
-    ):
-        with pytest.raises(ValueError, match="dense lowering needs"):
-            conv2d(np.zeros(shape, np.float32), np.zeros((k, k, 2, 2), np.float32), 1, padding, "dense")
+@pytest.mark.parametrize(
+    ("lowering", "shape", "padding"),
+    [
+        ("winograd", (1, 4, 5, 2), SAME),  # an odd width: no 2x2 tiling of it
+        ("winograd", (1, 5, 4, 2), SAME),
+        ("winograd", (1, 4, 4, 2), ((1, 1), (0, 0))),  # padded along the height only
+        ("winograd", (1, 4, 4, 2), ((1, 1), (0, 2))),
+        ("dense", (1, 3, 1, 2), SAME),  # a 3x1 map: the corner outputs do not see the far row
+        ("dense", (1, 1, 3, 2), SAME),
+        ("dense", (1, 1, 1, 2), ((0, 0), (0, 0))),  # a conv with no output at all
+        ("dense", (1, 2, 1, 2), ((2, 0), (1, 1))),
+    ],
+)
+def test_geometry_bound_lowerings_refuse_per_axis_geometries(lowering, shape, padding) -> None:
+    with pytest.raises(ValueError, match=f"{lowering} lowering needs"):
+        conv2d(np.zeros(shape, np.float32), np.zeros((3, 3, 2, 2), np.float32), 1, padding, lowering)
