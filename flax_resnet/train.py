@@ -89,14 +89,19 @@ def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
     """Per-example cross-entropy in float32 (float64 for float64 logits), with torch-style label smoothing. A label
-    outside 0..classes-1 gets a NaN loss, which the trainer stops on: torch raises there, and one_hot would give
-    it an all-zero target, a finite loss that trains on nothing (a per-element select, no cost to speak of)."""
+    outside 0..classes-1 has an all-zero target here; the steps report such a batch's loss as NaN (`_labels_fit`)."""
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
     if label_smoothing:
         targets = optax.smooth_labels(targets, label_smoothing)
-    valid = (labels >= 0) & (labels < logits.shape[-1])
-    return jnp.where(valid, optax.softmax_cross_entropy(logits, targets), jnp.nan)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def _labels_fit(labels: jax.Array, num_classes: int) -> jax.Array:
+    """Per example: the label lies in 0..num_classes-1. The steps report a loss of NaN where one does not, which
+    the trainer stops on: torch raises there, and the all-zero one-hot target is a finite loss that trains on
+    nothing. Applied to reported values only, so the gradient computation is exactly what it is without it."""
+    return (labels >= 0) & (labels < num_classes)
 
 
 # fold_in tag of the cutout key: crop and flip keep their keys whether cutout is on or off. Not 0 or 1: with
@@ -133,7 +138,7 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
-            "loss": loss,
+            "loss": jnp.where(_labels_fit(batch["label"], logits.shape[-1]).all(), loss, jnp.nan),
             "accuracy": jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)),
         }
         return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
@@ -167,7 +172,7 @@ def make_eval_step(
         model.eval()
         logits = model(data_lib.normalize(batch["image"]))
         mask = batch["mask"].astype(jnp.float32)
-        loss = cross_entropy(logits, batch["label"])
+        loss = jnp.where(_labels_fit(batch["label"], logits.shape[-1]), cross_entropy(logits, batch["label"]), jnp.nan)
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
         return {
             "loss_sum": jnp.sum(jnp.where(mask > 0, loss * mask, 0.0)),
