@@ -24,3 +24,19 @@ import jax  # noqa: E402 - after the cache environment is set
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+import gc  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After each test module, drop JAX's in-memory caches of traced and compiled programs: an xdist worker runs
+    hundreds of tests, and holding every program it ever compiled grew each worker past 8 GB, which with the CLI
+    subprocesses of some tests exhausted a 24 GiB CI machine. A later module that needs a program again reads it
+    from the persistent cache on disk instead of compiling it."""
+    yield
+    jax.clear_caches()
+    gc.collect()
