@@ -3,6 +3,7 @@ jax.profiler trace of a small jitted function."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import time
@@ -84,12 +85,12 @@ def test_cpu_trace_of_a_jitted_function(tmp_path: Path) -> None:
 
 def test_device_lines_without_stream_or_xla_ops_names_still_count_device_events_only(tmp_path: Path) -> None:
     events = [
-        {"ph": "M", "name": "process_name", "pid": 1, "tid": 0, "args": {"name": "/host:CPU"}},
-        {"ph": "M", "name": "process_name", "pid": 2, "tid": 0, "args": {"name": "/device:TPU:0"}},
-        {"ph": "M", "name": "thread_name", "pid": 2, "tid": 3, "args": {"name": "TensorCore"}},
-        {"ph": "X", "pid": 1, "tid": 1, "name": "host_op", "ts": 0, "dur": 9000.0},
-        {"ph": "X", "pid": 2, "tid": 3, "name": "fusion.7", "ts": 0, "dur": 300.0},
-        {"ph": "X", "pid": 2, "tid": 3, "name": "fusion.7", "ts": 0, "dur": 100.0},
+        _meta("process_name", 1, "/host:CPU"),
+        _meta("process_name", 2, "/device:TPU:0"),
+        _meta("thread_name", 2, "TensorCore", tid=3),
+        _span(1, 1, "host_op", 9000.0),
+        _span(2, 3, "fusion.7", 300.0),
+        _span(2, 3, "fusion.7", 100.0),
     ]
     s = profiling.summarize_jax_trace(_write(tmp_path / "t.trace.json.gz", events), steps=2, wall_seconds=0.01)
     assert s["source"] == "device events"
@@ -111,8 +112,6 @@ def test_a_profile_that_writes_no_trace_is_an_error_even_after_an_earlier_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # An earlier trace in the same directory must not be summarized as this profile's.
-    import contextlib
-
     f = jax.jit(lambda x: (x * 2).sum())
     x = jnp.ones((8,))
     profiling.profile_jax(lambda: f(x), 1, tmp_path)
@@ -123,12 +122,12 @@ def test_a_profile_that_writes_no_trace_is_an_error_even_after_an_earlier_one(
 
 def test_stream_named_host_threads_are_not_device_kernels(tmp_path: Path) -> None:
     events = [
-        {"ph": "M", "name": "process_name", "pid": 1, "tid": 0, "args": {"name": "/host:CPU"}},
-        {"ph": "M", "name": "process_name", "pid": 2, "tid": 0, "args": {"name": "/device:GPU:0"}},
-        {"ph": "M", "name": "thread_name", "pid": 1, "tid": 7, "args": {"name": "StreamExecutor callback"}},
-        {"ph": "M", "name": "thread_name", "pid": 2, "tid": 13, "args": {"name": "Stream #13(Compute)"}},
-        {"ph": "X", "pid": 1, "tid": 7, "name": "host_callback", "ts": 0, "dur": 5000.0},
-        {"ph": "X", "pid": 2, "tid": 13, "name": "gemm", "ts": 0, "dur": 250.0},
+        _meta("process_name", 1, "/host:CPU"),
+        _meta("process_name", 2, "/device:GPU:0"),
+        _meta("thread_name", 1, "StreamExecutor callback", tid=7),
+        _meta("thread_name", 2, "Stream #13(Compute)", tid=13),
+        _span(1, 7, "host_callback", 5000.0),
+        _span(2, 13, "gemm", 250.0),
     ]
     s = profiling.summarize_jax_trace(_write(tmp_path / "t.trace.json.gz", events), steps=1, wall_seconds=0.01)
     assert s["source"] == "device stream kernels" and [k["name"] for k in s["top"]] == ["gemm"]
