@@ -1,4 +1,5 @@
-"""Test-session setup shared by tests/ and parity_tests/: JAX's persistent compilation cache on disk.
+"""Test-session setup shared by tests/ and parity_tests/: JAX's persistent compilation cache on disk, and memory
+released after each test module.
 
 Every xdist worker and every CLI subprocess the tests start reads and writes the same cache, so a program
 (a ResNet train step, or one residual block of the parity checks) is compiled once per machine rather than
@@ -8,9 +9,13 @@ once per process. Set JAX_COMPILATION_CACHE_DIR to use another directory.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import os
 import tempfile
 from pathlib import Path
+
+import pytest
 
 CACHE_ENV = {
     "JAX_COMPILATION_CACHE_DIR": str(Path(tempfile.gettempdir()) / f"flax-resnet-tests-jax-cache-{os.getuid()}"),
@@ -25,12 +30,6 @@ import jax  # noqa: E402 - after the cache environment is set
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-import ctypes  # noqa: E402
-import gc  # noqa: E402
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
