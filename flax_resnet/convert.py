@@ -45,9 +45,10 @@ class StateDictError(ValueError):
     `problems` holds the same lists by kind ("missing", "unexpected", "mis-shaped", "out of range", "skip matches
     no key"); `summary()` is a bounded line of them for command lines."""
 
-    def __init__(self, what: str, problems: Mapping[str, list[str]]):
+    def __init__(self, what: str, problems: Mapping[str, list[str]], hint: str = ""):
         self.what = what
         self.problems = {kind: list(items) for kind, items in problems.items() if items}
+        self.hint = hint
         super().__init__(self._line(None))
 
     def _line(self, limit: int | None) -> str:
@@ -56,7 +57,7 @@ class StateDictError(ValueError):
             shown = items if limit is None or len(items) <= limit else [*items[:limit], f"({len(items) - limit} more)"]
             count = "" if kind.startswith("skip") else f"{len(items)} "
             parts.append(f"{count}{kind}: {', '.join(shown)}")
-        return f"state dict does not match {self.what}: " + "; ".join(parts)
+        return f"state dict does not match {self.what}: " + "; ".join(parts) + (f" ({self.hint})" if self.hint else "")
 
     def summary(self, limit: int = 4) -> str:
         """The message with at most `limit` names of each kind (a whole other architecture lists hundreds)."""
@@ -95,6 +96,9 @@ def _torch_keys(
     model: nnx.Module, only: type[nnx.Variable] = nnx.Variable
 ) -> dict[str, tuple[nnx.Variable, tuple[str, Layout, Layout]]]:
     """torch key -> (variable, table row) for every variable of the model (of type `only`)."""
+    if not isinstance(model, nnx.Module):  # e.g. a TrainState: its tree paths would pass for torch keys
+        hint = " (train.merge_model(graphdef, state) gives one)" if hasattr(model, "opt_state") else ""
+        raise TypeError(f"expected a Flax model (nnx.Module), got {type(model).__name__}{hint}")
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model, only)):
         leaf = path[-1]
@@ -189,8 +193,22 @@ def match_state_dict(
             what,
             {"missing": missing, "unexpected": unexpected, "mis-shaped": mis_shaped, "out of range": out_of_range,
              "skip matches no key": unmatched},
+            _prefix_hint(missing, unexpected),
         )
     return chosen, kept
+
+
+def _prefix_hint(missing: list[str], unexpected: list[str]) -> str:
+    """When every missing key is present under one prefix (DataParallel's "module.", torch.compile's
+    "_orig_mod."), say so: the key lists alone show the same names twice without saying why."""
+    if not missing:
+        return ""
+    found = set(unexpected)
+    for key in unexpected:
+        prefix = key.removesuffix(missing[0])
+        if prefix != key and prefix.endswith(".") and all(prefix + m in found for m in missing):
+            return f"the state dict's keys carry the prefix {prefix!r}: strip it from each key first"
+    return ""
 
 
 def load_torch_state_dict(

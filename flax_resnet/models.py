@@ -184,7 +184,12 @@ class BatchNorm(nnx.Module):
         self.use_running_average = False
 
     def set_view(self, use_running_average: bool | None = None) -> None:
-        """Lets `nnx.view(model, use_running_average=...)` (and train()/eval()) switch modes."""
+        """Lets `nnx.view(model, use_running_average=...)` (and train()/eval()) switch modes.
+
+        Args:
+          use_running_average: normalize with the running statistics (eval mode) if True, with the batch's and
+            update the running ones (train mode) if False; None leaves the mode as it is.
+        """
         if use_running_average is not None:
             self.use_running_average = use_running_average
 
@@ -376,6 +381,12 @@ class ResNet(nnx.Module):
             bias_init=_torch_uniform(1.0 / math.sqrt(cin)),
             rngs=rngs,
         )
+        if jnp.dtype(dtype) == jnp.float64:
+            # A float64 model stores float64 variables too (float32 ones would round float64 weights on load and
+            # give float64 logits only float32-accurate), initialized as the float32 model of the same seed is.
+            if not jax.config.read("jax_enable_x64"):
+                raise ValueError("dtype float64 needs 64-bit JAX: jax.config.update('jax_enable_x64', True) first")
+            nnx.update(self, jax.tree.map(lambda a: a.astype(dtype) if a.dtype == jnp.float32 else a, nnx.state(self)))
 
     def _check_input(self, x: jax.Array) -> None:
         if x.ndim != 4 or x.shape[-1] != 3:
@@ -418,27 +429,61 @@ def create_model(
     num_classes: int = 10,
     seed: int = 0,
     *,
-    dtype: str = "float32",
+    dtype: str | Any = "float32",
     conv_lowering: Lowering = "auto",
     batch_norm: str = DEFAULT_BATCH_NORM,
 ) -> ResNet:
     """Build a freshly initialized ResNet; unknown names raise ValueError naming the valid choices, and so do a
-    class count below 1 or a seed that is not an integer (they failed deep inside XLA or NNX)."""
-    if dtype not in DTYPES:
+    class count below 1 or a seed that is neither an integer nor a `jax.random.key` (they failed deep inside XLA
+    or NNX).
+
+    `dtype` is the compute dtype, by name or as a dtype (`jnp.bfloat16`): variables stay float32 under bfloat16
+    compute; a float64 model (64-bit JAX only) stores float64 variables.
+    """
+    name = dtype if isinstance(dtype, str) else _dtype_name(dtype)
+    if name not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid choices: {', '.join(DTYPES)}")
-    for name, value in (("num_classes", num_classes), ("seed", seed)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not _integer(num_classes):
+        raise ValueError(f"num_classes must be an integer, got {num_classes!r}")
+    key = isinstance(seed, jax.Array) and seed.ndim == 0 and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key)
+    if not (key or _integer(seed)):
+        raise ValueError(f"seed must be an integer or a jax.random.key, got {seed!r}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     return ResNet(
-        arch, variant, num_classes, dtype=DTYPES[dtype], conv_lowering=conv_lowering, batch_norm=batch_norm,
+        arch, variant, num_classes, dtype=DTYPES[name], conv_lowering=conv_lowering, batch_norm=batch_norm,
         rngs=nnx.Rngs(seed),
     )
 
 
+def _integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _dtype_name(dtype: Any) -> str | None:
+    """`dtype`'s name (`jnp.bfloat16` -> "bfloat16"), or None for what is no dtype (None too, which jnp.dtype
+    would read as float64)."""
+    try:
+        return None if dtype is None else jnp.dtype(dtype).name
+    except TypeError:
+        return None
+
+
+def check_concrete(model: Any, who: str) -> None:
+    """TypeError unless `model` is a Flax module with values: a torch module, or an `nnx.eval_shape` model
+    (shapes only), failed deep inside NNX or XLA with a message about something else."""
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"{who} takes a Flax model (flax_resnet.create_model), got {type(model).__name__}")
+    if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(nnx.state(model))):
+        raise TypeError(f"{who}: the model is abstract (nnx.eval_shape): it has shapes but no values; load weights "
+                        "into it first (load_torch_state_dict)")  # fmt: skip
+
+
 def count_params(model: nnx.Module) -> int:
     """Number of trainable parameters (BatchNorm running statistics excluded, as torch counts them)."""
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"count_params takes a Flax model, got {type(model).__name__} (a torch module's count: "
+                        "sum(p.numel() for p in module.parameters()))")  # fmt: skip
     return sum(int(v.size) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
@@ -454,6 +499,9 @@ def predict(model: ResNet, x: Any, *, jit: bool = True) -> jax.Array:
     Integer images are refused: raw pixels would give confident nonsense. Inputs run in float32, or float64 for
     a float64 model. `jit=False` runs op by op, which avoids a whole-network compile for one-off calls.
     """
+    if not isinstance(model, ResNet):
+        raise TypeError(f"predict takes a flax_resnet model (create_model), got {type(model).__name__}")
+    check_concrete(model, "predict")
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(

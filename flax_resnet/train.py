@@ -28,6 +28,7 @@ from flax_resnet import data as data_lib
 from flax_resnet.config import SCHEDULES, SETTING_FIELDS, Config, data_problem, make_config, workdir_problem
 from flax_resnet.distributed import put_batch, to_host
 from flax_resnet.errors import one_line
+from flax_resnet.models import check_concrete
 from flax_resnet.packing import StatePacking
 
 
@@ -76,6 +77,7 @@ class TrainState:
 def init_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
     """Split the model once into its static graph and a TrainState of copies of its arrays: the step donates
     the state's buffers, which must not be the model's (it stays usable)."""
+    check_concrete(model, "init_state")
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     params, batch_stats = jax.tree.map(jnp.copy, (params, batch_stats))
     return graphdef, TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
@@ -85,6 +87,22 @@ def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
     """A model object holding copies of `state`'s params and batch statistics (e.g. for export or predict),
     usable after the step has donated `state`."""
     return nnx.merge(graphdef, *jax.tree.map(jnp.copy, (state.params, state.batch_stats)))
+
+
+def apply_model(
+    graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, x: jax.Array, *, train: bool
+) -> tuple[jax.Array, nnx.State]:
+    """The model as a pure function: `(logits, batch_stats)` for normalized NHWC `x`, with the BatchNorm
+    statistics a train-mode call updates (unchanged in eval mode). Differentiable in `params` (`jax.grad`); the
+    train step's loss calls it."""
+    # copy=True: fresh Variables at this trace level, so BatchNorm may update its statistics under a transform.
+    model = nnx.merge(graphdef, params, batch_stats, copy=True)
+    if train:
+        model.train()
+    else:
+        model.eval()
+    logits = model(x)
+    return logits, nnx.state(model, nnx.BatchStat)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -114,11 +132,14 @@ def make_train_step(
 ) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted pure step `(state, batch, rng) -> (state, metrics)`; `state` is donated.
 
-    `batch` holds uint8 NHWC `image` and int `label`; crop/flip/normalize happen here, on the device.
+    `batch` holds uint8 NHWC `image` and int `label` of shape (N,); crop/flip/normalize happen here, on the
+    device; `rng` is a `jax.random.key`. Of `config` the step reads only `cutout` and `label_smoothing`: the
+    learning rate, schedule, momentum and weight decay are `tx`'s (`make_tx(config)`, or any optax optimizer).
     """
 
     def step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
         _check_batch(batch, "train")
+        _check_rng(rng)
         images = batch["image"]
         if augment:
             images = data_lib.augment(rng, images)
@@ -127,12 +148,9 @@ def make_train_step(
             x = data_lib.cutout(jax.random.fold_in(rng, CUTOUT_STREAM), x, config.cutout)
 
         def loss_fn(params):
-            # copy=True: fresh Variables at this trace level, so BatchNorm may update its statistics here.
-            model = nnx.merge(graphdef, params, state.batch_stats, copy=True)
-            model.train()
-            logits = model(x)
+            logits, batch_stats = apply_model(graphdef, params, state.batch_stats, x, train=True)
             loss = cross_entropy(logits, batch["label"], config.label_smoothing).mean()
-            return loss, (logits, nnx.state(model, nnx.BatchStat))
+            return loss, (logits, batch_stats)
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -146,15 +164,37 @@ def make_train_step(
     return jax.jit(step, donate_argnums=0)
 
 
-def _check_batch(batch: dict[str, jax.Array], which: str) -> None:
-    """At trace time, so free per step: the steps normalize raw pixels themselves, and an image batch that is
-    already float (normalized by the caller) would be normalized twice without a word."""
+def _check_batch(batch: Mapping[str, jax.Array], which: str) -> None:
+    """At trace time, so free per step. The steps normalize raw pixels themselves: an image batch that is
+    already float (normalized by the caller) would be normalized twice without a word. Labels of shape (N, 1)
+    or one-hot would broadcast against the logits into an N x N (or N x C) loss that trains on the wrong pairs."""
+    keys = ("image", "label", "mask") if which == "eval" else ("image", "label")
+    if not isinstance(batch, Mapping) or any(key not in batch for key in keys):
+        got = f"keys {sorted(map(str, batch))}" if isinstance(batch, Mapping) else type(batch).__name__
+        raise TypeError(f"the {which} step takes a dict with keys {', '.join(map(repr, keys))}; got {got}")
     image, label = jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
     if not jnp.issubdtype(image.dtype, jnp.integer):
         raise TypeError(f"the {which} step takes raw integer pixels (uint8 NHWC) and normalizes them itself; got "
                         f"{image.dtype} images (already normalized? pass the uint8 pixels)")  # fmt: skip
+    if image.ndim != 4 or image.shape[-1] != 3:
+        raise ValueError(f"the {which} step takes NHWC images with 3 channels, shape (N, H, W, 3); got shape "
+                         f"{tuple(image.shape)}")  # fmt: skip
     if not jnp.issubdtype(label.dtype, jnp.integer):
         raise TypeError(f"the {which} step takes integer class labels, got {label.dtype}")
+    for name in keys[1:]:
+        shape = tuple(jnp.shape(batch[name]))
+        if shape != image.shape[:1]:
+            raise ValueError(f"the {which} step takes one {name} per image, shape ({image.shape[0]},) for "
+                             f"{image.shape[0]} images; got shape {shape}")  # fmt: skip
+
+
+def _check_rng(rng: Any) -> None:
+    """At trace time: an int seed or a key array of several keys fails deep inside the augmentation."""
+    rng = jnp.asarray(rng) if not isinstance(rng, jax.Array) else rng
+    typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
+    if (typed and rng.ndim != 0) or (not typed and (rng.dtype != jnp.uint32 or rng.ndim != 1)):
+        raise TypeError(f"the train step takes one PRNG key, jax.random.key(seed); got {rng.dtype} of shape "
+                        f"{tuple(rng.shape)}")  # fmt: skip
 
 
 def make_eval_step(
@@ -168,9 +208,8 @@ def make_eval_step(
 
     def step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         _check_batch(batch, "eval")
-        model = nnx.merge(graphdef, state.params, state.batch_stats)
-        model.eval()
-        logits = model(data_lib.normalize(batch["image"]))
+        logits, _ = apply_model(graphdef, state.params, state.batch_stats, data_lib.normalize(batch["image"]),
+                                train=False)
         mask = batch["mask"].astype(jnp.float32)
         loss = jnp.where(_labels_fit(batch["label"], logits.shape[-1]), cross_entropy(logits, batch["label"]), jnp.nan)
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)

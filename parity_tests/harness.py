@@ -184,14 +184,8 @@ def flax_from_torch(tmodel: nn.Module, dtype: str = "float32") -> flax_resnet.Re
 
 @functools.lru_cache(maxsize=8)
 def _abstract_model(arch: str, variant: str, num_classes: int, dtype: str) -> tuple[nnx.GraphDef, nnx.State]:
-    """Graph and variable shapes of a model, traced abstractly; float64 models store float64 variables."""
-    shell = nnx.eval_shape(lambda: flax_resnet.create_model(arch, variant, num_classes, dtype=dtype))
-    graphdef, shapes = nnx.split(shell)
-    if dtype == "float64":
-        shapes = jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, np.float64) if s.dtype == np.float32 else s, shapes
-        )
-    return graphdef, shapes
+    """Graph and variable shapes of a model, traced abstractly (float64 models store float64 variables)."""
+    return nnx.split(nnx.eval_shape(lambda: flax_resnet.create_model(arch, variant, num_classes, dtype=dtype)))
 
 
 def _placeholder(s: jax.ShapeDtypeStruct) -> jax.Array:

@@ -42,7 +42,7 @@ def test_unknown_arch_and_variant(create) -> None:
         (dict(num_classes=0), "num_classes must be at least 1, got 0"),
         (dict(num_classes=-1), "num_classes must be at least 1, got -1"),  # was an MLIRError from inside XLA
         (dict(num_classes=2.5), "num_classes must be an integer, got 2.5"),
-        (dict(seed=None), "seed must be an integer, got None"),  # was "No RngStream named 'params'"
+        (dict(seed=None), "seed must be an integer or a jax.random.key, got None"),  # was "No RngStream named 'params'"
     ],
 )
 def test_create_model_refuses_a_class_count_or_seed_it_cannot_use(kwargs: dict, says: str) -> None:
@@ -141,6 +141,58 @@ def test_something_that_is_no_state_dict_is_a_type_error_that_says_what_to_pass(
     for wrong in (torch_ref.create_model("resnet18"), "w.pt", None):  # the module, a path, nothing
         with pytest.raises(TypeError, match=r"expected a state dict .* pass module.state_dict\(\), or load_weights"):
             flax_resnet.load_torch_state_dict(r18, wrong)
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod."])  # DataParallel's, torch.compile's
+def test_a_prefixed_state_dict_says_so(r18: flax_resnet.ResNet, prefix: str) -> None:
+    sd = {prefix + key: value for key, value in flax_resnet.to_torch_state_dict(r18).items()}
+    says = rf"102 missing: .*122 unexpected: .*\(the state dict's keys carry the prefix '{re.escape(prefix)}': strip"
+    with pytest.raises(StateDictError, match=says):  # 122: num_batches_tracked, which may be missing, too
+        flax_resnet.load_torch_state_dict(r18, sd)
+    with pytest.raises(StateDictError) as e:  # some other mismatch: no prefix hint
+        flax_resnet.load_torch_state_dict(r18, {"fc.weight": np.zeros((10, 512), np.float32)})
+    assert "prefix" not in str(e.value)
+
+
+def test_a_train_state_is_no_model_to_export_or_load(r18: flax_resnet.ResNet) -> None:
+    """Its tree paths (`opt_state.0.trace.bn1.weight`) made 184 keys that nothing could load, without an error."""
+    from flax_resnet import train
+    from flax_resnet.config import make_config
+
+    config = make_config("article", arch="resnet18", variant="imagenet")
+    graphdef, state, _, _ = train.build_state(config)
+    for call in (lambda: flax_resnet.to_torch_state_dict(state), lambda: flax_resnet.load_torch_state_dict(
+            state, flax_resnet.to_torch_state_dict(r18))):
+        with pytest.raises(TypeError, match=r"expected a Flax model \(nnx.Module\), got TrainState \(train.merge_"):
+            call()
+    assert len(flax_resnet.to_torch_state_dict(train.merge_model(graphdef, state))) == 122
+
+
+def test_a_torch_module_or_an_abstract_model_is_refused_by_name() -> None:
+    """These failed inside NNX or XLA: "'ResNet' object has no attribute 'dtype'", an IndexError, "copy
+    requires ndarray", "ShapeDtypeStruct is not a valid JAX type"."""
+    import optax
+
+    from flax_resnet import train
+
+    x = np.zeros((1, 32, 32, 3), np.float32)
+    tv = torch_ref.create_model("resnet18", "imagenet")
+    with pytest.raises(TypeError, match=r"^predict takes a flax_resnet model \(create_model\), got ResNet$"):
+        flax_resnet.predict(tv, x)
+    with pytest.raises(TypeError, match=r"^count_params takes a Flax model, got ResNet \(a torch module's count: "):
+        flax_resnet.count_params(tv)
+    shell = nnx.eval_shape(lambda: flax_resnet.create_model("resnet18", "imagenet"))
+    for who, call in (("predict", lambda: flax_resnet.predict(shell, x)),
+                      ("init_state", lambda: train.init_state(shell, optax.sgd(0.1)))):
+        with pytest.raises(TypeError, match=rf"^{who}: the model is abstract \(nnx.eval_shape\).*load_torch_state"):
+            call()
+    assert flax_resnet.count_params(shell) == sum(p.numel() for p in tv.parameters())  # shapes suffice there
+
+
+def test_nnx_view_info_lists_the_batch_norm_mode() -> None:
+    """Flax reads each set_view's "Args:" section; without one, nnx.view_info raised KeyError."""
+    info = str(nnx.view_info(flax_resnet.create_model("resnet18", "imagenet")))
+    assert "use_running_average" in info and "running statistics" in info
 
 
 def test_a_batch_count_beyond_int32_is_refused_not_wrapped() -> None:
@@ -301,6 +353,44 @@ def test_the_steps_refuse_images_normalized_twice_and_float_labels() -> None:
     with pytest.raises(TypeError, match=r"the eval step takes integer class labels, got float32"):
         train.make_eval_step(graphdef)(state, {**normalized, "image": pixels, "label": np.zeros(4, np.float32)})
 
+
+
+@pytest.mark.parametrize(
+    ("which", "change", "says"),
+    [
+        # (N, 1) labels broadcast against (N, C) logits into an N x N loss: 2.62 instead of 2.33 for 8 images,
+        # and the eval step counted "correct" over N x N pairs.
+        ("train", dict(label=np.zeros((4, 1), np.int32)), r"one label per image, shape \(4,\) .* got shape \(4, 1\)"),
+        ("eval", dict(label=np.zeros((4, 1), np.int32)), r"one label per image, shape \(4,\) .* got shape \(4, 1\)"),
+        ("train", dict(label=np.eye(4, 10, dtype=np.int32)), r"one label per image, .* got shape \(4, 10\)"),
+        ("train", dict(label=np.zeros(3, np.int32)), r"one label per image, shape \(4,\) .* got shape \(3,\)"),
+        ("eval", dict(mask=np.ones((4, 1))), r"one mask per image, shape \(4,\) .* got shape \(4, 1\)"),
+        ("train", dict(image=np.zeros((4, 3, 32, 32), np.uint8)), r"NHWC .* got shape \(4, 3, 32, 32\)"),
+        ("train", dict(image=np.zeros((32, 32, 3), np.uint8)), r"NHWC .* got shape \(32, 32, 3\)"),
+        ("train", dict(label=None), r"a dict with keys 'image', 'label'; got keys \['image'\]"),
+        ("eval", dict(mask=None), r"a dict with keys 'image', 'label', 'mask'; got keys \['image', 'label'\]"),
+        ("train", dict(rng=0), r"one PRNG key, jax.random.key\(seed\); got int32 of shape \(\)"),
+        ("train", dict(rng=jax.random.split(jax.random.key(0), 4)), r"one PRNG key, .* of shape \(4,\)"),
+    ],
+)
+def test_the_steps_refuse_batches_of_the_wrong_structure_or_shape(which: str, change: dict, says: str) -> None:
+    from flax_resnet import train
+    from flax_resnet.config import make_config
+
+    config = make_config("article", arch="resnet18", variant="imagenet", batch_size=4)
+    graphdef, state, tx, _ = train.build_state(config)
+    batch = {"image": np.zeros((4, 32, 32, 3), np.uint8), "label": np.zeros(4, np.int32), "mask": np.ones(4)}
+    change = dict(change)
+    rng = change.pop("rng", jax.random.key(0))
+    batch = {key: value for key, value in {**batch, **change}.items() if value is not None}
+    error = TypeError if "dict" in says or "key" in says else ValueError
+    with pytest.raises(error, match=f"the {which} step takes " + says):
+        if which == "train":
+            train.make_train_step(graphdef, tx, config)(state, {k: batch[k] for k in batch if k != "mask"}, rng)
+        else:
+            train.make_eval_step(graphdef)(state, batch)
+    with pytest.raises(TypeError, match=r"the train step takes a dict .* got tuple"):
+        train.make_train_step(graphdef, tx, config)(state, (batch["image"], np.zeros(4)), jax.random.key(0))
 
 
 def test_an_out_of_range_label_gets_a_nan_loss_and_masked_padding_any_label() -> None:

@@ -521,3 +521,51 @@ def test_rerunning_a_run_that_max_steps_ended_keeps_its_partial_epoch_record(tin
     assert [(r["step"], r["complete"]) for r in map(json.loads, before.splitlines())] == [(3, False)]
     train(config)
     assert path.read_text() == before
+
+
+def test_apply_model_is_torchvisions_forward_and_gradient_as_a_pure_function() -> None:
+    """`apply_model` is what a functional user differentiates: eval logits, the running statistics a train-mode
+    call leaves, and jax.grad of the loss through it all match torchvision's resnet18 holding the same weights."""
+    import torch
+    import torchvision
+    from flax import nnx
+
+    from flax_resnet import create_model, load_torch_state_dict, normalize
+    from flax_resnet.train import apply_model, cross_entropy
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(num_classes=10)
+    model = create_model("resnet18", "imagenet")
+    load_torch_state_dict(model, reference.state_dict())
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    rng = np.random.default_rng(0)
+    x = np.asarray(normalize(rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)))
+    labels = np.array([0, 3, 9, 1, 1, 7])
+    tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+    logits, same_stats = apply_model(graphdef, params, batch_stats, x, train=False)
+    with torch.no_grad():
+        np.testing.assert_allclose(np.asarray(logits), reference.eval()(tx).numpy(), rtol=1e-4, atol=1e-4)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), same_stats, batch_stats))
+
+    def loss_fn(p):
+        out, stats = apply_model(graphdef, p, batch_stats, x, train=True)
+        return cross_entropy(out, labels).mean(), stats
+
+    (loss, stats), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+    reference.train()
+    torch_loss = torch.nn.functional.cross_entropy(reference(tx), torch.from_numpy(labels))
+    torch_loss.backward()
+    assert float(loss) == pytest.approx(torch_loss.item(), rel=1e-5)
+    ours = {"fc.weight": np.asarray(grads["fc"]["kernel"][...]).T, "conv1.weight": np.asarray(
+        grads["conv1"]["kernel"][...]).transpose(3, 2, 0, 1), "layer4.1.bn2.weight": np.asarray(
+        grads["layer4"][1]["bn2"]["scale"][...])}
+    named = dict(reference.named_parameters())
+    for key, grad in ours.items():
+        want = named[key].grad.numpy()
+        assert np.abs(grad - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), key
+    running = dict(reference.named_buffers())
+    np.testing.assert_allclose(np.asarray(stats["bn1"]["mean"][...]), running["bn1.running_mean"].numpy(),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(stats["layer4"][1]["bn2"]["var"][...]),
+                               running["layer4.1.bn2.running_var"].numpy(), rtol=1e-5, atol=1e-6)
