@@ -6,6 +6,7 @@ The model is split once into pure state (params, batch_stats) so that a step is 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -246,6 +247,10 @@ RESUME_KEYS = tuple(k for k in SETTING_FIELDS if k not in ("max_steps", *START_K
 # Host fetches of the running metrics (progress bar, NaN check) happen at most this often, besides epoch ends
 # and checkpoints: each one makes the host wait for the device to drain its queue of steps.
 FETCH_SECONDS = 1.0
+# Steps the host may queue ahead of the device. Dispatch is asynchronous and far faster than a CPU step: left
+# unbounded, the host queued a whole epoch within a second, and Ctrl-C (or a NaN) was acted on only once the
+# device had run all of it. A few queued steps keep a GPU fed through host hiccups; more only delay a stop.
+MAX_IN_FLIGHT = 4
 
 
 def check_workdir(workdir: str | Path, config: Config, keys: tuple[str, ...] = RESUME_KEYS) -> Config | None:
@@ -630,7 +635,7 @@ def make_loop_step(train_step: Callable, steps_per_epoch: int, packing: StatePac
     row of the epoch's device-resident index array, gather the batch from the device-resident dataset, run
     `train_step` (augmentation inside) and add loss/correct to device-side running sums (no host sync).
 
-    `(packed, sums, images, labels, order, base_key) -> (packed, sums)`, jitted, donating packed and sums;
+    `(packed, sums, images, labels, order, base_key) -> (packed, sums)`, jitted, donating packed;
     `packed` is `packing.pack(state)` (flax_resnet/packing.py: the TrainState as a few arrays). Passing that
     instead of the state is what keeps the call cheap: jit's host work grows with the number of arrays and
     is larger still for the TrainState pytree of nnx.State dicts, and a small GPU step (the article recipe's
@@ -642,7 +647,8 @@ def make_loop_step(train_step: Callable, steps_per_epoch: int, packing: StatePac
     scripts/benchmark.py times this same function, so its input-pipeline numbers are the trainer's.
     """
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    # sums are not donated: the trainer waits on an earlier step's sums to bound its queue (MAX_IN_FLIGHT).
+    @functools.partial(jax.jit, donate_argnums=0)
     def loop_step(packed, sums, images, labels, order, base_key):
         state = packing.unpack(packed)
         idx = lax.dynamic_index_in_dim(order, state.step % steps_per_epoch, keepdims=False)
@@ -854,8 +860,12 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             untimed = acc.get("untimed", 0)  # checkpoints before 2026-11-28 lack it
             counted_at_t0 = acc["count"]
             t0 = last_fetch = time.time()
+            in_flight: collections.deque = collections.deque()  # the queued steps' sums, oldest first
             for i in range(first, steps_per_epoch):
                 packed, sums = run_step(packed, sums, images, labels, order, base_key)
+                in_flight.append(sums)
+                if len(in_flight) > MAX_IN_FLIGHT:
+                    jax.block_until_ready(in_flight.popleft())
                 if not compiled:  # keep compilation out of the epoch time and img/s
                     jax.block_until_ready(sums)
                     compiled = True

@@ -569,3 +569,39 @@ def test_apply_model_is_torchvisions_forward_and_gradient_as_a_pure_function() -
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(stats["layer4"][1]["bn2"]["var"][...]),
                                running["layer4.1.bn2.running_var"].numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bound", [True, False], ids=["bounded", "unbounded"])
+def test_the_host_queues_at_most_max_in_flight_steps(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: bool
+) -> None:
+    """Unbounded, the host queued a whole epoch within a second (dispatch is far faster than a CPU step), and a
+    Ctrl-C or NaN was acted on only after the device ran all of it. Before each step's dispatch, count the
+    dispatched steps whose outputs are not ready yet; unbounded (the control) they pile up, so the count sees it."""
+    import flax_resnet.train as train_module
+
+    limit = train_module.MAX_IN_FLIGHT
+    if not bound:
+        monkeypatch.setattr(train_module, "MAX_IN_FLIGHT", 10**6)
+    make = train_module.make_loop_step
+    outputs: list = []
+    queued: list[int] = []
+
+    def counting_loop_step(*args, **kwargs):
+        step = make(*args, **kwargs)
+
+        def run(*a):
+            queued.append(sum(not leaf.is_ready() for leaf in outputs))
+            out = step(*a)
+            outputs.append(out[1]["loss"])
+            return out
+
+        return run
+
+    monkeypatch.setattr(train_module, "make_loop_step", counting_loop_step)
+    train(_config(tiny_data, tmp_path, batch_size=4, epochs=2))
+    assert len(queued) == 2 * 96 // 4
+    if bound:
+        assert max(queued) <= limit
+    else:  # measured: 23, the epoch's whole remainder
+        assert max(queued) > 2 * limit
