@@ -12,6 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flax_resnet.errors import ArgumentParser
 from flax_resnet.hugepages import reexec_with_hugepages  # stdlib only (the package imports its API lazily)
 
 if __name__ == "__main__":  # malloc with huge pages (flax_resnet/hugepages.py): replaces this process once, before
@@ -24,7 +25,7 @@ from flax_resnet.models import BATCH_NORMS
 
 def build_parser() -> argparse.ArgumentParser:
     """The shared recipe flags (flax_resnet/flags.py) plus the JAX trainer's own: dtype, lowering, multi-host."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], argument_default=None)
+    p = ArgumentParser(description=__doc__.splitlines()[0], argument_default=None)
     flags.add_training_flags(p, "", "config, metrics, plots, checkpoints")
     p.add_argument(
         "--dtype",
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     flags.check_init_flags(parser, args)
     if args.num_processes > 1 and not args.coordinator:
         parser.error("--num-processes > 1 needs --coordinator HOST:PORT")
+    if args.coordinator and args.num_processes == 1:  # each host would train a run of its own, without a word
+        parser.error("--coordinator needs --num-processes N (the number of processes, > 1)")
     if not 0 <= args.process_id < args.num_processes:
         parser.error(f"--process-id must be in [0, {args.num_processes}) for --num-processes {args.num_processes}")
     host, _, port = (args.coordinator or "").rpartition(":")
