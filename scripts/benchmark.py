@@ -6,13 +6,13 @@ python scripts/benchmark.py --conv-table results/conv_shapes.md   # per-shape co
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flax_resnet.errors import ArgumentParser
 from flax_resnet.hugepages import reexec_with_hugepages  # stdlib only (the package imports its API lazily)
 
 if __name__ == "__main__":  # malloc with huge pages (flax_resnet/hugepages.py): replaces this process once, before
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from flax_resnet.conv import LOWERINGS
     from flax_resnet.models import BATCH_NORMS, DEFAULT_BATCH_NORM
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--variant", default="cifar")
     parser.add_argument("--batch-size", type=flags.batch_size, default=128)

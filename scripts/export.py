@@ -7,16 +7,17 @@ The file's metadata names the arch, variant, classes and the input normalization
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flax_resnet.errors import ArgumentParser
+
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, export; bad paths print one line and return 1."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", metavar="WORKDIR_OR_CHECKPOINT",
                    help="a run's workdir (JAX or torch_ref), one checkpoint step dir, or an exported .safetensors")
     p.add_argument("out", metavar="OUT.safetensors", help="output file")

@@ -6,7 +6,6 @@ python scripts/parity_report.py results/parity.xml --command "python -m pytest -
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import platform
@@ -15,12 +14,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flax_resnet.errors import ArgumentParser
 from parity_tests import report
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, read the JUnit file, print the table and write it with command, machine, date, wall time."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("junit", help="JUnit XML written by pytest --junitxml over parity_tests/")
     p.add_argument("--out", default="results/parity.md", help="markdown file to write (default: results/parity.md)")
     p.add_argument(

@@ -5,11 +5,12 @@ Images that are not 32x32 are center-cropped to a square and resized to 32x32 (b
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flax_resnet.errors import ArgumentParser
 
 SIZE = 32
 
@@ -35,7 +36,7 @@ def load_image(path: Path) -> tuple[object, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, classify, print top-k per image; bad paths print one line and return 1."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", metavar="WORKDIR_OR_CHECKPOINT",
                    help="a run's workdir (JAX or torch_ref), one checkpoint step dir, or an exported .safetensors")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG/JPEG/...)")

@@ -21,11 +21,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flax_resnet import results
+from flax_resnet.errors import ArgumentParser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the sub-command; user errors print one line and return 1 (2 for bad flags)."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run every command of a plan, one after the other")
     run.add_argument("plan", choices=tuple(results.PLANS))

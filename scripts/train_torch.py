@@ -11,6 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flax_resnet.errors import ArgumentParser
 from flax_resnet.hugepages import reexec_with_hugepages  # stdlib only (the package imports its API lazily)
 
 if __name__ == "__main__":  # malloc with huge pages (flax_resnet/hugepages.py): replaces this process once, before
@@ -23,7 +24,7 @@ from flax_resnet.data import DataError
 
 def build_parser() -> argparse.ArgumentParser:
     """The shared recipe flags (flax_resnet/flags.py) plus torch-only execution flags."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="There is no resume: a workdir that holds a torch run is refused (rerunning a finished command "
         "does nothing) unless --overwrite, which removes its files first. The run writes config.json, "

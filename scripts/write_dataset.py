@@ -7,18 +7,19 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flax_resnet.errors import ArgumentParser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, load the source, write the tar; bad data or paths print one line and return 1."""
     from flax_resnet.flags import positive_int
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("source", help="dataset source: image folder, its tar, cifar-10-python.tar.gz, or tfds")
     p.add_argument("dest", help="output .tar.gz")
     p.add_argument("--format", choices=("png", "jpeg"), default="png", help="image format (default: png)")
