@@ -79,10 +79,23 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"error: command failed with exit code {rc}", file=sys.stderr)
                     return 1
         return 0
-    dirs = [d for d in args.workdirs if Path(d, "config.json").exists()]  # a glob may catch log files too
+    missing = [d for d in args.workdirs if not Path(d).exists()]
+    if missing:  # a mistyped path would quietly leave its run out of the means
+        print(f"error: no such workdir: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    dirs, others, seen = [], [], set()
+    for d in args.workdirs:
+        if not Path(d, "config.json").exists():  # a glob may catch log files too: only folders get a note
+            if Path(d).is_dir():
+                others.append(d)
+        elif Path(d).resolve() not in seen:  # the same run named twice (`run` and `run/`) is one run
+            seen.add(Path(d).resolve())
+            dirs.append(d)
     if not dirs:
         print("error: none of the given paths is a run workdir (config.json + metrics.jsonl)", file=sys.stderr)
         return 1
+    if others:
+        print(f"note: folders without a run (no config.json), left out: {', '.join(others)}", file=sys.stderr)
     summaries = []
     for d in dirs:
         try:
@@ -92,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     if not summaries:
         print("error: none of the given workdirs has readable metrics", file=sys.stderr)
         return 1
-    text = results.results_table(summaries, args.device)
+    try:
+        text = results.results_table(summaries, args.device)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(text, end="")
     if args.out:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -174,6 +175,31 @@ def test_cli_table_and_errors(tmp_path: Path) -> None:
                                  str(out)], capture_output=True, text=True)  # fmt: skip
     assert unwritable.returncode == 1 and unwritable.stderr.count("\n") == 1
     assert "cannot write the table" in unwritable.stderr
+
+
+def test_cli_table_counts_a_run_once_and_refuses_a_seed_twice_or_a_missing_path(tmp_path: Path) -> None:
+    """A workdir named twice made two replicates ("seeds 2,2 | 15.50 ± 0.00"), so did a copied workdir, and a
+    mistyped path quietly left its run out."""
+    a = _fake_run(tmp_path / "a", 2, [0.9], 1)
+    script = str(ROOT / "scripts" / "reproduce.py")
+
+    def table(*paths: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, script, "table", *paths, "--device", "cpu"], capture_output=True,
+                              text=True)  # fmt: skip
+
+    twice = table(str(a), str(a) + "/", str(tmp_path / "a" / ".." / "a"))
+    assert twice.returncode == 0 and "| 2 | 90.00 |" in twice.stdout and twice.stderr == ""
+    shutil.copytree(a, tmp_path / "copy")
+    copied = table(str(a), str(tmp_path / "copy"))
+    assert copied.returncode == 1 and copied.stdout == "" and copied.stderr.count("\n") == 1
+    assert f"error: seed 2 is in {a} and {tmp_path / 'copy'}, runs of the same setting" in copied.stderr
+    typo = table(str(a), str(tmp_path / "b"))
+    assert typo.returncode == 1 and typo.stderr == f"error: no such workdir: {tmp_path / 'b'}\n"
+    (tmp_path / "a.log").write_text("log")  # what a glob such as runs/* catches beside the workdirs: left out
+    (tmp_path / "empty").mkdir()  # a folder is meant as a run: said
+    globbed = table(str(a), str(tmp_path / "a.log"), str(tmp_path / "empty"))
+    assert globbed.returncode == 0 and "| 90.00 |" in globbed.stdout
+    assert globbed.stderr == f"note: folders without a run (no config.json), left out: {tmp_path / 'empty'}\n"
 
 
 def test_rerun_of_a_plan_restarts_an_unfinished_torch_run_and_keeps_a_finished_one(tmp_path: Path) -> None:
