@@ -2,7 +2,8 @@
 
 Public API (stable): `create_model`, `predict`, `normalize` (uint8 images -> the normalized float input that
 models take), `load_torch_state_dict`, `to_torch_state_dict`, `load_weights_file`, `save_safetensors`,
-`count_params`, and the name tables `ARCHS` / `VARIANTS`.
+`count_params`, `weights_metadata` (what makes a saved file usable by the scripts), and the name tables
+`ARCHS` / `VARIANTS`.
 
 The names are imported on first use (PEP 562): `import flax_resnet.hugepages`, which the CLIs run before
 re-executing themselves, must not load jax and flax only to load them again in the new process.
@@ -27,6 +28,7 @@ _EXPORTS = {
     "load_weights_file": "convert",
     "save_safetensors": "convert",
     "to_torch_state_dict": "convert",
+    "weights_metadata": "convert",
 }
 
 __all__ = [  # = sorted(_EXPORTS), spelled out for linters and readers
@@ -43,6 +45,7 @@ __all__ = [  # = sorted(_EXPORTS), spelled out for linters and readers
     "predict",
     "save_safetensors",
     "to_torch_state_dict",
+    "weights_metadata",
 ]
 
 if TYPE_CHECKING:
@@ -53,6 +56,7 @@ if TYPE_CHECKING:
         load_weights_file,
         save_safetensors,
         to_torch_state_dict,
+        weights_metadata,
     )
     from flax_resnet.data import normalize
     from flax_resnet.models import ARCHS, VARIANTS, ResNet, count_params, create_model, predict

@@ -469,9 +469,9 @@ def _load_weights_run(path: Path) -> LoadedRun:
         raise CheckpointError(str(e)) from None
     if not torch_run and meta.get("format") != WEIGHTS_FORMAT:
         raise CheckpointError(
-            f"{file}: its metadata do not name the model (arch, variant, classes), as the files of "
-            "scripts/export.py and torch_ref runs do; load it into a model you create with "
-            "flax_resnet.load_torch_state_dict"
+            f"{file}: its metadata do not name the model as the files of scripts/export.py and torch_ref runs do "
+            "(save_safetensors(..., weights_metadata(arch, variant, class_names, step)) writes them); or load it "
+            "into a model you create with flax_resnet.load_torch_state_dict"
         )
     try:
         if torch_run:

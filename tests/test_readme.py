@@ -42,6 +42,11 @@ def test_public_api_block_runs_as_written_and_matches_torchvision(tmp_path, monk
     for key, value in exported.items():
         np.testing.assert_array_equal(reread[key], value, err_msg=key)
     assert (tmp_path / "w.safetensors").is_file()
+    from flax_resnet.train import load_run  # what scripts/evaluate.py and predict.py open it with
+
+    run = load_run(tmp_path / "w.safetensors")
+    assert (run.config.arch, run.config.variant, run.config.num_classes) == ("resnet18", "imagenet", 1000)
+    assert run.class_names[:2] == ("class0", "class1")
 
 
 def test_readme_opens_with_setup_main_job_and_the_ci_test_command():

@@ -135,9 +135,9 @@ def test_weights_that_do_not_name_or_fit_their_model_are_one_line(
     convert.save_safetensors(convert.to_torch_state_dict(load_run(trained_run).model()), bare)
     assert evaluate([str(bare)]) == 1
     assert _one_error_line(capsys) == (
-        f"error: {bare}: its metadata do not name the model (arch, variant, classes), as the files of "
-        "scripts/export.py and torch_ref runs do; load it into a model you create with "
-        "flax_resnet.load_torch_state_dict"
+        f"error: {bare}: its metadata do not name the model as the files of scripts/export.py and torch_ref runs "
+        "do (save_safetensors(..., weights_metadata(arch, variant, class_names, step)) writes them); or load it "
+        "into a model you create with flax_resnet.load_torch_state_dict"
     )
 
     wrong = tmp_path / "wrong.safetensors"
