@@ -183,11 +183,12 @@ def format_epoch(r: dict[str, Any]) -> str:
 
 
 def format_final(record: dict[str, Any], holdout: int = 0) -> str:
-    """The run's last line, the same from both trainers: its final epoch's accuracy (never a best epoch)."""
+    """The run's last line, the same from both trainers: its final epoch's accuracy (never a best epoch), or that
+    of the partial epoch where --max-steps stopped it."""
     split = f"holdout ({holdout} training images)" if holdout else "test"
     flip = f"; with flip TTA {100 * record['test_acc_flip']:.2f}%" if "test_acc_flip" in record else ""
-    return (f"final: step {record['step']}, {split} accuracy {100 * record['test_acc']:.2f}% "
-            f"(final epoch, not best-of){flip}")
+    which = "final epoch, not best-of" if record.get("complete", True) else "after a partial epoch, at --max-steps"
+    return f"final: step {record['step']}, {split} accuracy {100 * record['test_acc']:.2f}% ({which}){flip}"
 
 
 def _pyplot():

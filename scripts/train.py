@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # before the loop's own handler, or a second signal: the last checkpoint stands
-        print("error: interrupted; the same command resumes from the last checkpoint", file=sys.stderr)
+        print("error: interrupted; the same command resumes from the last checkpoint (starts afresh if none was "
+              "saved yet)", file=sys.stderr)  # fmt: skip
         return 130
     if result["stopped"].startswith("signal"):  # stopped early on request: not a finished run
         return 128 + int(result["stopped"].split()[1])

@@ -605,3 +605,15 @@ def test_the_host_queues_at_most_max_in_flight_steps(
         assert max(queued) <= limit
     else:  # measured: 23, the epoch's whole remainder
         assert max(queued) > 2 * limit
+
+
+def test_the_last_line_names_a_partial_epoch_as_such() -> None:
+    """A --max-steps run that stops inside an epoch called that epoch's accuracy '(final epoch, not best-of)'."""
+    from flax_resnet.reporting import format_final
+
+    record = {"step": 57, "test_acc": 0.155, "complete": False}
+    assert format_final(record) == "final: step 57, test accuracy 15.50% (after a partial epoch, at --max-steps)"
+    whole = {**record, "complete": True, "test_acc_flip": 0.16}
+    assert format_final(whole, holdout=500) == (
+        "final: step 57, holdout (500 training images) accuracy 15.50% (final epoch, not best-of); with flip TTA 16.00%"
+    )
