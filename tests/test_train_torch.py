@@ -351,13 +351,21 @@ def test_script_keeps_a_finished_run_and_replaces_a_run_only_when_asked(
     two[two.index("--epochs") + 1] = "2"
     assert main(two) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "holds another or unfinished torch run (1 epochs logged)" in err
+    assert len(err.splitlines()) == 1 and "holds this run, unfinished, with 1 epochs logged, and this trainer" in err
     (workdir / "config.json").write_bytes(files["config.json"])
 
     assert main([*args, "--arch", "resnet34"]) == 1  # another run in the same workdir: refused, nothing touched
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "holds another or unfinished torch run (1 epochs logged)" in err
+    assert len(err.splitlines()) == 1
+    assert "holds another torch run (settings: arch 'resnet18' (this run: 'resnet34')) with 1 epochs logged" in err
     assert all((workdir / name).read_bytes() == content for name, content in files.items())
+
+    # Stopped inside its first epoch: no epoch logged, no model saved, nothing to lose; the run starts afresh.
+    (workdir / "metrics.jsonl").write_text("")
+    (workdir / "model.safetensors").unlink()
+    assert main(args) == 0
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 1 and (workdir / "model.safetensors").exists()
+    files = {name: (workdir / name).read_bytes() for name in ("config.json", "metrics.jsonl", "model.safetensors")}
 
     (workdir / "tensorboard" / "old-run-marker").write_text("")
     assert main([*args, "--arch", "resnet34", "--overwrite"]) == 0  # replaced, old files first removed

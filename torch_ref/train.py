@@ -177,9 +177,11 @@ def _holds_run(workdir: Path) -> bool:
     return any((workdir / name).exists() for name in ("torch_options.json", *RUN_FILES[:2]))
 
 
-def _previous_run(workdir: Path, config: Config, steps_per_epoch: int) -> tuple[list[dict[str, Any]], bool] | None:
-    """The metrics of the torch run already in `workdir` (None if there is none), and whether it is this
-    config's run, finished: rerunning a finished command then has nothing to do."""
+def _previous_run(
+    workdir: Path, config: Config, steps_per_epoch: int
+) -> tuple[list[dict[str, Any]], bool, list[str]] | None:
+    """The metrics of the torch run already in `workdir` (None if there is none); whether it is this config's
+    run, finished (rerunning a finished command then has nothing to do); and the settings it differs in."""
     if not _holds_run(workdir):
         return None
     try:
@@ -187,13 +189,15 @@ def _previous_run(workdir: Path, config: Config, steps_per_epoch: int) -> tuple[
         text = (workdir / "metrics.jsonl").read_text()
         history = [json.loads(line) for line in text.splitlines() if line.strip()]
     except (OSError, ValueError, TypeError):
-        return [], False
+        return [], False, []
     last = total_steps(config, steps_per_epoch)
     if config.max_steps is not None:
         last = min(last, config.max_steps)
     # This run, if it differs only in where things are (e.g. another --data-dir) or how often it reports.
-    same = all(getattr(saved, f) == getattr(config, f) for f in SETTING_FIELDS)
-    return history, same and bool(history) and history[-1]["step"] == last and (workdir / RUN_FILES[1]).exists()
+    diffs = [f"{f} {getattr(saved, f)!r} (this run: {getattr(config, f)!r})" for f in SETTING_FIELDS
+             if getattr(saved, f) != getattr(config, f)]  # fmt: skip
+    finished = bool(history) and history[-1]["step"] == last and (workdir / RUN_FILES[1]).exists()
+    return history, not diffs and finished, diffs
 
 
 def _load_initial_weights(model: nn.Module, config: Config, state_dict: dict[str, Any]) -> list[str]:
@@ -250,10 +254,13 @@ def train(
         print(f"{workdir} holds this run, finished at step {previous[0][-1]['step']}: nothing to do "
               "(--overwrite trains it again)", file=out)  # fmt: skip
         return previous[0]
-    if previous is not None and not overwrite:
+    # A run that logged no epoch and saved no model (stopped inside its first) has nothing to lose: replaced.
+    if previous is not None and not overwrite and (previous[0] or (workdir / RUN_FILES[1]).exists()):
+        history, _, diffs = previous
+        which = f"another torch run (settings: {', '.join(diffs)})" if diffs else "this run, unfinished,"
         raise TrainError(
-            f"{workdir} holds another or unfinished torch run ({len(previous[0])} epochs logged) and this trainer "
-            "does not resume; pass --overwrite to replace it, or give a new --workdir"
+            f"{workdir} holds {which} with {len(history)} epochs logged, and this trainer does not resume; pass "
+            "--overwrite to replace it, or give a new --workdir"
         )
     if previous is not None:  # never a mix of the old run's files and the new config
         for path in (workdir / name for name in RUN_FILES):
