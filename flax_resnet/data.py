@@ -714,6 +714,10 @@ def normalize(
     and a traced mean or std, take the arithmetic form.
     """
     images = jnp.asarray(images)
+    channels = np.shape(mean)[-1] if np.ndim(mean) else 1  # np: mean may be a tuple or a tracer
+    if images.ndim == 0 or images.shape[-1] != channels:  # NCHW failed in a broadcast, naming neither
+        raise ValueError(f"normalize takes channels-last images (N, H, W, {channels}) for {channels} channel means; "
+                         f"got shape {tuple(images.shape)}")  # fmt: skip
     if images.dtype == jnp.uint8:
         try:
             levels = np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0)

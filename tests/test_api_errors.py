@@ -189,6 +189,13 @@ def test_a_torch_module_or_an_abstract_model_is_refused_by_name() -> None:
     assert flax_resnet.count_params(shell) == sum(p.numel() for p in tv.parameters())  # shapes suffice there
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_normalize_refuses_channels_first_images(dtype) -> None:
+    with pytest.raises(ValueError, match=r"channels-last images \(N, H, W, 3\) .* got shape \(2, 3, 32, 32\)"):
+        flax_resnet.normalize(np.zeros((2, 3, 32, 32), dtype))
+    assert flax_resnet.normalize(np.zeros((2, 32, 32, 3), dtype)).shape == (2, 32, 32, 3)
+
+
 def test_nnx_view_info_lists_the_batch_norm_mode() -> None:
     """Flax reads each set_view's "Args:" section; without one, nnx.view_info raised KeyError."""
     info = str(nnx.view_info(flax_resnet.create_model("resnet18", "imagenet")))
