@@ -343,7 +343,7 @@ def save_safetensors(
     the file's header. A symlink `path` is written through, not replaced.
 
     Raises OSError naming the path when it cannot be written (no temporary file is left behind), TypeError for
-    keys or arrays that safetensors cannot store.
+    keys, arrays or metadata that safetensors cannot store.
     """
     from safetensors import SafetensorError
     from safetensors.numpy import save_file
@@ -354,6 +354,9 @@ def save_safetensors(
         if not isinstance(key, str) or not (array.dtype.kind in "biuf" or array.dtype.name == "bfloat16"):
             raise TypeError(f"cannot store {key!r} ({array.dtype}) in safetensors: keys are str, values numeric arrays")
         arrays[key] = array
+    bad = [f"{k!r}: {v!r}" for k, v in (metadata or {}).items() if not (isinstance(k, str) and isinstance(v, str))]
+    if bad:  # safetensors' own message names neither the entry nor the fix
+        raise TypeError(f"metadata are str -> str; got {', '.join(bad)} (e.g. str(step), json.dumps(names))")
     path = Path(path)
     if path.is_symlink():
         path = path.resolve()  # replacing the link would leave its target stale

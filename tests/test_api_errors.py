@@ -321,6 +321,8 @@ def test_save_safetensors_writes_through_a_link_keeps_metadata_and_refuses_what_
     for bad in ({"w": np.array(["x"])}, {"t": np.array([1], "m8[s]")}, {3: np.ones(2, np.float32)}):  # not I/O
         with pytest.raises(TypeError, match="cannot store"):
             flax_resnet.save_safetensors(bad, tmp_path / "bad.safetensors")
+    with pytest.raises(TypeError, match=r"metadata are str -> str; got 'step': 3 \(e.g. str\(step\)"):
+        flax_resnet.save_safetensors({"w": np.ones(2, np.float32)}, tmp_path / "bad.safetensors", {"step": 3})
     assert not (tmp_path / "bad.safetensors").exists()
     # A non-str key in a state dict to load is reported like any unexpected key (the report used to fail).
     with pytest.raises(StateDictError, match=r"1 unexpected: 7"):
