@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import jax
 import numpy as np
 import pytest
@@ -13,16 +10,7 @@ import torchvision
 from flax import nnx
 
 import flax_resnet
-
-
-@contextlib.contextmanager
-def _x64(enabled: bool) -> Iterator[None]:
-    previous = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", enabled)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", previous)
+from parity_tests.harness import float64_jax
 
 
 def test_float64_model_holds_loads_exports_and_computes_in_float64() -> None:
@@ -36,7 +24,7 @@ def test_float64_model_holds_loads_exports_and_computes_in_float64() -> None:
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
     x = np.random.default_rng(0).standard_normal((2, 32, 32, 3))
-    with _x64(True):
+    with float64_jax():
         model = flax_resnet.create_model("resnet18", "imagenet", dtype="float64")
         assert {str(leaf.dtype) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))} == {"float64"}
         flax_resnet.load_torch_state_dict(model, reference.state_dict())
@@ -51,10 +39,11 @@ def test_float64_model_holds_loads_exports_and_computes_in_float64() -> None:
 
 
 def test_float64_init_is_the_float32_init_of_the_same_seed_and_needs_64_bit_jax() -> None:
-    with _x64(False), pytest.raises(ValueError, match=r"float64 needs 64-bit JAX: .*jax_enable_x64"):
+    assert not jax.config.read("jax_enable_x64")  # the tests' default: float64_jax restores it
+    with pytest.raises(ValueError, match=r"float64 needs 64-bit JAX: .*jax_enable_x64"):
         flax_resnet.create_model("resnet18", "imagenet", dtype="float64")
     single = flax_resnet.create_model("resnet18", "imagenet", seed=5)
-    with _x64(True):
+    with float64_jax():
         double = flax_resnet.create_model("resnet18", "imagenet", seed=5, dtype="float64")
         pairs = list(zip(jax.tree.leaves(nnx.state(single)), jax.tree.leaves(nnx.state(double)), strict=True))
         assert all(np.array_equal(np.asarray(a, np.float64), np.asarray(b)) for a, b in pairs)
