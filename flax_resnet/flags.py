@@ -179,7 +179,8 @@ def add_training_flags(p: argparse.ArgumentParser, workdir_prefix: str, workdir_
         help="hold out this many training images (stratified, one fixed split) and evaluate on them instead of "
         "the test set: for choosing a recipe without looking at the test set (default: 0, none)",
     )
-    p.add_argument("--data-dir", type=path_arg, help="TFDS data dir, or the decoded-dataset cache dir for paths")
+    p.add_argument("--data-dir", type=path_arg, help="TFDS data dir (default: TFDS's, ~/tensorflow_datasets), or "
+                   "the decoded-dataset cache dir for paths (default: ~/.cache/flax_resnet)")  # fmt: skip
     p.add_argument(
         "--workdir", type=path_arg,
         help=f"run directory: {workdir_holds} (default: runs/{workdir_prefix}<arch>, plus _<variant> for a "

@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint on the test split: loss, accuracy, per-class accuracy and a confusion-matrix PNG.
+"""Evaluate a checkpoint on the test split (a --holdout run: its held-out images): loss, accuracy, per-class
+accuracy and a confusion-matrix PNG.
 
 `python scripts/evaluate.py runs/r18` (latest checkpoint) or `.../checkpoints/<step>`; also a torch_ref run's
 workdir or a weights file from scripts/export.py, so both frameworks' runs are scored by the same code. A run
@@ -18,7 +19,7 @@ from flax_resnet.errors import ArgumentParser
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, evaluate, print the report; bad paths/data print one line and return 1."""
-    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("checkpoint", metavar="WORKDIR_OR_CHECKPOINT",
                    help="a run's workdir (JAX or torch_ref), one checkpoint step dir, or an exported .safetensors")
     p.add_argument("--data", help="dataset source (default: the one the run trained on)")
