@@ -360,9 +360,15 @@ def test_script_keeps_a_finished_run_and_replaces_a_run_only_when_asked(
     assert "holds another torch run (settings: arch 'resnet18' (this run: 'resnet34')) with 1 epochs logged" in err
     assert all((workdir / name).read_bytes() == content for name, content in files.items())
 
+    # Files it cannot read: nothing is known of the run, so it is refused, whatever is saved.
+    (workdir / "metrics.jsonl").write_text("{not json\n")
+    (workdir / "model.safetensors").unlink()
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("holds a torch run whose config.json or metrics.jsonl cannot be read, and this trainer does "
+                        "not resume; pass --overwrite to replace it, or give a new --workdir")  # fmt: skip
     # Stopped inside its first epoch: no epoch logged, no model saved, nothing to lose; the run starts afresh.
     (workdir / "metrics.jsonl").write_text("")
-    (workdir / "model.safetensors").unlink()
     assert main(args) == 0
     assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 1 and (workdir / "model.safetensors").exists()
     files = {name: (workdir / name).read_bytes() for name in ("config.json", "metrics.jsonl", "model.safetensors")}
