@@ -715,7 +715,7 @@ def normalize(
     """
     images = jnp.asarray(images)
     channels = np.shape(mean)[-1] if np.ndim(mean) else 1  # np: mean may be a tuple or a tracer
-    if images.ndim == 0 or images.shape[-1] != channels:  # NCHW failed in a broadcast, naming neither
+    if channels != 1 and (images.ndim == 0 or images.shape[-1] != channels):  # NCHW failed in a broadcast
         raise ValueError(f"normalize takes channels-last images (N, H, W, {channels}) for {channels} channel means; "
                          f"got shape {tuple(images.shape)}")  # fmt: skip
     if images.dtype == jnp.uint8:

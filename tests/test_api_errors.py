@@ -194,6 +194,9 @@ def test_normalize_refuses_channels_first_images(dtype) -> None:
     with pytest.raises(ValueError, match=r"channels-last images \(N, H, W, 3\) .* got shape \(2, 3, 32, 32\)"):
         flax_resnet.normalize(np.zeros((2, 3, 32, 32), dtype))
     assert flax_resnet.normalize(np.zeros((2, 32, 32, 3), dtype)).shape == (2, 32, 32, 3)
+    for one in (0.5, (0.5,)):  # one mean and std for every channel, whatever the layout: as torchvision's
+        x = np.asarray(flax_resnet.normalize(np.full((1, 2, 2, 3), 255, dtype), one, one))
+        assert x.shape == (1, 2, 2, 3) and np.all(x == 1.0)
 
 
 def test_nnx_view_info_lists_the_batch_norm_mode() -> None:
