@@ -114,6 +114,10 @@ def group_runs(runs: Iterable[RunSummary]) -> list[tuple[dict[str, Any], list[Ru
     return list(groups.values())
 
 
+class RepeatedSeedError(ValueError):
+    """Two runs of one setting share a seed (`results_table`); str(e) names them, in one line."""
+
+
 def _repeated_seeds(group: Sequence[RunSummary]) -> str:
     """'seed S is in A and B' for the first seed that several runs of one setting share, else ''."""
     by_seed: dict[Any, list[str]] = {}
@@ -137,7 +141,7 @@ def results_table(runs: Sequence[RunSummary], device: str) -> str:
     "other" lists the settings that differ from the run's recipe; a run evaluated on held-out training
     images (`--holdout`) says so in the data column, and its accuracy is that of those images, not the test set.
     "with flip TTA" is the final evaluation's flip test-time-augmented accuracy, for settings whose runs all have it.
-    Two runs of one setting with the same seed (a copied or re-run workdir) are a ValueError naming them.
+    Two runs of one setting with the same seed (a copied or re-run workdir) are a RepeatedSeedError naming them.
     """
     head = (
         "| framework | arch | variant | recipe | epochs | batch | lr | dtype | other | seeds | final-epoch acc % "
@@ -147,7 +151,10 @@ def results_table(runs: Sequence[RunSummary], device: str) -> str:
     for setting, group in group_runs(runs):
         repeated = _repeated_seeds(group)
         if repeated:  # a copied or re-run workdir is not another replicate: mean ± std would count it as one
-            raise ValueError(f"{repeated}: one run per seed and setting, or the mean and std count a run twice")
+            raise RepeatedSeedError(
+                f"{repeated}: one run per seed and setting, or the mean and std count a seed twice (runs that "
+                "differ only in how they compute, e.g. --conv-lowering, go into separate tables)"
+            )
         finished = [r for r in group if r.final_test_acc is not None]
         acc = _mean_std([100 * r.final_test_acc for r in finished]) if finished else "did not finish"
         if len(finished) < len(group):

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         text = results.results_table(summaries, args.device)
-    except ValueError as e:
+    except results.RepeatedSeedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(text, end="")
