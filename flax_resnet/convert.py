@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from flax_resnet.errors import one_line
+from flax_resnet.models import require_model
 
 # (flax leaf name, ndim) -> (torch leaf name, flax->torch layout, torch->flax layout)
 Layout = Callable[[np.ndarray], np.ndarray]
@@ -96,9 +97,7 @@ def _torch_keys(
     model: nnx.Module, only: type[nnx.Variable] = nnx.Variable
 ) -> dict[str, tuple[nnx.Variable, tuple[str, Layout, Layout]]]:
     """torch key -> (variable, table row) for every variable of the model (of type `only`)."""
-    if not isinstance(model, nnx.Module):  # e.g. a TrainState: its tree paths would pass for torch keys
-        hint = " (train.merge_model(graphdef, state) gives one)" if hasattr(model, "opt_state") else ""
-        raise TypeError(f"expected a Flax model (nnx.Module), got {type(model).__name__}{hint}")
+    require_model(model, "weight conversion")  # e.g. a TrainState: its tree paths would pass for torch keys
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model, only)):
         leaf = path[-1]

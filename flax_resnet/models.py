@@ -349,6 +349,8 @@ class ResNet(nnx.Module):
         rngs: nnx.Rngs,
     ):
         check_names(arch, variant)
+        if jnp.dtype(dtype) == jnp.float64 and not jax.config.read("jax_enable_x64"):
+            raise ValueError("dtype float64 needs 64-bit JAX: jax.config.update('jax_enable_x64', True) first")
         if conv_lowering not in LOWERINGS:
             raise ValueError(f"unknown conv lowering {conv_lowering!r}; valid choices: {', '.join(LOWERINGS)}")
         kind, depths = ARCHS[arch]
@@ -384,8 +386,6 @@ class ResNet(nnx.Module):
         if jnp.dtype(dtype) == jnp.float64:
             # A float64 model stores float64 variables too (float32 ones would round float64 weights on load and
             # give float64 logits only float32-accurate), initialized as the float32 model of the same seed is.
-            if not jax.config.read("jax_enable_x64"):
-                raise ValueError("dtype float64 needs 64-bit JAX: jax.config.update('jax_enable_x64', True) first")
             nnx.update(self, jax.tree.map(lambda a: a.astype(dtype) if a.dtype == jnp.float32 else a, nnx.state(self)))
 
     def _check_input(self, x: jax.Array) -> None:
@@ -427,15 +427,14 @@ def create_model(
     arch: str,
     variant: str = "cifar",
     num_classes: int = 10,
-    seed: int = 0,
+    seed: int | jax.Array = 0,
     *,
     dtype: str | Any = "float32",
     conv_lowering: Lowering = "auto",
     batch_norm: str = DEFAULT_BATCH_NORM,
 ) -> ResNet:
     """Build a freshly initialized ResNet; unknown names raise ValueError naming the valid choices, and so do a
-    class count below 1 or a seed that is neither an integer nor a `jax.random.key` (they failed deep inside XLA
-    or NNX).
+    class count below 1 or a seed that is neither an integer nor a PRNG key (they failed deep inside XLA or NNX).
 
     `dtype` is the compute dtype, by name or as a dtype (`jnp.bfloat16`): variables stay float32 under bfloat16
     compute; a float64 model (64-bit JAX only) stores float64 variables.
@@ -445,8 +444,7 @@ def create_model(
         raise ValueError(f"unknown dtype {dtype!r}; valid choices: {', '.join(DTYPES)}")
     if not _integer(num_classes):
         raise ValueError(f"num_classes must be an integer, got {num_classes!r}")
-    key = isinstance(seed, jax.Array) and seed.ndim == 0 and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key)
-    if not (key or _integer(seed)):
+    if not (is_prng_key(seed) or _integer(seed)):
         raise ValueError(f"seed must be an integer or a jax.random.key, got {seed!r}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
@@ -469,21 +467,36 @@ def _dtype_name(dtype: Any) -> str | None:
         return None
 
 
-def check_concrete(model: Any, who: str) -> None:
-    """TypeError unless `model` is a Flax module with values: a torch module, or an `nnx.eval_shape` model
-    (shapes only), failed deep inside NNX or XLA with a message about something else."""
-    if not isinstance(model, nnx.Module):
-        raise TypeError(f"{who} takes a Flax model (flax_resnet.create_model), got {type(model).__name__}")
+def require_model(model: Any, who: str, kind: type = nnx.Module, hint: str = "") -> None:
+    """TypeError unless `model` is a `kind` (a Flax module): a torch module or a TrainState failed deep inside NNX
+    or XLA, or (exported) gave keys nothing can load."""
+    if not isinstance(model, kind):
+        if hasattr(model, "opt_state"):
+            hint = " (train.merge_model(graphdef, state) makes one of a TrainState)"
+        raise TypeError(f"{who} takes a Flax model (flax_resnet.create_model), got {type(model).__name__}{hint}")
+
+
+def check_concrete(model: Any, who: str, kind: type = nnx.Module) -> None:
+    """`require_model`, and a TypeError for an `nnx.eval_shape` model (shapes only, no values)."""
+    require_model(model, who, kind)
     if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(nnx.state(model))):
         raise TypeError(f"{who}: the model is abstract (nnx.eval_shape): it has shapes but no values; load weights "
                         "into it first (load_torch_state_dict)")  # fmt: skip
 
 
+def is_prng_key(value: Any) -> bool:
+    """One PRNG key: a `jax.random.key` or a raw `jax.random.PRNGKey` of the default implementation's shape."""
+    if not isinstance(value, jax.Array):
+        return False
+    if jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
+        return value.ndim == 0
+    raw = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+    return value.dtype == raw.dtype and value.shape == raw.shape
+
+
 def count_params(model: nnx.Module) -> int:
     """Number of trainable parameters (BatchNorm running statistics excluded, as torch counts them)."""
-    if not isinstance(model, nnx.Module):
-        raise TypeError(f"count_params takes a Flax model, got {type(model).__name__} (a torch module's count: "
-                        "sum(p.numel() for p in module.parameters()))")  # fmt: skip
+    require_model(model, "count_params", hint=" (a torch module's count: sum(p.numel() for p in module.parameters()))")
     return sum(int(v.size) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
@@ -499,9 +512,7 @@ def predict(model: ResNet, x: Any, *, jit: bool = True) -> jax.Array:
     Integer images are refused: raw pixels would give confident nonsense. Inputs run in float32, or float64 for
     a float64 model. `jit=False` runs op by op, which avoids a whole-network compile for one-off calls.
     """
-    if not isinstance(model, ResNet):
-        raise TypeError(f"predict takes a flax_resnet model (create_model), got {type(model).__name__}")
-    check_concrete(model, "predict")
+    check_concrete(model, "predict", ResNet)
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(

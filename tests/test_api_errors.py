@@ -50,6 +50,18 @@ def test_create_model_refuses_a_class_count_or_seed_it_cannot_use(kwargs: dict, 
         flax_resnet.create_model("resnet18", "imagenet", **kwargs)
 
 
+def test_create_model_takes_a_prng_key_as_seed_and_a_dtype_object() -> None:
+    from flax import nnx
+
+    models = [flax_resnet.create_model("resnet18", "imagenet", seed=seed) for seed in
+              (3, jax.random.key(3), jax.random.PRNGKey(3))]  # fmt: skip
+    leaves = [jax.tree.leaves(nnx.state(m)) for m in models]
+    assert all(np.array_equal(a, b) for other in leaves[1:] for a, b in zip(leaves[0], other, strict=True))
+    assert flax_resnet.create_model("resnet18", "imagenet", dtype=jax.numpy.bfloat16).dtype == jax.numpy.bfloat16
+    with pytest.raises(ValueError, match=r"seed must be an integer or a jax.random.key, got Array"):
+        flax_resnet.create_model("resnet18", "imagenet", seed=jax.random.split(jax.random.key(3), 2))
+
+
 @pytest.mark.parametrize("shape", [(32, 32, 3), (1, 32, 32, 1), (1, 3, 32, 32)], ids=["rank3", "1-channel", "NCHW"])
 def test_wrong_input_rank_or_channels(r18: flax_resnet.ResNet, shape: tuple[int, ...]) -> None:
     x = np.zeros(shape, np.float32)
@@ -163,7 +175,8 @@ def test_a_train_state_is_no_model_to_export_or_load(r18: flax_resnet.ResNet) ->
     graphdef, state, _, _ = train.build_state(config)
     for call in (lambda: flax_resnet.to_torch_state_dict(state), lambda: flax_resnet.load_torch_state_dict(
             state, flax_resnet.to_torch_state_dict(r18))):
-        with pytest.raises(TypeError, match=r"expected a Flax model \(nnx.Module\), got TrainState \(train.merge_"):
+        with pytest.raises(TypeError, match=r"^weight conversion takes a Flax model \(flax_resnet.create_model\), "
+                           r"got TrainState \(train.merge_model\(graphdef, state\) makes one of a TrainState\)$"):
             call()
     assert len(flax_resnet.to_torch_state_dict(train.merge_model(graphdef, state))) == 122
 
@@ -177,9 +190,9 @@ def test_a_torch_module_or_an_abstract_model_is_refused_by_name() -> None:
 
     x = np.zeros((1, 32, 32, 3), np.float32)
     tv = torch_ref.create_model("resnet18", "imagenet")
-    with pytest.raises(TypeError, match=r"^predict takes a flax_resnet model \(create_model\), got ResNet$"):
+    with pytest.raises(TypeError, match=r"^predict takes a Flax model \(flax_resnet.create_model\), got ResNet$"):
         flax_resnet.predict(tv, x)
-    with pytest.raises(TypeError, match=r"^count_params takes a Flax model, got ResNet \(a torch module's count: "):
+    with pytest.raises(TypeError, match=r"^count_params takes a Flax model .*, got ResNet \(a torch module's count: "):
         flax_resnet.count_params(tv)
     shell = nnx.eval_shape(lambda: flax_resnet.create_model("resnet18", "imagenet"))
     for who, call in (("predict", lambda: flax_resnet.predict(shell, x)),
@@ -383,6 +396,7 @@ def test_the_steps_refuse_images_normalized_twice_and_float_labels() -> None:
         ("eval", dict(mask=None), r"a dict with keys 'image', 'label', 'mask'; got keys \['image', 'label'\]"),
         ("train", dict(rng=0), r"one PRNG key, jax.random.key\(seed\); got int32 of shape \(\)"),
         ("train", dict(rng=jax.random.split(jax.random.key(0), 4)), r"one PRNG key, .* of shape \(4,\)"),
+        ("train", dict(rng=np.zeros(3, np.uint32)), r"one PRNG key, .* got uint32 of shape \(3,\)"),  # not raw
     ],
 )
 def test_the_steps_refuse_batches_of_the_wrong_structure_or_shape(which: str, change: dict, says: str) -> None:
