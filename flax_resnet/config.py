@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,13 @@ RECIPE_VALUES: dict[str, dict[str, Any]] = {
         dtype="float32",
     ),
 }
+
+
+def differences(saved: Config, config: Config, keys: Iterable[str] = SETTING_FIELDS) -> list[str]:
+    """`key saved-value (this run: value)` for each of `keys` where a workdir's saved config and this run's
+    differ: what both trainers name when they refuse a workdir that holds another run."""
+    return [f"{k} {getattr(saved, k)!r} (this run: {getattr(config, k)!r})" for k in keys
+            if getattr(saved, k) != getattr(config, k)]  # fmt: skip
 
 
 def workdir_problem(workdir: str | Path) -> str | None:

@@ -26,7 +26,15 @@ from flax import nnx, struct
 from jax import lax
 
 from flax_resnet import data as data_lib
-from flax_resnet.config import SCHEDULES, SETTING_FIELDS, Config, data_problem, make_config, workdir_problem
+from flax_resnet.config import (
+    SCHEDULES,
+    SETTING_FIELDS,
+    Config,
+    data_problem,
+    differences,
+    make_config,
+    workdir_problem,
+)
 from flax_resnet.distributed import put_batch, to_host
 from flax_resnet.errors import one_line
 from flax_resnet.models import check_concrete, is_prng_key
@@ -266,11 +274,7 @@ def check_workdir(workdir: str | Path, config: Config, keys: tuple[str, ...] = R
             f"{path}: unreadable run config ({e}); the checkpoints' metadata hold each step's config: restore "
             "this file from it or remove it to resume, or use another --workdir"
         ) from None
-    diffs = [
-        f"{k} {getattr(saved, k)!r} (this run: {getattr(config, k)!r})"
-        for k in keys
-        if getattr(saved, k) != getattr(config, k)
-    ]
+    diffs = differences(saved, config, keys)
     if diffs:
         raise RunError(
             f"{Path(workdir)} holds a run with other settings: {', '.join(diffs)}; refusing to resume (rerun "

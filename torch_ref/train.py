@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flax_resnet import data as data_lib
-from flax_resnet.config import SCHEDULES, SETTING_FIELDS, Config, data_problem, workdir_problem
+from flax_resnet.config import SCHEDULES, Config, data_problem, differences, workdir_problem
 from flax_resnet.convert import save_safetensors, weights_metadata
 from flax_resnet.flags import init_weights_line, match_init_weights, read_init_weights
 from flax_resnet.reporting import Reporter, format_final
@@ -198,8 +198,7 @@ def _previous_run(
     if config.max_steps is not None:
         last = min(last, config.max_steps)
     # This run, if it differs only in where things are (e.g. another --data-dir) or how often it reports.
-    diffs = [f"{f} {getattr(saved, f)!r} (this run: {getattr(config, f)!r})" for f in SETTING_FIELDS
-             if getattr(saved, f) != getattr(config, f)]  # fmt: skip
+    diffs = differences(saved, config)
     finished = bool(history) and history[-1]["step"] == last and (workdir / RUN_FILES[1]).exists()
     return history, not diffs and finished, diffs
 
