@@ -177,15 +177,12 @@ def _holds_run(workdir: Path) -> bool:
     return any((workdir / name).exists() for name in ("torch_options.json", *RUN_FILES[:2]))
 
 
-UNREADABLE = "its config.json or metrics.jsonl cannot be read"  # `_previous_run`'s difference for such a run
-
-
 def _previous_run(
     workdir: Path, config: Config, steps_per_epoch: int
-) -> tuple[list[dict[str, Any]], bool, list[str]] | None:
-    """The metrics of the torch run already in `workdir` (None if there is none); whether it is this config's
-    run, finished (rerunning a finished command then has nothing to do); and the settings it differs in
-    ([UNREADABLE] when its files cannot be read: nothing is known of it)."""
+) -> tuple[list[dict[str, Any]] | None, bool, list[str]] | None:
+    """The metrics of the torch run already in `workdir` (None if there is none; `None` metrics when its files
+    cannot be read: nothing is known of it); whether it is this config's run, finished (rerunning a finished
+    command then has nothing to do); and the settings it differs in."""
     if not _holds_run(workdir):
         return None
     try:
@@ -193,7 +190,7 @@ def _previous_run(
         text = (workdir / "metrics.jsonl").read_text()
         history = [json.loads(line) for line in text.splitlines() if line.strip()]
     except (OSError, ValueError, TypeError):
-        return [], False, [UNREADABLE]
+        return None, False, []
     last = total_steps(config, steps_per_epoch)
     if config.max_steps is not None:
         last = min(last, config.max_steps)
@@ -257,18 +254,20 @@ def train(
         print(f"{workdir} holds this run, finished at step {previous[0][-1]['step']}: nothing to do "
               "(--overwrite trains it again)", file=out)  # fmt: skip
         return previous[0]
-    # A run that logged no epoch and saved no model (stopped inside its first) has nothing to lose: replaced.
-    if previous is not None and not overwrite and (previous[0] or previous[2] or (workdir / RUN_FILES[1]).exists()):
+    if previous is not None and not overwrite:
         history, _, diffs = previous
-        if diffs == [UNREADABLE]:
-            which = "a torch run whose config.json or metrics.jsonl cannot be read"
-        else:
-            which = f"another torch run (settings: {', '.join(diffs)})" if diffs else "this run, unfinished,"
-            which += f" with {len(history)} epochs logged"
-        raise TrainError(
-            f"{workdir} holds {which}, and this trainer does not resume; pass --overwrite to replace it, or give a "
-            "new --workdir"
-        )
+        # A run of these settings that logged no epoch and saved no model (stopped inside its first) has nothing
+        # to lose: it is replaced below.
+        if history != [] or diffs or (workdir / RUN_FILES[1]).exists():
+            if history is None:
+                which = "a torch run whose config.json or metrics.jsonl cannot be read"
+            else:
+                which = f"another torch run (settings: {', '.join(diffs)})" if diffs else "this run, unfinished,"
+                which += f" with {len(history)} epochs logged"
+            raise TrainError(
+                f"{workdir} holds {which}, and this trainer does not resume; pass --overwrite to replace it, or give "
+                "a new --workdir"
+            )
     if previous is not None:  # never a mix of the old run's files and the new config
         for path in (workdir / name for name in RUN_FILES):
             if path.is_dir():
