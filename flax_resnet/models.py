@@ -349,7 +349,8 @@ class ResNet(nnx.Module):
         rngs: nnx.Rngs,
     ):
         check_names(arch, variant)
-        if jnp.dtype(dtype) == jnp.float64 and not jax.config.read("jax_enable_x64"):
+        float64 = jnp.dtype(dtype) == jnp.float64
+        if float64 and not jax.config.read("jax_enable_x64"):
             raise ValueError("dtype float64 needs 64-bit JAX: jax.config.update('jax_enable_x64', True) first")
         if conv_lowering not in LOWERINGS:
             raise ValueError(f"unknown conv lowering {conv_lowering!r}; valid choices: {', '.join(LOWERINGS)}")
@@ -383,7 +384,7 @@ class ResNet(nnx.Module):
             bias_init=_torch_uniform(1.0 / math.sqrt(cin)),
             rngs=rngs,
         )
-        if jnp.dtype(dtype) == jnp.float64:
+        if float64:
             # A float64 model stores float64 variables too (float32 ones would round float64 weights on load and
             # give float64 logits only float32-accurate), initialized as the float32 model of the same seed is.
             nnx.update(self, jax.tree.map(lambda a: a.astype(dtype) if a.dtype == jnp.float32 else a, nnx.state(self)))
