@@ -19,7 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import flax_resnet
 import torch_ref
-from flax_resnet import StateDictError, WeightsFileError
+from flax_resnet import StateDictError, WeightsFileError, train
+from flax_resnet.config import make_config
+
+
+def _fresh_state():
+    """(config, graphdef, state, tx) of a new imagenet-stem resnet18 run, batch 4: what the step tests feed."""
+    config = make_config("article", arch="resnet18", variant="imagenet", batch_size=4)
+    graphdef, state, tx, _ = train.build_state(config)
+    return config, graphdef, state, tx
 
 
 @pytest.fixture(scope="module")
@@ -168,11 +176,7 @@ def test_a_prefixed_state_dict_says_so(r18: flax_resnet.ResNet, prefix: str) -> 
 
 def test_a_train_state_is_no_model_to_export_or_load(r18: flax_resnet.ResNet) -> None:
     """Its tree paths (`opt_state.0.trace.bn1.weight`) made 184 keys that nothing could load, without an error."""
-    from flax_resnet import train
-    from flax_resnet.config import make_config
-
-    config = make_config("article", arch="resnet18", variant="imagenet")
-    graphdef, state, _, _ = train.build_state(config)
+    _, graphdef, state, _ = _fresh_state()
     for call in (lambda: flax_resnet.to_torch_state_dict(state), lambda: flax_resnet.load_torch_state_dict(
             state, flax_resnet.to_torch_state_dict(r18))):
         with pytest.raises(TypeError, match=r"^weight conversion takes a Flax model \(flax_resnet.create_model\), "
@@ -185,8 +189,6 @@ def test_a_torch_module_or_an_abstract_model_is_refused_by_name() -> None:
     """These failed inside NNX or XLA: "'ResNet' object has no attribute 'dtype'", an IndexError, "copy
     requires ndarray", "ShapeDtypeStruct is not a valid JAX type"."""
     import optax
-
-    from flax_resnet import train
 
     x = np.zeros((1, 32, 32, 3), np.float32)
     tv = torch_ref.create_model("resnet18", "imagenet")
@@ -364,11 +366,7 @@ def test_one_line_collapses_whitespace_drops_terminal_styles_and_cuts_where_aske
 def test_the_steps_refuse_images_normalized_twice_and_float_labels() -> None:
     # The steps normalize raw pixels themselves: float images (normalized by the caller) were normalized again,
     # and trained on, without a word.
-    from flax_resnet import train
-    from flax_resnet.config import make_config
-
-    config = make_config("article", arch="resnet18", variant="imagenet", batch_size=4)
-    graphdef, state, tx, _ = train.build_state(config)
+    config, graphdef, state, tx = _fresh_state()
     pixels = np.zeros((4, 32, 32, 3), np.uint8)
     normalized = {"image": flax_resnet.normalize(pixels), "label": np.zeros(4, np.int32), "mask": np.ones(4)}
     with pytest.raises(TypeError, match=r"the train step takes raw integer pixels .* got float32 images"):
@@ -400,11 +398,7 @@ def test_the_steps_refuse_images_normalized_twice_and_float_labels() -> None:
     ],
 )
 def test_the_steps_refuse_batches_of_the_wrong_structure_or_shape(which: str, change: dict, says: str) -> None:
-    from flax_resnet import train
-    from flax_resnet.config import make_config
-
-    config = make_config("article", arch="resnet18", variant="imagenet", batch_size=4)
-    graphdef, state, tx, _ = train.build_state(config)
+    config, graphdef, state, tx = _fresh_state()
     batch = {"image": np.zeros((4, 32, 32, 3), np.uint8), "label": np.zeros(4, np.int32), "mask": np.ones(4)}
     change = dict(change)
     rng = change.pop("rng", jax.random.key(0))
@@ -423,11 +417,7 @@ def test_an_out_of_range_label_gets_a_nan_loss_and_masked_padding_any_label() ->
     """torch's cross_entropy raises on a label outside 0..classes-1; one_hot made it an all-zero target and a
     finite loss, training on nothing. The steps now report NaN for it (the trainer stops on it); masked padding
     may carry any label, and the rest matches torch."""
-    from flax_resnet import train
-    from flax_resnet.config import make_config
-
-    config = make_config("article", arch="resnet18", variant="imagenet", batch_size=4)
-    graphdef, state, tx, _ = train.build_state(config)
+    config, graphdef, state, tx = _fresh_state()
     pixels = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     evaluate = train.make_eval_step(graphdef)
     evaluated = evaluate(state, {"image": pixels, "label": np.array([3, 5, -1, 99]), "mask": np.array([1, 1, 0, 0])})
