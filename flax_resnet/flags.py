@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,8 +63,24 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def smoothing(text: str) -> float:
-    """argparse type: label smoothing in [0, 1)."""
+def finite_non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0 (an infinite weight decay is nan from the first step)."""
+    value = non_negative_float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0 (a learning rate of 0 trains nothing for the whole run, without error)."""
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a float in [0, 1) (label smoothing; momentum, which never decays from 1 on)."""
     value = float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
@@ -151,18 +168,18 @@ def add_training_flags(p: argparse.ArgumentParser, workdir_prefix: str, workdir_
     p.add_argument("--recipe", choices=RECIPES, default="default", help="hyperparameter recipe (default: default)")
     p.add_argument("--epochs", type=positive_int, help=recipe_default("epochs"))
     p.add_argument("--batch-size", type=batch_size, help="global batch size; " + recipe_default("batch_size"))
-    p.add_argument("--lr", type=non_negative_float, help="peak learning rate; " + recipe_default("lr"))
-    p.add_argument("--momentum", type=non_negative_float, help=recipe_default("momentum"))
+    p.add_argument("--lr", type=positive_float, help="peak learning rate; " + recipe_default("lr"))
+    p.add_argument("--momentum", type=fraction, help=recipe_default("momentum"))
     p.add_argument(
         "--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum; " + recipe_default("nesterov")
     )
     p.add_argument(
         "--weight-decay",
-        type=non_negative_float,
+        type=finite_non_negative_float,
         help="added to the gradient, torch style; " + recipe_default("weight_decay"),
     )
     p.add_argument("--schedule", choices=SCHEDULES, help=recipe_default("schedule"))
-    p.add_argument("--label-smoothing", type=smoothing, help=recipe_default("label_smoothing"))
+    p.add_argument("--label-smoothing", type=fraction, help=recipe_default("label_smoothing"))
     p.add_argument(
         "--cutout",
         type=non_negative_int,

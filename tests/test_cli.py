@@ -62,7 +62,8 @@ def test_help_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
     parser = _script("train").build_parser()
     for bad in (["--bogus"], ["--variant", "tiny"], ["--schedule", "linear"], ["--dtype", "fp16"], ["--recipe", "x"],
                 ["--seed", "-1"], ["--holdout", "-5"], ["--cutout", "x"], ["--checkpoint-seconds", "-1"],
-                ["--batch-size", "1"], ["--seed", str(2**32)]):  # fmt: skip
+                ["--batch-size", "1"], ["--seed", str(2**32)], ["--lr", "0"], ["--lr", "inf"], ["--lr", "nan"],
+                ["--momentum", "1"], ["--weight-decay", "inf"], ["--label-smoothing", "1"]):  # fmt: skip
         with pytest.raises(SystemExit) as info:
             parser.parse_args(bad)
         assert info.value.code == 2
