@@ -178,7 +178,10 @@ def format_epoch(r: dict[str, Any]) -> str:
         f"train loss {r['train_loss']:.4f} acc {100 * r['train_acc']:.2f}% | "
         f"test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:.2f}% | "
         + (f"flip TTA acc {100 * r['test_acc_flip']:.2f}% | " if "test_acc_flip" in r else "")
-        + f"{r['epoch_seconds']:.1f}s {r['images_per_second']:.0f} img/s"
+        + f"{r['epoch_seconds']:.1f}s "
+        # 0: every step of the epoch was a run's first (compile, warm-up), which neither trainer times
+        + (f"{r['images_per_second']:.0f} img/s" if r["images_per_second"] > 0
+           else "img/s not measured (first step only)")
     )
 
 

@@ -341,6 +341,8 @@ def test_epoch_line_and_curves_show_each_number_where_it_belongs(
     line = reporting.format_epoch({**records[1], "test_acc_flip": 0.7})
     assert line == ("epoch 2 step 20 lr 0.1 | train loss 0.5000 acc 50.00% | test loss 1.0000 acc 62.50% | "
                     "flip TTA acc 70.00% | 12.0s 400 img/s")  # fmt: skip
+    line = reporting.format_epoch({**records[0], "epoch_seconds": 0.0, "images_per_second": 0.0})
+    assert line.endswith("| 0.0s img/s not measured (first step only)")  # not "0 img/s"
     figures = []
     monkeypatch.setattr(reporting, "_save", lambda fig, path: figures.append(fig))
     reporting.plot_curves(records, tmp_path / "curves.png")
