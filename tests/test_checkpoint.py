@@ -1,5 +1,5 @@
-"""Checkpointer: round trip, last-2 retention, half-written and corrupt steps, disk full while saving, a sound
-checkpoint of another layout (refused, never quarantined), damaged metadata."""
+"""Checkpointer: round trip (a whole TrainState too), last-2 retention, half-written and corrupt steps, disk
+full while saving, a sound checkpoint of another layout (refused, never quarantined), damaged metadata."""
 
 from __future__ import annotations
 
@@ -61,6 +61,40 @@ def test_round_trip_keeps_last_two_and_ignores_half_written(tmp_path: Path) -> N
     ckpt.close()
     assert find_checkpoint(tmp_path / "ck") == (tmp_path / "ck", None)
     assert find_checkpoint(tmp_path / "ck" / "3") == (tmp_path / "ck", 3)
+
+
+def test_a_train_state_comes_back_whole(tmp_path: Path) -> None:
+    """A trainer's TrainState (article variant, so SGD with momentum) with a moved momentum buffer and moved
+    BatchNorm statistics comes back bitwise into a fresh state, every leaf: a save that dropped or zeroed the
+    optimizer state or the statistics was caught only by the slow kill-and-resume test."""
+    import jax
+
+    from flax_resnet.config import make_config
+    from flax_resnet.train import TrainState, build_state
+
+    config = make_config("article", arch="resnet18", variant="article", dtype="float32")
+    _, fresh, tx, _ = build_state(config)
+    rng = np.random.default_rng(0)
+
+    def noise(tree):
+        return jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape).astype(a.dtype)), tree)
+
+    opt_state = fresh.opt_state
+    for _ in range(2):
+        _, opt_state = tx.update(noise(fresh.params), opt_state, fresh.params)
+    stats = jax.tree.map(lambda a, b: a + jnp.abs(b), fresh.batch_stats, noise(fresh.batch_stats))
+    state = TrainState(jnp.asarray(2, jnp.int32), noise(fresh.params), stats, opt_state)
+    for part in ("params", "batch_stats", "opt_state", "step"):  # else the check below could not fail
+        assert not _equal(getattr(state, part), getattr(fresh, part)), part
+
+    ckpt = Checkpointer(tmp_path / "ck")
+    ckpt.save(2, state, {"epoch": 0})
+    restored, meta = ckpt.restore_latest(build_state(config)[1], warn=pytest.fail)
+    ckpt.close()
+    assert meta["step"] == 2 and type(restored) is TrainState
+    for part in ("params", "batch_stats", "opt_state", "step"):
+        assert jax.tree.structure(getattr(restored, part)) == jax.tree.structure(getattr(state, part)), part
+        assert _equal(getattr(restored, part), getattr(state, part)), part
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
