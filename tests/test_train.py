@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 import scipy.special
+from test_train_torch import RECIPE_SGD  # each recipe's optimizer, written out by hand
 
 from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, make_image_folder
 from flax_resnet import data as data_lib
@@ -24,7 +25,9 @@ from flax_resnet.packing import StatePacking
 from flax_resnet.train import (
     CUTOUT_STREAM,
     RunError,
+    apply_model,
     build_state,
+    cross_entropy,
     evaluate,
     load_run,
     make_eval_fn,
@@ -341,6 +344,27 @@ def test_cutout_covering_the_whole_image_makes_the_step_blind_to_pixels(tiny_dat
     assert losses[0] != losses[1]
 
 
+def test_the_step_cuts_the_square_out_of_the_normalized_crop(tiny_data: Path, tmp_path: Path) -> None:
+    """The step's input, rebuilt by hand in the documented order: crop and flip the pixels, normalize, then zero
+    the square, which so takes the dataset's mean colour (DeVries & Taylor). Cut from the raw pixels first, the
+    square would be (0 - mean) / std, about -2, and the loss another (a whole-image square cannot show it: a
+    batch of identical images leaves nothing to the imagenet stem's 1x1 train-mode BatchNorm at layer4)."""
+    config = _config(tiny_data, tmp_path, num_classes=3, cutout=12)
+    graphdef, state, tx, _ = build_state(config)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 3, 16).astype(np.int32)
+    key = jax.random.key(3)
+    x = data_lib.normalize(data_lib.augment(key, images))
+    x = data_lib.cutout(jax.random.fold_in(key, CUTOUT_STREAM), x, config.cutout)
+    assert 0 < float((x == 0).all(-1).mean()) < 0.5  # the squares are there, and all zeros
+    logits, _ = apply_model(graphdef, state.params, state.batch_stats, x, train=True)
+    want = float(cross_entropy(logits, labels, config.label_smoothing).mean())
+    step = make_train_step(graphdef, tx, config)
+    _, metrics = step(state, {"image": images, "label": labels}, key)
+    assert float(metrics["loss"]) == pytest.approx(want, rel=1e-6)
+
+
 def test_signal_flag_first_stops_second_aborts_but_not_mid_save() -> None:
     import os
     import threading
@@ -531,7 +555,6 @@ def test_apply_model_is_torchvisions_forward_and_gradient_as_a_pure_function() -
     from flax import nnx
 
     from flax_resnet import create_model, load_torch_state_dict, normalize
-    from flax_resnet.train import apply_model, cross_entropy
 
     torch.manual_seed(0)
     reference = torchvision.models.resnet18(num_classes=10)
@@ -571,13 +594,11 @@ def test_apply_model_is_torchvisions_forward_and_gradient_as_a_pure_function() -
                                running["layer4.1.bn2.running_var"].numpy(), rtol=1e-5, atol=1e-6)
 
 
-# What each recipe's optimizer is, written out by hand from the article and the default recipe's description
-# (not read from config.py): (nesterov, momentum, weight decay, label smoothing).
-RECIPE_TORCH_SGD = {"default": (True, 0.9, 5e-4, 0.1), "article": (False, 0.9, 5e-4, 0.0)}
-
-
-@pytest.mark.parametrize("recipe", sorted(RECIPE_TORCH_SGD))
-def test_the_recipes_train_step_is_torch_sgd_on_torchvision(recipe: str) -> None:
+@pytest.mark.parametrize(("recipe", "momentum", "nesterov", "weight_decay", "smoothing"),
+                         [(r, m, n, wd, eps) for r, _, m, n, wd, eps in RECIPE_SGD])  # fmt: skip
+def test_the_recipes_train_step_is_torch_sgd_on_torchvision(
+    recipe: str, momentum: float, nesterov: bool, weight_decay: float, smoothing: float
+) -> None:
     """The whole train step as the trainer builds it from a recipe (`build_state`, `make_train_step`), two
     steps on one batch without augmentation, against torchvision's resnet18 with the same weights under
     torch.optim.SGD configured by hand: the step's loss and accuracy metrics, then each weight's update. A step
@@ -592,10 +613,8 @@ def test_the_recipes_train_step_is_torch_sgd_on_torchvision(recipe: str) -> None
     import torchvision
 
     from flax_resnet import to_torch_state_dict
-    from flax_resnet.train import build_state, make_train_step, merge_model
     from torch_ref.train import lr_at
 
-    nesterov, momentum, weight_decay, smoothing = RECIPE_TORCH_SGD[recipe]
     config = make_config(recipe, arch="resnet18", variant="imagenet", batch_size=8, lr=0.01, dtype="float32")
     torch.manual_seed(0)
     reference = torchvision.models.resnet18(num_classes=10)

@@ -544,6 +544,34 @@ def test_train_steps_are_hand_sgd_at_the_scheduled_lr_on_the_smoothed_loss(
     assert [r["train_loss"] for r in rows] == pytest.approx([np.mean(losses[:5]), np.mean(losses[5:])], rel=1e-5)
 
 
+def test_the_torch_step_cuts_the_square_out_of_the_normalized_crop(tmp_path: Path) -> None:
+    """As in the JAX step: the square is zeroed after normalization, so the model sees exact zeros there (the
+    dataset's mean colour); cut from the raw pixels, it would see (0 - mean) / std and no zero at all."""
+    import torch_ref.train as ttrain
+
+    data = tmp_path / "data"
+    _make_image_folder(data)
+    config = make_config(
+        "default", arch="resnet18", variant="imagenet", batch_size=16, epochs=1, cutout=12, progress=False,
+        data=str(data), data_dir=str(tmp_path / "cache"), workdir=str(tmp_path / "run"),
+    )  # fmt: skip
+    models: list[_TinyLinear] = []
+
+    def tiny_model(arch: str, variant: str, num_classes: int) -> _TinyLinear:
+        models.append(_TinyLinear(num_classes))
+        return models[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ttrain, "create_model", tiny_model)
+        torch_train(config, TorchOptions(device="cpu"), out=io.StringIO())
+    (model,) = models
+    assert len(model.inputs) == 5
+    for x in model.inputs:
+        erased = (x.reshape(16, 3, 32, 32) == 0).all(axis=1).sum(axis=(1, 2))
+        # a 12-pixel square clipped at the border keeps at least 6 x 6 of its pixels
+        assert erased.min() >= 36 and erased.max() <= 144, erased
+
+
 def test_torch_to_device_refuses_float_images() -> None:
     from torch_ref import data as tdata
 
