@@ -31,6 +31,23 @@ CACHE_ENV = {
 TINY_CLASSES = ("cat", "dog", "frog")
 TINY_TRAIN_PER_CLASS = 32  # 96 images: 6 steps of 16 per epoch
 TINY_TEST_PER_CLASS = 7  # 21 images: not a multiple of the batch size
+# Every Config field that changes what a run learns, or the steps it takes, with another valid value: a resume,
+# or a torch rerun, must refuse a workdir whose config differs in any of them. Written out here, not read from
+# config.py, so a new field has to be placed on one side or the other (tests check the split covers Config).
+LEARNING_SETTINGS = dict(
+    arch="resnet34", variant="cifar", num_classes=5, recipe="article", epochs=7, batch_size=32, lr=0.3,
+    momentum=0.8, nesterov=False, weight_decay=1e-3, schedule="cosine", warmup_fraction=0.2,
+    piecewise_boundaries=(0.5,), piecewise_factor=0.2, label_smoothing=0.0, cutout=8, dtype="bfloat16",
+    holdout=10, seed=1,
+)  # fmt: skip
+# Where files are, how often to report or save, which implementation computes the same function: a resume
+# may change them.
+OPERATIONAL_SETTINGS = dict(
+    workdir="elsewhere", data="other.tar", data_dir="cache2", progress=True, checkpoint_every=3,
+    checkpoint_seconds=5.0, conv_lowering="xla", batch_norm="fused",
+)  # fmt: skip
+# Read only by a fresh run (the JAX trainer keeps the first run's), and where a run stops.
+START_SETTINGS = dict(init_weights="w.safetensors", init_skip=("fc",), max_steps=5)
 # The smallest model/settings that exercise the whole loop on CPU: the imagenet stem shrinks 32x32 to 8x8 early.
 TINY_FLAGS = ("--arch", "resnet18", "--variant", "imagenet", "--batch-size", "16", "--no-progress")
 

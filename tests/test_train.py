@@ -15,7 +15,14 @@ import pytest
 import scipy.special
 from test_train_torch import RECIPE_SGD  # each recipe's optimizer, written out by hand
 
-from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, make_image_folder
+from conftest import (
+    LEARNING_SETTINGS,
+    OPERATIONAL_SETTINGS,
+    START_SETTINGS,
+    TINY_TEST_PER_CLASS,
+    TINY_TRAIN_PER_CLASS,
+    make_image_folder,
+)
 from flax_resnet import data as data_lib
 from flax_resnet.checkpoint import Checkpointer
 from flax_resnet.config import Config, make_config
@@ -27,6 +34,7 @@ from flax_resnet.train import (
     RunError,
     apply_model,
     build_state,
+    check_workdir,
     cross_entropy,
     evaluate,
     load_run,
@@ -363,6 +371,25 @@ def test_the_step_cuts_the_square_out_of_the_normalized_crop(tiny_data: Path, tm
     step = make_train_step(graphdef, tx, config)
     _, metrics = step(state, {"image": images, "label": labels}, key)
     assert float(metrics["loss"]) == pytest.approx(want, rel=1e-6)
+
+
+def test_a_resume_refuses_every_learning_setting_and_only_those(tmp_path: Path) -> None:
+    """Each setting that changes what a run learns, changed on its own, is refused by name; where files are,
+    how often to save, and the start-only settings are not. Caught before: a resume with another --weight-decay."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(Config)}
+    assert fields == {*LEARNING_SETTINGS, *OPERATIONAL_SETTINGS, *START_SETTINGS}, "classify the new Config field"
+    base = make_config("default", arch="resnet18", variant="imagenet", batch_size=16, progress=False,
+                       workdir=str(tmp_path))  # fmt: skip
+    base.save(tmp_path / "config.json")
+    for key, value in LEARNING_SETTINGS.items():
+        assert getattr(base, key) != value, key
+        with pytest.raises(RunError, match=rf"holds a run with other settings: {key} .*\(this run: "):
+            check_workdir(tmp_path, dataclasses.replace(base, **{key: value}))
+    for key, value in {**OPERATIONAL_SETTINGS, **START_SETTINGS}.items():
+        assert getattr(base, key) != value, key
+        assert check_workdir(tmp_path, dataclasses.replace(base, **{key: value})) == base, key
 
 
 def test_signal_flag_first_stops_second_aborts_but_not_mid_save() -> None:

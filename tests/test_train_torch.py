@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from test_data import CUTOUT_CENTERS, cutout_keep_reference
 
 import flax_resnet
+from conftest import LEARNING_SETTINGS, OPERATIONAL_SETTINGS, START_SETTINGS
 from flax_resnet import data as data_lib
 from flax_resnet.config import Config, make_config
 from flax_resnet.data import CIFAR10_MEAN, CIFAR10_STD
@@ -570,6 +571,26 @@ def test_the_torch_step_cuts_the_square_out_of_the_normalized_crop(tmp_path: Pat
         erased = (x.reshape(16, 3, 32, 32) == 0).all(axis=1).sum(axis=(1, 2))
         # a 12-pixel square clipped at the border keeps at least 6 x 6 of its pixels
         assert erased.min() >= 36 and erased.max() <= 144, erased
+
+
+def test_a_rerun_names_every_setting_it_differs_in_and_only_those(tmp_path: Path) -> None:
+    """The torch trainer cannot resume, so any setting that changes the run, start-only ones included, makes
+    a workdir another run's; where files are and how often to report do not."""
+    import dataclasses
+
+    from torch_ref.train import _previous_run
+
+    base = make_config("default", arch="resnet18", variant="imagenet", batch_size=16, progress=False,
+                       workdir=str(tmp_path))  # fmt: skip
+    base.save(tmp_path / "config.json")
+    (tmp_path / "metrics.jsonl").write_text("")
+    for key, value in {**LEARNING_SETTINGS, **START_SETTINGS}.items():
+        assert getattr(base, key) != value, key
+        _, same, diffs = _previous_run(tmp_path, dataclasses.replace(base, **{key: value}), 5)
+        assert not same and [d.split(" ")[0] for d in diffs] == [key], (key, diffs)
+    for key, value in OPERATIONAL_SETTINGS.items():
+        assert getattr(base, key) != value, key
+        assert _previous_run(tmp_path, dataclasses.replace(base, **{key: value}), 5)[2] == [], key
 
 
 def test_torch_to_device_refuses_float_images() -> None:
