@@ -98,6 +98,20 @@ def test_backbone_with_another_head_loads_with_skip() -> None:
     got = np.asarray(nnx.view(model, use_running_average=True)(x))
     assert np.max(np.abs(got - want)) <= harness.TOL_EVAL * max(1.0, float(np.max(np.abs(want))))
 
+    # A skipped module whose shapes do match is left alone too (the head above could not have loaded anyway).
+    tv10 = torchvision.models.resnet18(num_classes=10)
+    harness.randomize_batchnorm(tv10, 6)
+    before = flax_resnet.to_torch_state_dict(model)
+    skipped = ("layer4.1.bn2", "fc")
+    kept = flax_resnet.load_torch_state_dict(model, tv10.state_dict(), skip=skipped)
+    assert kept == sorted(k for k in before if k.startswith(tuple(name + "." for name in skipped)))
+    after, theirs = flax_resnet.to_torch_state_dict(model), tv10.state_dict()
+    for key, value in after.items():
+        want = before[key] if key in kept else theirs[key].numpy()
+        assert np.array_equal(value, want), key
+        if key in kept and not key.endswith("num_batches_tracked"):  # else the check above could not fail
+            assert not np.array_equal(value, theirs[key].numpy()), key
+
 
 def test_torchvision_weights_load_into_an_abstract_model(record_property: pytest.RecordProperty) -> None:
     """`nnx.eval_shape` builds the model without its random init; loading torchvision's state dict gives it values,
