@@ -229,16 +229,20 @@ def test_auto_picks_dense_where_the_window_covers_the_map() -> None:
         (6, 3, 1, ((0, 2), (1, 0)), 4, 5),  # one-sided padding, the two axes differing
     ],
 )
-def test_chunked_over_several_chunks_matches_torch(case, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A budget of 2 images per chunk and 6 images: three chunks, so the scan's output order and the kernel
-    # gradient summed across chunks are exercised (the other tests' batches fit in one chunk).
+@pytest.mark.parametrize(("n", "fits", "chunk"), [(6, 2, 2), (6, 4, 3), (5, 2, 1)], ids=["6by2", "6by3", "5by1"])
+def test_chunked_over_several_chunks_matches_torch(
+    case, n: int, fits: int, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A budget of `fits` images per chunk: the chunk is the largest divisor of the batch within it (a batch of
+    # 5 in chunks of 2 would lose an image), and several chunks exercise the scan's output order and the
+    # kernel gradient summed across chunks (the other tests' batches fit in one chunk).
     size, k, stride, padding, cin, _ = case
     ho = (size + sum(padding[0]) - k) // stride + 1
     wo = (size + sum(padding[1]) - k) // stride + 1
     per_image = ho * wo * k * k * cin * 4  # the patch buffer of one image, float32
-    monkeypatch.setattr(conv, "CHUNK_BYTES", 2 * per_image + per_image // 2)
-    assert conv._chunk_images((6, size, size, cin), (k, k, cin, 1), stride, padding) == 2
-    _check("chunked", [case], n=6)
+    monkeypatch.setattr(conv, "CHUNK_BYTES", fits * per_image + per_image // 2)
+    assert conv._chunk_images((n, size, size, cin), (k, k, cin, 1), stride, padding) == chunk
+    _check("chunked", [case], n=n)
 
 
 def test_winograd_over_several_chunks_matches_torch(monkeypatch: pytest.MonkeyPatch) -> None:
