@@ -78,6 +78,12 @@ def test_lr_at_hand_values() -> None:
     assert [lr_at(onecycle, 10, s) for s in (0, 1, 3, 10, 20)] == pytest.approx(
         [0.01, 0.01 + 0.24 / 3, 0.25, 0.25 * 10 / 17, 0.0], rel=1e-12
     )
+    cosine = make_config("default", schedule="cosine", epochs=1, lr=0.25)  # 23 steps, warm-up round(3.45) = 3
+    want = [0.01, 0.25, 0.125 * (1 + np.sqrt(0.5)), 0.125, 0.0]  # then 20 steps of half a cosine: t = 0, 5, 10, 20
+    assert [lr_at(cosine, 23, s) for s in (0, 3, 8, 13, 23)] == pytest.approx(want, rel=1e-12, abs=1e-15)
+    with jax.enable_x64(True):  # and the JAX schedule, at the same steps
+        jax_lr = make_schedule(cosine, 23)(jnp.asarray([0, 3, 8, 13, 23]))
+    np.testing.assert_allclose(np.asarray(jax_lr, np.float64), want, rtol=1e-6, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------- augmentation
