@@ -373,6 +373,32 @@ def test_the_step_cuts_the_square_out_of_the_normalized_crop(tiny_data: Path, tm
     assert float(metrics["loss"]) == pytest.approx(want, rel=1e-6)
 
 
+def test_a_resume_from_an_older_checkpoint_rewrites_the_later_epochs_once(tiny_data: Path, tmp_path: Path) -> None:
+    """The newest checkpoint lost (here deleted; in practice damaged and quarantined): the run resumes from
+    epoch 1's and redoes epoch 2, whose metrics line must then appear once, not twice. Before the run, the
+    trimming rule by hand: complete epochs up to the step kept; a partial record only where the run ends."""
+    import shutil
+
+    from flax_resnet.reporting import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    records = [{"step": 6}, {"step": 9, "complete": False}, {"step": 12}, {"step": 15, "complete": False}]
+    for max_step, finished, want in ((9, False, [6]), (9, True, [6, 9]), (12, False, [6, 12]), (0, False, [])):
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        kept = truncate_metrics(path, max_step, finished)
+        assert [r["step"] for r in kept] == want, (max_step, finished)
+        assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == want
+
+    config = _config(tiny_data, tmp_path, checkpoint_seconds=0)  # a checkpoint at each epoch end: steps 6, 12
+    train(config)
+    first = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "12")
+    assert train(config)["step"] == 12
+    again = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"]) for r in again] == [(1, 6), (2, 12)]
+    assert again[0] == first[0] and again[1]["test_acc"] == first[1]["test_acc"]  # epoch 2 redone, bitwise
+
+
 def test_a_resume_refuses_every_learning_setting_and_only_those(tmp_path: Path) -> None:
     """Each setting that changes what a run learns, changed on its own, is refused by name; where files are,
     how often to save, and the start-only settings are not. Caught before: a resume with another --weight-decay."""
