@@ -550,6 +550,35 @@ def test_tfds_mock_data(tmp_path: Path) -> None:
     assert tf.config.get_visible_devices("GPU") == []
 
 
+def test_tfds_splits_and_labels_are_read_as_served(tmp_path: Path) -> None:
+    """Splits of different sizes with known contents: 12 training and 7 test images, each image's index in
+    its first pixel (train 100 + i, test 200 + i) and its label another function of it, so swapped splits or
+    labels read from anywhere else show (the random mock data above has equal splits and random labels)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow as tf
+
+    sizes, first_pixel = {"train": 12, "test": 7}, {"train": 100, "test": 200}
+
+    def label_of(split: str, i: int) -> int:
+        return (3 * i + (1 if split == "test" else 0)) % 10
+
+    def served(self, split, decoders=None, read_config=None, **kwargs):
+        name = str(split)
+        images = np.zeros((sizes[name], 32, 32, 3), np.uint8)
+        images[:, 0, 0, 0] = first_pixel[name] + np.arange(sizes[name])
+        labels = np.array([label_of(name, i) for i in range(sizes[name])], np.int64)
+        return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+
+    with tfds.testing.mock_data(as_dataset_fn=served):
+        got = load_dataset("tfds", data_dir=str(tmp_path))
+    for split, images, labels in (("train", got.train_images, got.train_labels),
+                                  ("test", got.test_images, got.test_labels)):  # fmt: skip
+        n = sizes[split]
+        assert images.shape == (n, 32, 32, 3) and labels.dtype == np.int32
+        assert images[:, 0, 0, 0].tolist() == [first_pixel[split] + i for i in range(n)]
+        assert labels.tolist() == [label_of(split, i) for i in range(n)]
+
+
 def test_tfds_offline_and_unprepared_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("tensorflow_datasets")
 
