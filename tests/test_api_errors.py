@@ -301,6 +301,21 @@ def test_a_pickled_whole_model_is_refused_in_one_plain_line(tmp_path: Path) -> N
     assert "\x1b" not in message and "\n" not in message
 
 
+def test_a_pt_mapping_with_values_that_are_no_tensors_is_refused_not_filtered(tmp_path: Path) -> None:
+    """A training checkpoint's dict: its tensors under "state_dict" load, the rest is ignored; a flat mapping
+    that mixes tensors and other values is refused, never loaded with the other values silently dropped."""
+    weight = torch.arange(4.0).reshape(2, 2)
+    cases = {"mixed": {"fc.weight": weight, "epoch": 3}, "none": {"epoch": 3}, "list": [weight]}
+    for name, obj in cases.items():
+        torch.save(obj, tmp_path / f"{name}.pt")
+        path = re.escape(str(tmp_path / f"{name}.pt"))
+        with pytest.raises(WeightsFileError, match=rf"^{path}: does not hold a state dict of tensors$"):
+            flax_resnet.load_weights_file(tmp_path / f"{name}.pt")
+    torch.save({"state_dict": {"fc.weight": weight}, "epoch": 3}, tmp_path / "checkpoint.pt")
+    loaded = flax_resnet.load_weights_file(tmp_path / "checkpoint.pt")
+    assert list(loaded) == ["fc.weight"] and np.array_equal(loaded["fc.weight"], weight.numpy())
+
+
 @pytest.mark.parametrize("content", [b"hello\n", bytes(range(256)) * 4], ids=["text", "bytes"])
 def test_a_pt_file_that_is_no_torch_save_is_unreadable_not_unsafe(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "x.pt"
