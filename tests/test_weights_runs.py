@@ -14,7 +14,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import REPO, TINY_CLASSES, run_cli
+from conftest import REPO, TINY_CLASSES, TINY_TEST_PER_CLASS, run_cli
 from flax_resnet import convert
 from flax_resnet.config import make_config
 from flax_resnet.train import load_run
@@ -125,6 +125,27 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+def test_per_class_rows_name_their_own_class(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model that answers "cat" for every image (head weights 0, bias on class 0): by hand, cat 7/7, dog and
+    frog 0/7 each. The tiny trained run's rows for cat and frog are alike, so rows printed under each
+    other's names passed there."""
+    model = torchvision.models.resnet18(num_classes=3)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.tensor([3.0, 0.0, 0.0]))
+    path = tmp_path / "always_cat.safetensors"
+    convert.save_safetensors(
+        model.state_dict(), path, convert.weights_metadata("resnet18", "imagenet", TINY_CLASSES, 1)
+    )
+    cache, png = tmp_path / "cache", tmp_path / "cm.png"
+    assert _main("evaluate")([str(path), "--data", str(tiny_data), "--data-dir", str(cache), "--out", str(png)]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    n = TINY_TEST_PER_CLASS
+    assert rows == [["cat", "100.00%", f"({n}/{n})"], ["dog", "0.00%", f"(0/{n})"], ["frog", "0.00%", f"(0/{n})"]]
 
 
 def test_weights_that_do_not_name_or_fit_their_model_are_one_line(
