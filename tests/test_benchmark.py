@@ -174,6 +174,24 @@ def test_alternating_windows_time_each_call_in_abba_order() -> None:
     assert benchmark.time_windows(runs[0], synced.append, warmup=0, windows=3, steps=1) and log.count("a") == 12
 
 
+def test_the_rates_count_the_timed_steps_of_the_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every window made to last 1 s: 3 timed steps of 8 images are 24 img/s, train and eval, JAX and torch (a
+    rate over the warm-up steps too, or over another batch size, would not be)."""
+    real = benchmark.time_windows_alternating
+
+    def one_second_windows(runs, sync, warmup, windows, steps):
+        real(runs, sync, warmup, windows, steps)  # every call made as usual; only the clock is replaced
+        return [[1.0] * windows for _ in runs]
+
+    monkeypatch.setattr(benchmark, "time_windows_alternating", one_second_windows)
+    counts = dict(steps=3, warmup=2, windows=2)
+    records = [*benchmark.bench_jax("resnet18", "imagenet", 8, "float32", **counts),
+               benchmark.bench_torch("resnet18", "imagenet", 8, "eager", "float32", **counts)]  # fmt: skip
+    for r in records:
+        assert (r["train_images_per_second"], r["eval_images_per_second"]) == (24.0, 24.0), r
+        assert r["window_images_per_second"] == [24.0, 24.0]
+
+
 def test_a_record_is_the_median_window_and_its_flops_by_hand() -> None:
     # Three windows of 10 steps of 8 images in 1, 2 and 4 s: 80, 40 and 20 img/s, median 40 (mean 46.7, max 80).
     r = benchmark._record("jax", "jit", "float32", "resnet18", "cifar", 8, "cpu", "fixed", [1.0, 2.0, 4.0], [0.5],
