@@ -354,9 +354,9 @@ def test_cutout_covering_the_whole_image_makes_the_step_blind_to_pixels(tiny_dat
 
 def test_the_step_cuts_the_square_out_of_the_normalized_crop(tiny_data: Path, tmp_path: Path) -> None:
     """The step's input, rebuilt by hand in the documented order: crop and flip the pixels, normalize, then zero
-    the square, which so takes the dataset's mean colour (DeVries & Taylor). Cut from the raw pixels first, the
-    square would be (0 - mean) / std, about -2, and the loss another (a whole-image square cannot show it: a
-    batch of identical images leaves nothing to the imagenet stem's 1x1 train-mode BatchNorm at layer4)."""
+    the square, so that it takes the dataset's mean colour (DeVries & Taylor). Cut from the raw pixels first,
+    the square would be (0 - mean) / std, about -2, and the loss another (a whole-image square cannot show it:
+    a batch of identical images leaves nothing to the imagenet stem's 1x1 train-mode BatchNorm at layer4)."""
     config = _config(tiny_data, tmp_path, num_classes=3, cutout=12)
     graphdef, state, tx, _ = build_state(config)
     rng = np.random.default_rng(0)

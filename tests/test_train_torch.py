@@ -480,6 +480,17 @@ class _TinyLinear(torch.nn.Module):
         return self.fc(x)
 
 
+def _tiny_linear_factory() -> tuple[list[_TinyLinear], Callable[[str, str, int], _TinyLinear]]:
+    """A stand-in for torch_ref.train.create_model and the list of the models it made (to patch it in)."""
+    models: list[_TinyLinear] = []
+
+    def tiny_model(arch: str, variant: str, num_classes: int) -> _TinyLinear:
+        models.append(_TinyLinear(num_classes))
+        return models[-1]
+
+    return models, tiny_model
+
+
 @pytest.mark.parametrize(("recipe", "lr", "momentum", "nesterov", "wd", "eps"), RECIPE_SGD)
 def test_train_steps_are_hand_sgd_at_the_scheduled_lr_on_the_smoothed_loss(
     tmp_path: Path, recipe: str, lr: float, momentum: float, nesterov: bool, wd: float, eps: float
@@ -497,12 +508,8 @@ def test_train_steps_are_hand_sgd_at_the_scheduled_lr_on_the_smoothed_loss(
     )  # fmt: skip
     assert config.lr == lr  # the recipe's base lr, from which the schedule below starts
     torch.set_num_threads(1)
-    models: list[_TinyLinear] = []
+    models, tiny_model = _tiny_linear_factory()
     steps: list[dict[str, list[np.ndarray]]] = []
-
-    def tiny_model(arch: str, variant: str, num_classes: int) -> _TinyLinear:
-        models.append(_TinyLinear(num_classes))
-        return models[-1]
 
     def spied_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
         optimizer = real_make_optimizer(model, cfg)
@@ -562,12 +569,7 @@ def test_the_torch_step_cuts_the_square_out_of_the_normalized_crop(tmp_path: Pat
         "default", arch="resnet18", variant="imagenet", batch_size=16, epochs=1, cutout=12, progress=False,
         data=str(data), data_dir=str(tmp_path / "cache"), workdir=str(tmp_path / "run"),
     )  # fmt: skip
-    models: list[_TinyLinear] = []
-
-    def tiny_model(arch: str, variant: str, num_classes: int) -> _TinyLinear:
-        models.append(_TinyLinear(num_classes))
-        return models[-1]
-
+    models, tiny_model = _tiny_linear_factory()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ttrain, "create_model", tiny_model)
         torch_train(config, TorchOptions(device="cpu"), out=io.StringIO())
