@@ -379,7 +379,7 @@ def test_a_resume_from_an_older_checkpoint_rewrites_the_later_epochs_once(tiny_d
     trimming rule by hand: complete epochs up to the step kept; a partial record only where the run ends."""
     import shutil
 
-    from flax_resnet.reporting import truncate_metrics
+    from flax_resnet.reporting import read_metrics, truncate_metrics
 
     path = tmp_path / "metrics.jsonl"
     records = [{"step": 6}, {"step": 9, "complete": False}, {"step": 12}, {"step": 15, "complete": False}]
@@ -387,14 +387,14 @@ def test_a_resume_from_an_older_checkpoint_rewrites_the_later_epochs_once(tiny_d
         path.write_text("".join(json.dumps(r) + "\n" for r in records))
         kept = truncate_metrics(path, max_step, finished)
         assert [r["step"] for r in kept] == want, (max_step, finished)
-        assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == want
+        assert [r["step"] for r in read_metrics(path)] == want
 
     config = _config(tiny_data, tmp_path, checkpoint_seconds=0)  # a checkpoint at each epoch end: steps 6, 12
     train(config)
-    first = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    first = read_metrics(tmp_path / "run" / "metrics.jsonl")
     shutil.rmtree(tmp_path / "run" / "checkpoints" / "12")
     assert train(config)["step"] == 12
-    again = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    again = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [(r["epoch"], r["step"]) for r in again] == [(1, 6), (2, 12)]
     assert again[0] == first[0] and again[1]["test_acc"] == first[1]["test_acc"]  # epoch 2 redone, bitwise
 
