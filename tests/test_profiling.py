@@ -148,6 +148,21 @@ def test_jax_wall_time_waits_for_the_device(tmp_path: Path) -> None:
     assert s["wall_ms_per_step"] >= 0.5 * 1000 * min(synced), (s["wall_ms_per_step"], synced)
 
 
+
+def test_jax_wall_time_leaves_out_work_queued_before_the_profile(tmp_path: Path) -> None:
+    # The step's input is still being computed when profiling starts: that wait belongs to the caller, not to
+    # the traced steps, so profile_jax lets it finish before its clock starts.
+    heavy = jax.jit(lambda x: jax.lax.fori_loop(0, 40, lambda i, a: jnp.tanh(a @ a), x))
+    cheap = jax.jit(lambda a: a[0, :8] * 2)
+    x = jnp.full((1024, 1024), 1e-3)
+    cheap(heavy(x)).block_until_ready()
+    t0 = time.perf_counter()
+    heavy(x).block_until_ready()
+    heavy_seconds = time.perf_counter() - t0
+    pending = heavy(x)  # dispatched, not finished
+    s = profiling.profile_jax(lambda: cheap(pending), 3, tmp_path)
+    assert 3 * s["wall_ms_per_step"] < 0.25 * 1000 * heavy_seconds, (s["wall_ms_per_step"], heavy_seconds)
+
 def test_torch_profile_counts_top_level_operators_once(tmp_path: Path) -> None:
     a, b = torch.randn(64, 64), torch.randn(64, 64)
     s = profiling.profile_torch(lambda: torch.nn.functional.linear(a, b).relu(), 4, tmp_path, "lin")
