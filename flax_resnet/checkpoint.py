@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gc
 import logging
-import os
 import re
 import shutil
-import sys
-import tempfile
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from flax_resnet.errors import one_line
+from flax_resnet.errors import one_line, run_quietly
 
 META_FORMAT = 1
 
@@ -38,6 +34,18 @@ class CheckpointError(Exception):
 
 class CheckpointMismatchError(CheckpointError):
     """A sound checkpoint of another state layout than the run's (changed settings): never quarantined."""
+
+
+@contextlib.contextmanager
+def _orbax_warnings_off() -> Iterator[None]:
+    """Orbax's absl warnings held back (errors still shown): where this module reports the problem itself."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _one_line(e: BaseException) -> str:
@@ -109,23 +117,18 @@ class Checkpointer:
             self.directory.mkdir(parents=True, exist_ok=True)
         elif not self.directory.is_dir():
             raise CheckpointError(f"{self.directory}: no such checkpoint directory")
-        absl_logger = logging.getLogger("absl")
-        level = absl_logger.level
-        if read_only:  # orbax warns that a read-only manager will not save: expected here
-            absl_logger.setLevel(logging.ERROR)
         try:
-            options = ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep,
-                enable_async_checkpointing=False,  # a save is complete (renamed into place) when save() returns
-                cleanup_tmp_directories=not read_only,  # leftovers of a run killed mid-save
-                read_only=read_only,
-                create=not read_only,
-            )
-            self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+            with _orbax_warnings_off():  # e.g. that a read-only manager will not save: expected here
+                options = ocp.CheckpointManagerOptions(
+                    max_to_keep=max_to_keep,
+                    enable_async_checkpointing=False,  # a save is complete (renamed into place) when save() returns
+                    cleanup_tmp_directories=not read_only,  # leftovers of a run killed mid-save
+                    read_only=read_only,
+                    create=not read_only,
+                )
+                self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
         except Exception as e:
             raise CheckpointError(f"{self.directory}: cannot open checkpoint directory ({_one_line(e)})") from None
-        finally:
-            absl_logger.setLevel(level)
 
     def step_dir(self, step: int) -> Path:
         """The directory holding checkpoint `step`."""
@@ -133,7 +136,8 @@ class Checkpointer:
 
     def all_steps(self) -> list[int]:
         """Finalized checkpoint steps, oldest first (temporary, half-written directories never count)."""
-        self._manager.reload()
+        with _orbax_warnings_off():  # a step without orbax's metadata file: one warning per listing, and its
+            self._manager.reload()  # restore reports it in our one line anyway
         return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
@@ -164,7 +168,7 @@ class Checkpointer:
 
         # Quietly: on a full disk orbax's and tensorstore's writers still in flight print ~170 tracebacks, which
         # would bury the one line below. tensorstore/orbax wrap OSErrors in several types, hence the search.
-        _, error = _run_quietly(attempt, describe=lambda e: f"{'disk full' if _is_enospc(e) else 'write failed'}: "
+        _, error = run_quietly(attempt, describe=lambda e: f"{'disk full' if _is_enospc(e) else 'write failed'}: "
                                                            f"{_one_line(e)}")  # fmt: skip
         if error is not None:
             kept = [s for s in self.all_steps() if s != step]
@@ -217,7 +221,7 @@ class Checkpointer:
             array = _damaged_array(e)
             return (f"array {array}: " if array else "") + _one_line(e)
 
-        restored, error = _run_quietly(lambda: self._manager.restore(step, args=args).state, describe=describe)
+        restored, error = run_quietly(lambda: self._manager.restore(step, args=args).state, describe=describe)
         if error is not None:
             raise CheckpointError(f"{self.step_dir(step)}: unreadable checkpoint ({error})")
         if jax.tree.structure(restored) != jax.tree.structure(target):
@@ -274,15 +278,18 @@ class Checkpointer:
                 "moved: rerun the same command"
             )
         if chosen < 0:
-            for message in errors.values():
+            if not errors:
+                return None
+            newest, *older = errors.values()
+            for message in older:  # the newest one is in the error itself
                 warn(f"warning: {message}")
-            if errors:
-                raise CheckpointError(
-                    f"no readable checkpoint in {self.directory} (newest error: {next(iter(errors.values()))}); "
-                    "nothing was moved or deleted: if the cause is the machine's (memory, disk), the same command "
-                    "resumes once it is fixed"
+            kept = ""
+            if not self.read_only:  # a resume: say that a rerun finds the checkpoints where they were
+                kept = (
+                    "; nothing was moved or deleted: if the cause is the machine's (memory, disk), the same "
+                    "command resumes once it is fixed"
                 )
-            return None
+            raise CheckpointError(f"no readable checkpoint in {self.directory} (newest error: {newest}){kept}")
         skipped = [s for s in steps if s > chosen]
         moved = {}
         if skipped and quarantine is not None and not self.read_only:
@@ -327,40 +334,6 @@ def _same_on_every_process(value: int) -> int | None:
 
     values = {int(v) for v in np.asarray(multihost_utils.process_allgather(np.int32(value))).ravel()}
     return value if len(values) == 1 else None
-
-
-def _run_quietly(
-    fn: Callable[[], Any], grace_seconds: float = 1.0, describe: Callable[[Exception], str] | None = None
-) -> tuple[Any, str | None]:
-    """`(fn(), None)`, or `(None, one-line error)` (`describe(e)`, default the exception's own line); what it
-    writes to stderr (fd 2) is replayed only on success.
-
-    When one array of a damaged checkpoint fails to decode, orbax abandons the read, and tensorstore's other
-    reads, still in flight, each print a traceback as they land ("Event loop is closed") or as their abandoned
-    coroutines are collected ("Exception ignored in"): thousands of lines for one damaged file. On failure
-    they are dropped (the caller reports one line), after a grace period for the late ones and a collection
-    once the error, which holds their frames, is gone.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            try:
-                result, error = fn(), None
-            except Exception as e:
-                result, error = None, (describe or _one_line)(e)
-            if error is not None:
-                time.sleep(grace_seconds)
-                gc.collect()
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-        if error is None:
-            held.seek(0)
-            os.write(2, held.read())
-    return result, error
 
 
 def _is_enospc(e: BaseException) -> bool:

@@ -1,11 +1,18 @@
 """How an error reaches a user: one line. A library's exception as its type and its message with whitespace
-collapsed; a command-line usage error without argparse's usage block."""
+collapsed; a command-line usage error without argparse's usage block; what libraries print to stderr around
+a failure held back, so that the line is not buried."""
 
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 import re
-from typing import NoReturn
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 # Terminal colour and style codes (ESC [ ... m), which some libraries put into messages (torch.load's bold).
 _ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")
@@ -17,6 +24,47 @@ def one_line(e: BaseException, limit: int | None = None) -> str:
     text = " ".join(_ANSI_STYLE.sub("", str(e)).split())
     line = f"{type(e).__name__}: {text}" if text else type(e).__name__
     return line if limit is None or len(line) <= limit else line[:limit] + "..."
+
+
+def run_quietly(
+    fn: Callable[[], Any],
+    grace_seconds: float = 1.0,
+    describe: Callable[[Exception], str] | None = None,
+    keep: Callable[[str], bool] | None = None,
+) -> tuple[Any, str | None]:
+    """`(fn(), None)`, or `(None, one-line error)` (`describe(e)`, default `one_line(e)`); what `fn` writes to
+    stderr (fd 2, so also C/C++ libraries' logs) is held back: replayed on success (only the lines `keep`
+    accepts, when given), dropped on failure, where the caller reports the one line.
+
+    When one array of a damaged checkpoint fails to decode, orbax abandons the read, and tensorstore's other
+    reads, still in flight, each print a traceback as they land ("Event loop is closed") or as their abandoned
+    coroutines are collected ("Exception ignored in"): thousands of lines for one damaged file. On failure
+    they are dropped after `grace_seconds` for the late ones and a collection once the error, which holds
+    their frames, is gone.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            try:
+                result, error = fn(), None
+            except Exception as e:
+                result, error = None, (describe or one_line)(e)
+            if error is not None:
+                time.sleep(grace_seconds)
+                gc.collect()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        if error is None:
+            held.seek(0)
+            out = held.read()
+            if keep is not None:
+                out = b"".join(line for line in out.splitlines(keepends=True) if keep(line.decode(errors="replace")))
+            os.write(2, out)
+    return result, error
 
 
 class ArgumentParser(argparse.ArgumentParser):
