@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import glob
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -38,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from flax_resnet.errors import one_line
+from flax_resnet.errors import one_line, run_quietly
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane",
@@ -173,11 +174,29 @@ def write_image_folder(
 # ----------------------------------------------------------------------------------------------- tfds
 
 
+# What TensorFlow's C++ libraries log to stderr as they load (absl-style INFO/WARNING lines such as "oneDNN
+# custom operations are on", twice, and the notice about it), whatever TF_CPP_MIN_LOG_LEVEL says (TF 2.21).
+_TF_LOAD_NOISE = re.compile(
+    r"[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "  # absl: "I0000 00:00:1796506015.677519    2767 port.cc:153] "
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IW] "  # TF's older format
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|To enable the following instructions: .* rebuild TensorFlow"
+)
+
+
+def _import_tensorflow() -> Any:
+    """`import tensorflow`, without the lines its libraries log as they load (other output kept): the user
+    asked for CIFAR-10, and one of those lines is the only one they should read when it fails."""
+    tf, error = run_quietly(
+        lambda: importlib.import_module("tensorflow"), grace_seconds=0, keep=lambda line: not _TF_LOAD_NOISE.match(line)
+    )
+    if error is not None:
+        raise DataError(f"source 'tfds' needs TensorFlow ({error}); {_OFFLINE_HINT}")
+    return tf
+
+
 def _load_tfds(data_dir: str | None) -> Dataset:
-    try:
-        import tensorflow as tf
-    except ImportError as e:
-        raise DataError(f"source 'tfds' needs TensorFlow ({e}); {_OFFLINE_HINT}") from None
+    tf = _import_tensorflow()
     # TF only reads files here: never let it take accelerator memory (a RuntimeError means TF's devices were
     # already initialized by the caller; nothing more can be done then).
     with contextlib.suppress(RuntimeError):

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import REPO, SHARED_DATA, TINY_CLASSES, TINY_FLAGS, run_cli
+from conftest import REPO, SHARED_DATA, TINY_CLASSES, TINY_FLAGS, cli_env, run_cli
 from flax_resnet import data as data_lib
 from flax_resnet.reporting import METRIC_KEYS
 from torch_ref.models import create_model as create_torch_model
@@ -29,10 +29,24 @@ def _script(name: str):
 
 
 def _one_error_line(proc) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.strip() and "absl" not in line]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     return lines[0]
+
+
+def test_the_readme_s_first_command_without_data_is_one_line(tmp_path: Path) -> None:
+    # `python scripts/train.py --arch resnet18` reads TFDS; offline and unprepared, its error came after four
+    # lines TensorFlow logs as it loads (twice: the absl notice and "oneDNN custom operations are on").
+    offline = {"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}  # refused at once
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train.py"), "--arch", "resnet18", "--data-dir", str(tmp_path / "tfds"),
+         "--workdir", str(tmp_path / "run")],
+        cwd=REPO, env={**cli_env(), **offline}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    line = _one_error_line(proc)
+    assert proc.returncode == 1 and line.startswith("error: tfds cifar10 is not prepared in ")
+    assert "cannot be downloaded" in line and "--data PATH" in line
 
 
 def test_help_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:

@@ -592,6 +592,30 @@ def test_tfds_offline_and_unprepared_fails_fast(tmp_path: Path, monkeypatch: pyt
     assert "--data" in message and "cifar-10-python.tar.gz" in message and str(tmp_path / "empty") in message
 
 
+def test_tensorflow_s_loading_lines_are_told_from_other_output() -> None:
+    from flax_resnet.data import _TF_LOAD_NOISE
+
+    noise = [  # as TF 2.21 printed them on this machine (Xeon and EPYC), and TF's pre-absl format
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1796506015.677519    2767 port.cc:153] oneDNN custom operations are on. You may see slightly "
+        "different numerical results due to floating-point round-off errors from different computation orders.",
+        "I0000 00:00:1796506063.082284    3132 cpu_feature_guard.cc:227] This TensorFlow binary is optimized to use "
+        "available CPU instructions in performance-critical operations.",
+        "To enable the following instructions: AVX2 AVX512F AVX512_VNNI FMA, in other operations, rebuild "
+        "TensorFlow with the appropriate compiler flags.",
+        "2025-09-17 14:44:05.157831: I external/local_xla/xla/tsl/cuda/cudart_stub.cc:32] Could not find cuda "
+        "drivers on your machine, GPU will not be used.",
+    ]
+    kept = [
+        "E0000 00:00:1758131045.203198 3722035 cuda_dnn.cc:8579] Unable to register cuDNN factory",
+        "error: tfds cifar10 is not prepared in /root/tensorflow_datasets/cifar10/3.0.2",
+        "/usr/lib/python3/site-packages/x.py:3: UserWarning: something the user should see",
+        "Traceback (most recent call last):",
+    ]
+    assert [line for line in noise if not _TF_LOAD_NOISE.match(line)] == []
+    assert [line for line in kept if _TF_LOAD_NOISE.match(line)] == []
+
+
 # -------------------------------------------------------------------------------- device pipeline
 
 
