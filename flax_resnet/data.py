@@ -129,10 +129,20 @@ def load_dataset(
     return dataset
 
 
+def tar_write_mode(dest: str | os.PathLike[str]) -> str:
+    """tarfile's write mode for an output named .tar.gz/.tgz ("w:gz") or .tar ("w"); DataError for any other name,
+    which would mislabel the file (checked before a long decode, too)."""
+    name = Path(dest).name.lower()
+    if not name.endswith((".tar.gz", ".tgz", ".tar")):
+        raise DataError(f"{dest}: the output must be named .tar.gz, .tgz or .tar (an image-folder tar is written)")
+    return "w" if name.endswith(".tar") else "w:gz"
+
+
 def write_image_folder(
     dataset: Dataset, dest: str | os.PathLike[str], image_format: str = "png", quality: int = 75
 ) -> Path:
-    """Write `dataset` as a gzipped image-folder tar (`<root>/{train,test}/<class>/NNNNN.<ext>`), atomically.
+    """Write `dataset` as an image-folder tar (`<root>/{train,test}/<class>/NNNNN.<ext>`), atomically: gzipped
+    for a `dest` ending in .tar.gz or .tgz, plain for .tar; any other name is refused (it would mislabel the file).
 
     PNG is lossless; JPEG (`quality` 1-95, 4:2:0 chroma, standard tables, like the shared copy) lets one measure
     what compression costs: e.g. re-encode the JPEG copy at lower qualities and train on each.
@@ -145,12 +155,13 @@ def write_image_folder(
     if image_format == "jpeg" and not 1 <= quality <= 95:
         raise DataError(f"JPEG quality must be in 1..95, got {quality}")
     dest = Path(dest).expanduser()
+    mode = tar_write_mode(dest)
     root = dest.name.split(".")[0] or "dataset"
     ext = "png" if image_format == "png" else "jpg"
     options = {"quality": quality, "subsampling": "4:2:0"} if image_format == "jpeg" else {}
     tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
     try:
-        with tarfile.open(tmp, "w:gz") as archive:
+        with tarfile.open(tmp, mode) as archive:
             for split, images, labels in (
                 ("train", dataset.train_images, dataset.train_labels),
                 ("test", dataset.test_images, dataset.test_labels),

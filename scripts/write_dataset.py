@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("source", help="dataset source: image folder, its tar, cifar-10-python.tar.gz, or tfds")
-    p.add_argument("dest", help="output .tar.gz")
+    p.add_argument("dest", help="output .tar.gz, .tgz or .tar")
     p.add_argument("--format", choices=("png", "jpeg"), default="png", help="image format (default: png)")
     p.add_argument("--quality", type=int, default=None, help="JPEG quality 1..95 (default: 75; --format jpeg only)")
     p.add_argument("--data-dir", help="decoded-dataset cache dir (default: ~/.cache/flax_resnet)")
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from flax_resnet import data as data_lib
 
     try:
+        data_lib.tar_write_mode(args.dest)  # a bad name before the source's decode, not after
         dataset = data_lib.load_dataset(args.source, args.data_dir)
         dataset = data_lib.per_class_subset(dataset, args.train_per_class, args.test_per_class)
         out = data_lib.write_image_folder(dataset, args.dest, args.format, quality)

@@ -182,6 +182,16 @@ def test_write_dataset_dest_under_a_file_is_one_line(small_tar: Path, tmp_path: 
     assert _one_line(capsys) == f"error: {dest}: cannot write (Not a directory)"
 
 
+def test_write_dataset_refuses_an_output_name_that_is_not_a_tar_before_reading_the_source(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dest = tmp_path / "copy.zip"  # it wrote a gzipped tar under this name
+    argv = [str(tmp_path / "no-such-source"), str(dest), "--data-dir", str(tmp_path / "cache")]
+    assert _script("write_dataset").main(argv) == 1
+    assert _one_line(capsys) == f"error: {dest}: the output must be named .tar.gz, .tgz or .tar (an image-folder " \
+                                "tar is written)"
+    assert not list(tmp_path.iterdir())
+
+
 def test_write_dataset_quality_needs_jpeg(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main = _script("write_dataset").main
     line = _usage_error(capsys, main, ["src", str(tmp_path / "x.tar.gz"), "--quality", "500"])

@@ -154,7 +154,19 @@ def test_write_image_folder_refuses_bad_settings(tmp_path: Path) -> None:
             write_image_folder(want, tmp_path / "x.tar.gz", fmt, quality)
     with pytest.raises(DataError, match="cannot write"):
         write_image_folder(want, tmp_path / "missing-dir" / "x.tar.gz")
-    assert not list(tmp_path.glob("x.tar.gz*"))
+    for name in ("x.zip", "x.gz", "x"):  # a gzipped tar under such a name would be mislabelled
+        with pytest.raises(DataError, match=r"must be named \.tar\.gz, \.tgz or \.tar"):
+            write_image_folder(want, tmp_path / name)
+    assert not list(tmp_path.glob("x*"))
+
+
+@pytest.mark.parametrize(("name", "gzipped"), [("copy.tar", False), ("copy.TGZ", True), ("copy.tar.gz", True)])
+def test_write_image_folder_compresses_as_its_name_says(tmp_path: Path, name: str, gzipped: bool) -> None:
+    want = _make_folder(tmp_path / "src")
+    out = write_image_folder(want, tmp_path / name)
+    assert (out.read_bytes()[:2] == b"\x1f\x8b") == gzipped  # the gzip magic number
+    assert tarfile.is_tarfile(out)
+    _assert_same(load_dataset(out, data_dir=tmp_path / "cache"), want)
 
 
 # ------------------------------------------------------------------------------------ image folders
