@@ -27,13 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, run the benchmark, print the table and optionally write JSON records."""
     from flax_resnet import flags
     from flax_resnet.conv import LOWERINGS
-    from flax_resnet.models import BATCH_NORMS, DEFAULT_BATCH_NORM
+    from flax_resnet.models import ARCHS, BATCH_NORMS, DEFAULT_BATCH_NORM, VARIANTS
 
     parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="resnet18")
-    parser.add_argument("--variant", default="cifar")
-    parser.add_argument("--batch-size", type=flags.batch_size, default=128)
-    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma list of float32,bfloat16")
+    parser.add_argument("--arch", choices=tuple(ARCHS), default="resnet18", help="network depth (default: resnet18)")
+    parser.add_argument("--variant", choices=VARIANTS, default="cifar", help="model variant (default: cifar)")
+    parser.add_argument("--batch-size", type=flags.batch_size, default=128, help="images per step (default: 128)")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma list of float32,bfloat16 (default: both)")
     parser.add_argument("--frameworks", default="jax,torch", help="comma list of jax,torch")
     parser.add_argument("--modes", default="jit,eager,compile", help="jit (jax), eager and compile (torch)")
     parser.add_argument("--steps", type=flags.positive_int, default=10, help="steps per timed window")
