@@ -86,8 +86,17 @@ PLOT_SECONDS = 30.0
 class Reporter:
     """Console, metrics.jsonl, TensorBoard and plots of one run's workdir (outputs only on process 0)."""
 
-    def __init__(self, workdir: str | Path, *, progress: bool = True, write: bool = True, stream: TextIO | None = None):
+    def __init__(
+        self,
+        workdir: str | Path,
+        *,
+        progress: bool = True,
+        write: bool = True,
+        stream: TextIO | None = None,
+        holdout: int = 0,
+    ):
         self.workdir = Path(workdir)
+        self.evaluated = "holdout" if holdout else "test"  # the split of the test_* numbers (--holdout N)
         self._plotted_at = time.time()
         self._pending: Callable[[], None] | None = None  # the redraw the last record is waiting for
         self.progress = progress
@@ -136,14 +145,14 @@ class Reporter:
         records = [*history, record]
 
         def redraw() -> None:
-            plot_curves(records, self.workdir / "curves.png")
+            plot_curves(records, self.workdir / "curves.png", self.evaluated)
             if also_plot is not None:
                 also_plot()
 
         self._pending = redraw
         if force_plot or time.time() - self._plotted_at >= PLOT_SECONDS:
             self.flush_plots()
-        self.print(format_epoch(record))
+        self.print(format_epoch(record, self.evaluated))
 
     def flush_plots(self) -> None:
         """Make the last logged record's redraw if it is still pending."""
@@ -170,13 +179,13 @@ class Reporter:
             self._tb = None
 
 
-def format_epoch(r: dict[str, Any]) -> str:
-    """The one-line epoch summary printed to the console."""
+def format_epoch(r: dict[str, Any], evaluated: str = "test") -> str:
+    """The one-line epoch summary printed to the console; `evaluated` names the split of the test_* numbers."""
     part = "" if r.get("complete", True) else " (partial)"
     return (
         f"epoch {r['epoch']}{part} step {r['step']} lr {r['lr']:.4g} | "
         f"train loss {r['train_loss']:.4f} acc {100 * r['train_acc']:.2f}% | "
-        f"test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:.2f}% | "
+        f"{evaluated} loss {r['test_loss']:.4f} acc {100 * r['test_acc']:.2f}% | "
         + (f"flip TTA acc {100 * r['test_acc_flip']:.2f}% | " if "test_acc_flip" in r else "")
         + f"{r['epoch_seconds']:.1f}s "
         # 0: every step of the epoch was a run's first (compile, warm-up), which neither trainer times
@@ -203,14 +212,14 @@ def _pyplot():
     return plt
 
 
-def plot_curves(records: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """Loss and accuracy per epoch, train and test, side by side."""
+def plot_curves(records: Sequence[dict[str, Any]], path: str | Path, evaluated: str = "test") -> None:
+    """Loss and accuracy per epoch, train and test (`evaluated` names that split in the legend), side by side."""
     plt = _pyplot()
     epochs = [r["epoch"] for r in records]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for split, style in (("train", "-o"), ("test", "-s")):
-        ax_loss.plot(epochs, [r[f"{split}_loss"] for r in records], style, label=split, markersize=3)
-        ax_acc.plot(epochs, [100 * r[f"{split}_acc"] for r in records], style, label=split, markersize=3)
+    for split, style, label in (("train", "-o", "train"), ("test", "-s", evaluated)):
+        ax_loss.plot(epochs, [r[f"{split}_loss"] for r in records], style, label=label, markersize=3)
+        ax_acc.plot(epochs, [100 * r[f"{split}_acc"] for r in records], style, label=label, markersize=3)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):

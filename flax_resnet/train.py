@@ -722,7 +722,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
         raise RunError(str(e)) from None
     init_kept = None if init_state_dict is None else check_initial_weights(config, init_state_dict)  # before writes
 
-    reporter = Reporter(workdir, progress=config.progress, write=is_main, stream=stream)
+    reporter = Reporter(workdir, progress=config.progress, write=is_main, stream=stream, holdout=config.holdout)
     warn = (lambda line: print(line, file=sys.stderr, flush=True)) if is_main else (lambda line: None)
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)

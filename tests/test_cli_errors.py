@@ -353,12 +353,16 @@ def test_epoch_line_and_curves_show_each_number_where_it_belongs(
                     "flip TTA acc 70.00% | 12.0s 400 img/s")  # fmt: skip
     line = reporting.format_epoch({**records[0], "epoch_seconds": 0.0, "images_per_second": 0.0})
     assert line.endswith("| 0.0s img/s not measured (first step only)")  # not "0 img/s"
+    assert "| holdout loss 2.0000 acc 37.50% |" in reporting.format_epoch(records[0], "holdout")  # --holdout
     figures = []
     monkeypatch.setattr(reporting, "_save", lambda fig, path: figures.append(fig))
     reporting.plot_curves(records, tmp_path / "curves.png")
     (loss_ax, acc_ax) = figures[0].axes
     assert [list(line.get_ydata()) for line in loss_ax.get_lines()] == [[1.5, 0.5], [2.0, 1.0]]
     assert [list(line.get_ydata()) for line in acc_ax.get_lines()] == [[25.0, 50.0], [37.5, 62.5]]  # percent
+    assert [line.get_label() for line in acc_ax.get_lines()] == ["train", "test"]
+    reporting.plot_curves(records, tmp_path / "curves.png", "holdout")
+    assert [line.get_label() for line in figures[1].axes[1].get_lines()] == ["train", "holdout"]
 
 
 def test_predict_image_over_the_decompression_bomb_limit_is_one_line(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -255,7 +256,9 @@ def test_holdout_trains_on_the_rest_and_evaluates_on_the_held_out_images(
     result = train(_config(tiny_data, tmp_path, epochs=1, holdout=30))
     # 96 - 30 = 66 training images: 4 steps of 16 (the 96 images alone would give 6).
     assert n_train == 96 and result["step"] == 66 // 16
-    assert "final: step 4, holdout (30 training images) accuracy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "final: step 4, holdout (30 training images) accuracy" in out
+    assert re.search(r"^epoch 1 step 4 .* \| holdout loss [\d.]+ acc [\d.]+% \|", out, re.M)
     held = data_lib.hold_out(data_lib.load_dataset(tiny_data, tmp_path / "cache"), 30)
     run = load_run(tmp_path / "run")
     logits = np.asarray(predict(run.model(), data_lib.normalize(held.test_images), jit=False))

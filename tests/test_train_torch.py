@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -238,6 +239,7 @@ def test_holdout_trains_on_the_rest_and_evaluates_on_the_held_out_images(tmp_pat
     out = io.StringIO()
     (row,) = torch_train(config, TorchOptions(device="cpu"), out=out)
     assert row["step"] == (80 - 20) // 16  # 3 steps; the 80 images alone would give 5
+    assert re.search(r"^epoch 1 step 3 .* \| holdout loss [\d.]+ acc [\d.]+% \|", out.getvalue(), re.M)
     assert out.getvalue().rstrip().splitlines()[-1] == (  # the JAX trainer's last line, word for word
         f"final: step 3, holdout (20 training images) accuracy {100 * row['test_acc']:.2f}% (final epoch, not "
         f"best-of); with flip TTA {100 * row['test_acc_flip']:.2f}%"

@@ -290,7 +290,7 @@ def train(
     train_labels = torch.from_numpy(dataset.train_labels.astype("int64")).to(device)
     test_images = tdata.to_device(dataset.test_images, device)
     test_labels = torch.from_numpy(dataset.test_labels.astype("int64")).to(device)
-    reporter = Reporter(workdir, progress=config.progress, stream=out)
+    reporter = Reporter(workdir, progress=config.progress, stream=out, holdout=config.holdout)
     reporter.print(
         f"torch {torch.__version__} on {device}: {config.arch}/{config.variant}, {n_train} train / "
         f"{len(test_images)} {'held-out' if config.holdout else 'test'} images, {steps_per_epoch} steps/epoch, "
