@@ -368,6 +368,14 @@ def test_script_keeps_a_finished_run_and_replaces_a_run_only_when_asked(
     assert len(err.splitlines()) == 1
     assert "holds another torch run (settings: arch 'resnet18' (this run: 'resnet34')) with 1 epochs logged" in err
     assert all((workdir / name).read_bytes() == content for name, content in files.items())
+    other = tmp_path / "other"
+    _make_image_folder(other, n_train=4, n_test=1)  # the same flags over 40 training images: 2 steps per epoch
+    assert main([*args, "--data", str(other)]) == 1  # it said "this run, unfinished": the data is another
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert ("holds another torch run (settings: steps per epoch 1 (this run: 2; other training data)) with 1 epochs "
+            "logged") in err  # fmt: skip
+    assert all((workdir / name).read_bytes() == content for name, content in files.items())
 
     # Files it cannot read: nothing is known of the run, so it is refused, whatever is saved.
     (workdir / "metrics.jsonl").write_text("{not json\n")

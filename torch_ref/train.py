@@ -196,6 +196,10 @@ def _previous_run(
         last = min(last, config.max_steps)
     # This run, if it differs only in where things are (e.g. another --data-dir) or how often it reports.
     diffs = differences(saved, config)
+    epoch_rows = [r for r in history if isinstance(r, dict) and r.get("complete", True) and r.get("epoch")]
+    saved_spe = epoch_rows[0]["step"] // epoch_rows[0]["epoch"] if epoch_rows else steps_per_epoch
+    if saved_spe != steps_per_epoch and saved.batch_size == config.batch_size:  # same flags, another data set
+        diffs.append(f"steps per epoch {saved_spe} (this run: {steps_per_epoch}; other training data)")
     finished = bool(history) and history[-1]["step"] == last and (workdir / RUN_FILES[1]).exists()
     return history, not diffs and finished, diffs
 
