@@ -89,9 +89,12 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run_cli(script: str, *args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
-    """Run `python scripts/<script> args...` from the repo root with the shared compilation cache."""
-    env = dict(os.environ, **CACHE_ENV, PYTHONUNBUFFERED="1")
+def run_cli(
+    script: str, *args: str, timeout: float = 300, check: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python scripts/<script> args...` from the repo root with the shared compilation cache (and `env`'s
+    variables on top of this process's)."""
+    env = dict(os.environ, **CACHE_ENV, PYTHONUNBUFFERED="1", **(env or {}))
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / script), *args],
         cwd=REPO,

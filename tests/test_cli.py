@@ -15,7 +15,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import REPO, SHARED_DATA, TINY_CLASSES, TINY_FLAGS, cli_env, run_cli
+from conftest import REPO, SHARED_DATA, TINY_CLASSES, TINY_FLAGS, run_cli
 from flax_resnet import data as data_lib
 from flax_resnet.reporting import METRIC_KEYS
 from torch_ref.models import create_model as create_torch_model
@@ -39,11 +39,8 @@ def test_the_readme_s_first_command_without_data_is_one_line(tmp_path: Path) -> 
     # `python scripts/train.py --arch resnet18` reads TFDS; offline and unprepared, its error came after four
     # lines TensorFlow logs as it loads (twice: the absl notice and "oneDNN custom operations are on").
     offline = {"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}  # refused at once
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "train.py"), "--arch", "resnet18", "--data-dir", str(tmp_path / "tfds"),
-         "--workdir", str(tmp_path / "run")],
-        cwd=REPO, env={**cli_env(), **offline}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = run_cli("train.py", "--arch", "resnet18", "--data-dir", str(tmp_path / "tfds"), "--workdir",
+                   str(tmp_path / "run"), env=offline)  # fmt: skip
     line = _one_error_line(proc)
     assert proc.returncode == 1 and line.startswith("error: tfds cifar10 is not prepared in ")
     assert "cannot be downloaded" in line and "--data PATH" in line
