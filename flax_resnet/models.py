@@ -445,18 +445,27 @@ def create_model(
         raise ValueError(f"unknown dtype {dtype!r}; valid choices: {', '.join(DTYPES)}")
     if not _integer(num_classes):
         raise ValueError(f"num_classes must be an integer, got {num_classes!r}")
-    if not (is_prng_key(seed) or _integer(seed)):
+    if not (is_prng_key(seed) or _integer_scalar(seed)):
         raise ValueError(f"seed must be an integer or a jax.random.key, got {seed!r}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     return ResNet(
         arch, variant, num_classes, dtype=DTYPES[name], conv_lowering=conv_lowering, batch_norm=batch_norm,
-        rngs=nnx.Rngs(seed),
+        rngs=nnx.Rngs(seed if is_prng_key(seed) else jax.random.key(seed)),
     )
 
 
 def _integer(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _integer_scalar(value: Any) -> bool:
+    """A Python or numpy integer, or a 0-d integer array (a jnp.int32 seed, or one traced under jax.vmap); NNX
+    itself takes only Python ints, so create_model turns each into a key the way NNX turns an int."""
+    if _integer(value):
+        return True
+    dtype = getattr(value, "dtype", None)
+    return getattr(value, "ndim", None) == 0 and dtype is not None and jnp.issubdtype(dtype, jnp.integer)
 
 
 def _dtype_name(dtype: Any) -> str | None:

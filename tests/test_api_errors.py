@@ -61,13 +61,17 @@ def test_create_model_refuses_a_class_count_or_seed_it_cannot_use(kwargs: dict, 
 def test_create_model_takes_a_prng_key_as_seed_and_a_dtype_object() -> None:
     from flax import nnx
 
-    models = [flax_resnet.create_model("resnet18", "imagenet", seed=seed) for seed in
-              (3, jax.random.key(3), jax.random.PRNGKey(3))]  # fmt: skip
+    # numpy and jnp integer scalars (a seed from np.arange) were let through and then refused inside NNX
+    seeds = (3, jax.random.key(3), jax.random.PRNGKey(3), np.int64(3), np.arange(5)[3], jax.numpy.int32(3))
+    models = [flax_resnet.create_model("resnet18", "imagenet", seed=seed) for seed in seeds]
     leaves = [jax.tree.leaves(nnx.state(m)) for m in models]
     assert all(np.array_equal(a, b) for other in leaves[1:] for a, b in zip(leaves[0], other, strict=True))
     assert flax_resnet.create_model("resnet18", "imagenet", dtype=jax.numpy.bfloat16).dtype == jax.numpy.bfloat16
     with pytest.raises(ValueError, match=r"seed must be an integer or a jax.random.key, got Array"):
         flax_resnet.create_model("resnet18", "imagenet", seed=jax.random.split(jax.random.key(3), 2))
+    for not_a_seed in (np.array([3]), jax.numpy.float32(3), np.bool_(True)):
+        with pytest.raises(ValueError, match=r"seed must be an integer or a jax.random.key, got"):
+            flax_resnet.create_model("resnet18", "imagenet", seed=not_a_seed)
 
 
 @pytest.mark.parametrize("shape", [(32, 32, 3), (1, 32, 32, 1), (1, 3, 32, 32)], ids=["rank3", "1-channel", "NCHW"])
