@@ -389,7 +389,14 @@ class ResNet(nnx.Module):
             # give float64 logits only float32-accurate), initialized as the float32 model of the same seed is.
             nnx.update(self, jax.tree.map(lambda a: a.astype(dtype) if a.dtype == jnp.float32 else a, nnx.state(self)))
 
-    def _check_input(self, x: jax.Array) -> None:
+    def _check_input(self, x: jax.Array, who: str = "a ResNet") -> None:
+        # Integer images are raw pixels (|logits| in the hundreds, confident nonsense); torch's convolutions refuse
+        # them too. Checked on every call, so apply_model and model(x) refuse them as predict does.
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(
+                f"{who} takes normalized float images, got {x.dtype}: pass flax_resnet.normalize(images) for uint8 "
+                "pixels (the CIFAR-10 mean/std the models train with)"
+            )
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected NHWC images with 3 channels, shape (N, H, W, 3); got shape {tuple(x.shape)}")
         if 0 in x.shape[1:3]:  # convolutions refuse these in torch; here they failed deep inside a lowering
@@ -524,13 +531,8 @@ def predict(model: ResNet, x: Any, *, jit: bool = True) -> jax.Array:
     """
     check_concrete(model, "predict", ResNet)
     x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(
-            f"predict takes normalized float images, got {x.dtype}: pass flax_resnet.normalize(images) for uint8 "
-            "pixels (the CIFAR-10 mean/std the models train with)"
-        )
+    model._check_input(x, "predict")
     x = x.astype(jnp.promote_types(model.dtype, jnp.float32))
-    model._check_input(x)
     view = nnx.view(model, use_running_average=True)
     if not jit:
         return view(x)

@@ -90,6 +90,11 @@ def test_predict_refuses_raw_pixels_and_takes_normalized_images(r18: flax_resnet
     by_hand = (pixels / 255.0 - np.asarray(flax_resnet.data.CIFAR10_MEAN)) / np.asarray(flax_resnet.data.CIFAR10_STD)
     np.testing.assert_allclose(np.asarray(flax_resnet.normalize(pixels)), by_hand, rtol=1e-6, atol=1e-6)
     assert flax_resnet.predict(r18, flax_resnet.normalize(pixels)).shape == (2, 10)
+    # The functional entry point (a loss of one's own) and a plain call took them silently.
+    graphdef, params, batch_stats = nnx.split(r18, nnx.Param, nnx.BatchStat)
+    for call in (lambda: train.apply_model(graphdef, params, batch_stats, pixels, train=True), lambda: r18(pixels)):
+        with pytest.raises(TypeError, match=r"a ResNet takes normalized float images, got uint8: pass flax_resnet"):
+            call()
 
 
 @pytest.mark.parametrize("variant", ["cifar", "imagenet", "article"])
