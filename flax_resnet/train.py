@@ -208,7 +208,9 @@ def _check_rng(rng: Any) -> None:
 def make_eval_step(
     graphdef: nnx.GraphDef,
 ) -> Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]]:
-    """Jitted eval-mode step over a padded batch: sums of loss and correct predictions, and the count.
+    """Jitted eval-mode step over a padded batch: `loss_sum`, `correct` and `count` (sums over the real
+    examples), and the per-example `logits` (N, classes), padding rows included (evaluate keeps them for flip TTA
+    and the confusion matrix).
 
     `batch["mask"]` is 1 for real examples and 0 for padding, so every test image counts exactly once (padding
     may carry any label, -1 included: its loss is left out, not multiplied by 0).
@@ -640,7 +642,9 @@ def make_loop_step(train_step: Callable, steps_per_epoch: int, packing: StatePac
     `train_step` (augmentation inside) and add loss/correct to device-side running sums (no host sync).
 
     `(packed, sums, images, labels, order, base_key) -> (packed, sums)`, jitted, donating packed;
-    `packed` is `packing.pack(state)` (flax_resnet/packing.py: the TrainState as a few arrays). Passing that
+    `packed` is `packing.pack(state)` (flax_resnet/packing.py: the TrainState as a few arrays). Its weight tensors
+    are `state`'s own arrays, not copies, so the first call consumes `state` as well: go on from
+    `packing.unpack(packed)`. Passing the packed state
     instead of the state is what keeps the call cheap: jit's host work grows with the number of arrays and
     is larger still for the TrainState pytree of nnx.State dicts, and a small GPU step (the article recipe's
     batch of 128) is host-bound (`scripts/benchmark.py` reports both calls' host time).
