@@ -206,7 +206,8 @@ def _prefix_hint(missing: list[str], unexpected: list[str]) -> str:
     for key in unexpected:
         prefix = key.removesuffix(missing[0])
         if prefix != key and prefix.endswith(".") and all(prefix + m in found for m in missing):
-            return f"the state dict's keys carry the prefix {prefix!r}: strip it from each key first"
+            return (f"the state dict's keys carry the prefix {prefix!r}, a wrapper's (DataParallel, torch.compile): "
+                    "strip it from each key first, or save the inner model's state_dict()")
     return ""
 
 

@@ -127,24 +127,64 @@ def match_init_weights(
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """`convert.match_state_dict` for the trainers: the entries a model with torch keys and shapes `expected`
     starts from, and the keys `--init-skip` leaves at the seeded init. A state dict that does not fit raises
-    `error` in one bounded line, with the flag that fixes the usual cause, a head of another size."""
+    `error` in one bounded line, with the flags that fix the usual causes: another variant or depth (torchvision's
+    7x7 stem into the default cifar variant), a head of another size."""
     try:
         return match_state_dict(expected, state_dict, skip=config.init_skip, what=f"{config.arch}/{config.variant}")
     except StateDictError as e:
-        raise error(f"--init-weights {config.init_weights}: {e.summary()}{_init_hint(config, e)}") from None
+        hint = _init_hint(config, e, expected, state_dict)
+        raise error(f"--init-weights {config.init_weights}: {e.summary()}{hint}") from None
 
 
-def _init_hint(config: Config, e: StateDictError) -> str:
-    """The usual causes of a mismatch, said: a head of another size, a wrapper's prefix on every key."""
-    missing = set(e.problems.get("missing", []))
-    split = [key.split(".", 1) for key in e.problems.get("unexpected", []) if "." in key]
-    prefixes = {parts[0] for parts in split}
-    if missing and len(prefixes) == 1 and missing <= {parts[1] for parts in split}:
-        return f"; its keys carry a wrapper's prefix {prefixes.pop()}. (e.g. DataParallel's): save the inner model's"
-    if any(item.startswith("fc.") for item in e.problems.get("mis-shaped", [])):  # so fc is not skipped yet
-        flag = f"--init-skip {','.join((*config.init_skip, 'fc'))}"
-        return f"; {flag} starts a head of another size from the seeded init"
-    return ""
+def _init_hint(
+    config: Config, e: StateDictError, expected: Mapping[str, tuple[int, ...]], state_dict: Mapping[str, Any]
+) -> str:
+    """The flags under which the state dict loads, where some do; a wrapper's prefix on every key is said by
+    convert already (`e.hint`)."""
+    if e.hint:
+        return ""
+    classes = expected["fc.weight"][0] if "fc.weight" in expected else 10
+    fit = _flags_that_fit(config, state_dict, classes)
+    if fit is None:
+        return ""
+    arch, variant, flags = fit
+    head = f"--init-skip {','.join((*config.init_skip, 'fc'))}"
+    if (arch, variant) == (config.arch, config.variant):
+        return f"; {head} starts a head of another size from the seeded init"
+    seeded = " (the head from the seeded init)" if head in flags else ""
+    return f"; these weights are {arch}/{variant}'s: {flags}{seeded}"
+
+
+def _flags_that_fit(config: Config, state_dict: Mapping[str, Any], num_classes: int) -> tuple[str, str, str] | None:
+    """(arch, variant, its flags) of the first model that `state_dict` loads into, with `--init-skip ...,fc` where
+    the head differs; None if none. Only the depth its `layerS.B` keys spell out is tried, each variant as an
+    abstract model (shapes only, under 1.5 s each)."""
+    from flax import nnx
+
+    from flax_resnet.convert import torch_shapes
+    from flax_resnet.models import create_model
+
+    keys = [key.split(".") for key in state_dict if isinstance(key, str)]
+    blocks = tuple(
+        1 + max((int(k[1]) for k in keys if k[0] == f"layer{s}" and len(k) > 1 and k[1].isdigit()), default=-1)
+        for s in range(1, 5)
+    )
+    kind = "bottleneck" if any(len(k) > 2 and k[2] == "conv3" for k in keys) else "basic"
+    for arch in (a for a, spec in ARCHS.items() if spec == (kind, blocks)):
+        for variant in VARIANTS:
+            model = nnx.eval_shape(lambda arch=arch, variant=variant: create_model(arch, variant, num_classes))
+            expected = torch_shapes(model)
+            skips = [config.init_skip] + ([(*config.init_skip, "fc")] if "fc" not in config.init_skip else [])
+            for skip in skips:
+                try:
+                    match_state_dict(expected, state_dict, skip=skip)
+                except StateDictError:
+                    continue
+                flags = [f"--arch {arch}"] if arch != config.arch else []
+                flags += [f"--variant {variant}"] if variant != config.variant else []
+                flags += [f"--init-skip {','.join(skip)}"] if skip != config.init_skip else []
+                return arch, variant, " ".join(flags)
+    return None
 
 
 def init_weights_line(config: Config, kept: list[str]) -> str:

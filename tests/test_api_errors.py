@@ -175,7 +175,7 @@ def test_something_that_is_no_state_dict_is_a_type_error_that_says_what_to_pass(
 @pytest.mark.parametrize("prefix", ["module.", "_orig_mod."])  # DataParallel's, torch.compile's
 def test_a_prefixed_state_dict_says_so(r18: flax_resnet.ResNet, prefix: str) -> None:
     sd = {prefix + key: value for key, value in flax_resnet.to_torch_state_dict(r18).items()}
-    says = rf"102 missing: .*122 unexpected: .*\(the state dict's keys carry the prefix '{re.escape(prefix)}': strip"
+    says = rf"102 missing: .*122 unexpected: .*\(the state dict's keys carry the prefix '{re.escape(prefix)}',.*: strip"
     with pytest.raises(StateDictError, match=says):  # 122: num_batches_tracked, which may be missing, too
         flax_resnet.load_torch_state_dict(r18, sd)
     with pytest.raises(StateDictError) as e:  # some other mismatch: no prefix hint

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from flax import nnx
 
 import torch_ref
 from conftest import TINY_CLASSES
@@ -135,7 +136,8 @@ def test_weights_that_do_not_fit_are_one_line_before_anything_is_written(
          "2 mis-shaped: fc.bias (1000,) (expected (3,)), fc.weight (1000, 512) (expected (3, 512)); --init-skip "
          "layer4,fc starts a head of another size from the seeded init"),
         (dict(variant="cifar"), f"--init-weights {path}: state dict does not match resnet18/cifar: 1 mis-shaped: "
-         "conv1.weight (64, 3, 7, 7) (expected (64, 3, 3, 3))"),
+         "conv1.weight (64, 3, 7, 7) (expected (64, 3, 3, 3)); these weights are resnet18/imagenet's: --variant "
+         "imagenet"),  # torchvision's 7x7 stem into the default variant: the hint said nothing
         (dict(init_weights=str(tmp_path / "no.pt")), f"--init-weights: weights file not found: {tmp_path / 'no.pt'}"),
     ]  # fmt: skip
     for overrides, message in cases:
@@ -196,8 +198,10 @@ def test_a_wrapped_model_s_prefix_is_named() -> None:
     config = make_config(variant="imagenet", init_weights="dp.pt")
     with pytest.raises(RuntimeError) as excinfo:
         flags.match_init_weights(config, convert.torch_shapes(model), sd, RuntimeError)
+    # said once: the trainers' line repeated it in other words after the API's own hint
     assert str(excinfo.value).endswith(
-        "; its keys carry a wrapper's prefix module. (e.g. DataParallel's): save the inner model's"
+        "(the state dict's keys carry the prefix 'module.', a wrapper's (DataParallel, torch.compile): strip it "
+        "from each key first, or save the inner model's state_dict())"
     )
 
 
@@ -218,5 +222,41 @@ def test_a_head_mismatch_from_another_architecture_is_summarized(imagenet_weight
         flags.match_init_weights(config, convert.torch_shapes(model), sd, RuntimeError)
     assert str(excinfo.value) == (
         "--init-weights r34.pt: state dict does not match resnet18/imagenet: "
-        f"{len(unexpected)} unexpected: {', '.join(unexpected[:4])}, ({len(unexpected) - 4} more)"
+        f"{len(unexpected)} unexpected: {', '.join(unexpected[:4])}, ({len(unexpected) - 4} more); "
+        "these weights are resnet34/imagenet's: --arch resnet34"
     )
+
+
+@pytest.mark.parametrize(
+    ("theirs", "ours", "fix", "says"),
+    [
+        (("resnet18", {}), {}, dict(variant="imagenet", init_skip=("fc",)), "; these weights are resnet18/imagenet's: "
+         "--variant imagenet --init-skip fc (the head from the seeded init)"),
+        (("resnet50", {}), {}, dict(arch="resnet50", variant="imagenet", init_skip=("fc",)), "; these weights are "
+         "resnet50/imagenet's: --arch resnet50 --variant imagenet --init-skip fc (the head from the seeded init)"),
+        (("resnet34", dict(num_classes=10)), dict(variant="imagenet"), dict(arch="resnet34"), "; these weights are "
+         "resnet34/imagenet's: --arch resnet34"),
+        (("resnet18", {}), dict(variant="imagenet"), dict(init_skip=("fc",)), "; --init-skip fc starts a head of "
+         "another size from the seeded init"),
+    ],
+    ids=["tv18-into-cifar", "tv50-into-cifar18", "tv34-10-classes", "head-only"],
+)  # fmt: skip
+def test_the_line_names_the_flags_under_which_torchvision_weights_load(
+    theirs: tuple[str, dict], ours: dict, fix: dict, says: str
+) -> None:
+    """torchvision's models (ImageNet layout, the imagenet variant's) into other settings: the line names the
+    flags, and under those flags torchvision's state dict loads."""
+    name, kwargs = theirs
+    with torch.device("meta"):
+        module = getattr(torchvision.models, name)(**kwargs)
+    sd = {k: np.zeros(v.shape, np.float32) for k, v in module.state_dict().items()}
+
+    def match(overrides: dict) -> tuple:
+        config = make_config(init_weights="tv.pth", **overrides)
+        model = nnx.eval_shape(lambda: create_model(config.arch, config.variant, 10))
+        return flags.match_init_weights(config, convert.torch_shapes(model), sd, RuntimeError)
+
+    with pytest.raises(RuntimeError) as excinfo:
+        match(ours)
+    assert str(excinfo.value).endswith(says)
+    assert match({**ours, **fix})[1] == (HEAD if "init_skip" in fix else [])
