@@ -257,6 +257,10 @@ def load_weights_file(path: str | Path) -> dict[str, np.ndarray]:
     """Read a torch state dict from `.safetensors`, or from `.pt`/`.pth` with torch.load(weights_only=True);
     bfloat16 tensors come back as float32 (exact) from either, so that torch and numpy both take them."""
     path = Path(path)
+    if path.is_dir():  # e.g. a run's workdir, which evaluate.py/predict.py/export.py take
+        inner = path / "model.safetensors"
+        where = f"its weights: {inner}" if inner.is_file() else f"scripts/export.py {path} W.safetensors writes them"
+        raise WeightsFileError(f"{path} is a directory, not a weights file ({where})")
     if not path.is_file():
         raise WeightsFileError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
@@ -266,6 +270,11 @@ def load_weights_file(path: str | Path) -> dict[str, np.ndarray]:
 
         import torch
 
+        if _is_torchscript(path):  # torch.load refuses it after a warning, with advice about weights_only
+            raise WeightsFileError(
+                f"{path}: a TorchScript archive (torch.jit.save), not a state dict: save "
+                "torch.jit.load(path).state_dict() with torch.save instead"
+            )
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:  # torch's message is advice for torch.load's caller
@@ -278,12 +287,43 @@ def load_weights_file(path: str | Path) -> dict[str, np.ndarray]:
             ) from None
         except Exception as e:  # torch.load raises RuntimeError, EOFError, OSError, KeyError... for broken files
             raise WeightsFileError(f"{path}: not a readable torch file ({one_line(e, limit=200)})") from None
-        if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-            obj = obj["state_dict"]
-        if not isinstance(obj, Mapping) or not all(hasattr(v, "detach") for v in obj.values()):
-            raise WeightsFileError(f"{path}: does not hold a state dict of tensors")
+        obj = _inner_state_dict(obj)
+        if not isinstance(obj, Mapping) or not _all_tensors(obj):
+            keys = f" (its keys: {', '.join(map(str, list(obj)[:6]))})" if isinstance(obj, Mapping) and obj else ""
+            raise WeightsFileError(f"{path}: does not hold a state dict of tensors{keys}")
         return {k: _to_numpy(v) for k, v in obj.items()}
     raise WeightsFileError(f"{path}: unknown weights format {path.suffix!r}; use .safetensors, .pt or .pth")
+
+
+def _is_torchscript(path: Path) -> bool:
+    """torch.jit.save writes a zip like torch.save's, with the pickled constants of its code beside the data."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _all_tensors(obj: Mapping) -> bool:
+    return all(hasattr(v, "detach") for v in obj.values())
+
+
+# Where training checkpoints keep the model's state dict: Lightning's and many loops' "state_dict", torchvision's
+# reference scripts' "model", torch's tutorial's "model_state_dict".
+_STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
+
+
+def _inner_state_dict(obj: Any) -> Any:
+    """A training checkpoint's state dict (the first of _STATE_DICT_KEYS holding tensors only), else `obj`."""
+    if not isinstance(obj, Mapping) or _all_tensors(obj):
+        return obj
+    for key in _STATE_DICT_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and inner and _all_tensors(inner):
+            return inner
+    return obj
 
 
 WEIGHTS_FORMAT = "flax_resnet torch state dict"  # the metadata's "format" in files this project writes

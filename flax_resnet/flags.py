@@ -117,9 +117,15 @@ def read_init_weights(config: Config, error: type[Exception]) -> dict[str, np.nd
     cannot be read raises `error` (the trainer's one-line error type)."""
     assert config.init_weights is not None
     try:
-        return load_weights_file(config.init_weights)
+        state_dict = load_weights_file(config.init_weights)
     except WeightsFileError as e:
         raise error(f"--init-weights: {e}") from None
+    # Training from them stops at the first step with "loss is not finite", which points at the recipe instead.
+    bad = [key for key, value in state_dict.items() if value.dtype.kind == "f" and not np.isfinite(value).all()]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise error(f"--init-weights: {config.init_weights}: non-finite values (nan/inf) in {', '.join(bad[:3])}{more}")
+    return state_dict
 
 
 def match_init_weights(

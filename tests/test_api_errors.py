@@ -6,6 +6,7 @@ import os
 import pickle
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -311,18 +312,45 @@ def test_a_pickled_whole_model_is_refused_in_one_plain_line(tmp_path: Path) -> N
 
 
 def test_a_pt_mapping_with_values_that_are_no_tensors_is_refused_not_filtered(tmp_path: Path) -> None:
-    """A training checkpoint's dict: its tensors under "state_dict" load, the rest is ignored; a flat mapping
-    that mixes tensors and other values is refused, never loaded with the other values silently dropped."""
+    """A training checkpoint's dict: its tensors under "state_dict" (Lightning), "model" (torchvision's reference
+    scripts) or "model_state_dict" (torch's tutorial) load, the rest is ignored; a flat mapping that mixes
+    tensors and other values is refused, never loaded with the other values silently dropped."""
     weight = torch.arange(4.0).reshape(2, 2)
-    cases = {"mixed": {"fc.weight": weight, "epoch": 3}, "none": {"epoch": 3}, "list": [weight]}
-    for name, obj in cases.items():
+    cases = {"mixed": ({"fc.weight": weight, "epoch": 3}, " (its keys: fc.weight, epoch)"),
+             "none": ({"epoch": 3}, " (its keys: epoch)"), "list": ([weight], ""),
+             "nested": ({"model": {"fc": {"weight": weight}}, "epoch": 3}, " (its keys: model, epoch)")}  # fmt: skip
+    for name, (obj, keys) in cases.items():
         path = tmp_path / f"{name}.pt"
         torch.save(obj, path)
-        with pytest.raises(WeightsFileError, match=rf"^{re.escape(str(path))}: does not hold a state dict of tensors$"):
+        with pytest.raises(WeightsFileError) as e:
             flax_resnet.load_weights_file(path)
-    torch.save({"state_dict": {"fc.weight": weight}, "epoch": 3}, tmp_path / "checkpoint.pt")
-    loaded = flax_resnet.load_weights_file(tmp_path / "checkpoint.pt")
-    assert list(loaded) == ["fc.weight"] and np.array_equal(loaded["fc.weight"], weight.numpy())
+        assert str(e.value) == f"{path}: does not hold a state dict of tensors{keys}"
+    for key in ("state_dict", "model", "model_state_dict"):  # the last one was refused, saying only "does not hold"
+        torch.save({key: {"fc.weight": weight}, "optimizer": {"state": {}}, "epoch": 3}, tmp_path / "checkpoint.pt")
+        loaded = flax_resnet.load_weights_file(tmp_path / "checkpoint.pt")
+        assert list(loaded) == ["fc.weight"] and np.array_equal(loaded["fc.weight"], weight.numpy()), key
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning")  # torch 2.14 deprecates TorchScript; users keep files
+def test_a_torchscript_archive_or_a_directory_is_one_line_that_says_what_to_pass(tmp_path: Path) -> None:
+    """A TorchScript .pt printed torch's warning, then advice about torch.load's weights_only cut mid-sentence;
+    a run's workdir said "weights file not found"."""
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), scripted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch.load's "looks like a TorchScript archive" warning, had it run
+        with pytest.raises(WeightsFileError) as e:
+            flax_resnet.load_weights_file(scripted)
+    assert str(e.value) == (f"{scripted}: a TorchScript archive (torch.jit.save), not a state dict: save "
+                            "torch.jit.load(path).state_dict() with torch.save instead")  # fmt: skip
+    with pytest.raises(WeightsFileError) as e:
+        flax_resnet.load_weights_file(tmp_path)
+    export = f"scripts/export.py {tmp_path} W.safetensors writes them"
+    assert str(e.value) == f"{tmp_path} is a directory, not a weights file ({export})"
+    flax_resnet.save_safetensors({"fc.weight": np.ones((2, 2), np.float32)}, tmp_path / "model.safetensors")
+    with pytest.raises(WeightsFileError) as e:  # a torch_ref run's workdir
+        flax_resnet.load_weights_file(tmp_path)
+    assert str(e.value) == f"{tmp_path} is a directory, not a weights file (its weights: {tmp_path}/model.safetensors)"
 
 
 @pytest.mark.parametrize("content", [b"hello\n", bytes(range(256)) * 4], ids=["text", "bytes"])

@@ -122,7 +122,9 @@ def test_the_torch_trainer_starts_from_the_weights_with_its_own_head(
 def test_weights_that_do_not_fit_are_one_line_before_anything_is_written(
     tiny_data: Path, tmp_path: Path, imagenet_weights, framework: str
 ) -> None:
-    path, _ = imagenet_weights
+    path, theirs = imagenet_weights
+    nan = tmp_path / "nan.safetensors"  # was taken, and the run stopped at step 1 on a "loss is not finite"
+    convert.save_safetensors({**theirs, "layer1.0.conv1.weight": np.full((64, 64, 3, 3), np.nan, np.float32)}, nan)
     trainer = (lambda c: train_lib.train(c)) if framework == "jax" else (lambda c: torch_train(c, TorchOptions()))
     error = train_lib.RunError if framework == "jax" else TrainError
     cases = [
@@ -139,6 +141,9 @@ def test_weights_that_do_not_fit_are_one_line_before_anything_is_written(
          "conv1.weight (64, 3, 7, 7) (expected (64, 3, 3, 3)); these weights are resnet18/imagenet's: --variant "
          "imagenet"),  # torchvision's 7x7 stem into the default variant: the hint said nothing
         (dict(init_weights=str(tmp_path / "no.pt")), f"--init-weights: weights file not found: {tmp_path / 'no.pt'}"),
+        (dict(init_weights=str(nan)), f"--init-weights: {nan}: non-finite values (nan/inf) in layer1.0.conv1.weight"),
+        (dict(init_weights=str(tmp_path)), f"--init-weights: {tmp_path} is a directory, not a weights file "
+         f"(scripts/export.py {tmp_path} W.safetensors writes them)"),
     ]  # fmt: skip
     for overrides, message in cases:
         with pytest.raises(error) as excinfo:
