@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import tarfile
 import unicodedata
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -374,6 +375,11 @@ def test_predict_image_over_the_decompression_bomb_limit_is_one_line(
     assert _script("predict").main([str(tmp_path / "no-run"), str(image)]) == 1
     line = _one_line(capsys)
     assert line.startswith(f"error: {image}: cannot read image (DecompressionBombError: ")
+    # Between the limit and twice it PIL only warns, in two lines of its own: a large photo is read quietly.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _script("predict").load_image(image)[0].shape == (32, 32, 3)
 
 
 def test_predict_reads_photos_upright_and_16_bit_greys_at_their_level(tmp_path: Path) -> None:
