@@ -336,11 +336,13 @@ def weights_metadata(
     step: int,
     holdout: int = 0,
     holdout_digest: str | None = None,
+    digests: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The `.safetensors` metadata that make a weights file usable on its own (scripts/export.py and torch_ref's
-    model.safetensors): the model, its classes in order, the input it expects, the step, and for a `--holdout`
+    model.safetensors): the model, its classes in order, the input it expects, the step, for a `--holdout`
     run how many images it held out and their digest (`data.image_set_digest`), so that it is evaluated on
-    those, never on the test set."""
+    those, never on the test set, and where given the digests of its data's splits (`data.data_record`'s
+    `train_digest`/`test_digest`), by which a torch run knows its data again."""
     from flax_resnet.data import CIFAR10_MEAN, CIFAR10_STD
 
     metadata = {
@@ -356,6 +358,7 @@ def weights_metadata(
         metadata["holdout"] = str(holdout)
     if holdout and holdout_digest is not None:  # none: a run from before digests (evaluation then refuses it)
         metadata["holdout_digest"] = holdout_digest
+    metadata.update(digests or {})
     return metadata
 
 

@@ -30,7 +30,7 @@ import time
 import unicodedata
 import zipfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
@@ -665,6 +665,35 @@ def image_set_digest(images: np.ndarray, labels: np.ndarray) -> str:
     digest = hashlib.sha256(keys[order].tobytes())
     digest.update(np.asarray(labels, np.int64)[order].tobytes())
     return digest.hexdigest()[:16]
+
+
+def data_record(dataset: Dataset) -> dict[str, Any]:
+    """What a run records of its data, to know it again: the class names in label order and an
+    `image_set_digest` of each split (0.4 s for 50,000 images)."""
+    return {
+        "class_names": list(dataset.class_names),
+        "train_digest": image_set_digest(dataset.train_images, dataset.train_labels),
+        "test_digest": image_set_digest(dataset.test_images, dataset.test_labels),
+    }
+
+
+def data_mismatch(recorded: Mapping[str, Any], record: Mapping[str, Any]) -> str | None:
+    """Why the data a run recorded (`data_record`'s keys; files from before 2026-12-06 lack the digests) is not
+    `record`'s, or None: going on from it would mix two data sets in one run's numbers, and a changed class
+    order relabels every image silently."""
+    classes = recorded.get("class_names")
+    if classes is not None and list(classes) != list(record["class_names"]):
+        return f"classes {_names(classes)}; this data's: {_names(record['class_names'])}"
+    for split in ("train", "test"):
+        digest = recorded.get(f"{split}_digest")
+        if digest is not None and digest != record[f"{split}_digest"]:
+            return f"other {split} images or labels"
+    return None
+
+
+def _names(names: Sequence[str], shown: int = 12) -> str:
+    more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def hold_out(dataset: Dataset, n: int) -> Dataset:

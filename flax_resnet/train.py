@@ -311,6 +311,17 @@ def held_out_mismatch(recorded: str | None, digest: str) -> str | None:
     return "this data holds other images"
 
 
+def check_data(meta: dict[str, Any], record: dict[str, Any], where: Path) -> None:
+    """RunError unless a checkpoint's run used this data (`record`: `data.data_record`): resuming on other
+    images would mix two data sets in one run's numbers, on another class order train with shifted labels."""
+    why = data_lib.data_mismatch(meta, record)
+    if why:
+        raise RunError(
+            f"{where} was trained on other data ({why}); resume with the run's own data (its config.json) or use "
+            "another --workdir"
+        )
+
+
 def check_held_out(meta: dict[str, Any], digest: str | None, where: Path) -> None:
     """RunError unless a `--holdout` checkpoint held out these very images (`digest`; None: no holdout)."""
     why = None if digest is None else held_out_mismatch(meta.get("holdout_digest"), digest)
@@ -707,6 +718,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
         raise RunError(problem)
     saved = check_workdir(workdir, config) if resuming else None
     holdout_digest = data_lib.image_set_digest(dataset.test_images, dataset.test_labels) if config.holdout else None
+    data_seen = data_lib.data_record(dataset)
 
     mesh = make_mesh()
     n_train = len(dataset.train_labels)
@@ -761,7 +773,8 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
         config = _keep_start(config, meta.get("config", {}), warn)
         step = int(meta["step"])
         check_step_geometry(meta, bs, n_train, steps_per_epoch, ckpt.step_dir(step))
-        check_held_out(meta, holdout_digest, ckpt.step_dir(step))
+        check_held_out(meta, holdout_digest, ckpt.step_dir(step))  # first: other held-out images differ in both
+        check_data(meta, data_seen, ckpt.step_dir(step))
         if step > total_steps:  # saving this config would label the run's epochs and metrics wrongly
             limit = f"--epochs {config.epochs}" + (f", --max-steps {config.max_steps}" if config.max_steps else "")
             raise RunError(
@@ -822,7 +835,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             "steps_per_epoch": steps_per_epoch,
             "train_images": n_train,
             "config": dataclasses.asdict(config),
-            "class_names": list(dataset.class_names),
+            **data_seen,  # class_names and the splits' digests
             "epoch_sums": epoch_sums,
         }
         if holdout_digest is not None:

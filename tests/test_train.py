@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 import scipy.special
+from PIL import Image
 from test_train_torch import RECIPE_SGD  # each recipe's optimizer, written out by hand
 
 from conftest import (
@@ -201,6 +203,24 @@ def test_cosine_run_loads_and_refuses_a_resume_with_another_batch_size(tiny_data
     assert Checkpointer(tmp_path / "run" / "checkpoints").all_steps() == [1, 2]
     assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == metrics
     assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 16
+    # Other data of the same size: a class renamed so that the label order changes (it resumed, training label
+    # 0 as another class, with only a note about the path), and the same classes with one training or test
+    # image replaced (the run's numbers would mix two data sets).
+    renamed = tmp_path / "renamed"
+    shutil.copytree(tiny_data, renamed)
+    for split in ("train", "test"):
+        (renamed / split / "cat").rename(renamed / split / "zcat")
+    cases = [(renamed, "classes cat, dog, frog; this data's: dog, frog, zcat")]
+    for split in ("train", "test"):
+        changed = tmp_path / f"changed_{split}"
+        shutil.copytree(tiny_data, changed)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(next((changed / split / "dog").iterdir()), format="PNG")
+        cases.append((changed, f"other {split} images or labels"))
+    for source, why in cases:
+        with pytest.raises(RunError, match=re.escape(f"checkpoints/2 was trained on other data ({why}); resume")):
+            train(_config(source, tmp_path, schedule="cosine", epochs=1, max_steps=3))
+    assert Checkpointer(tmp_path / "run" / "checkpoints").all_steps() == [1, 2]
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == metrics
     # Metadata that is sound JSON but names no model (damaged) is skipped like unreadable metadata: one warning,
     # then the older step, not a traceback from building the model.
     meta_file = tmp_path / "run" / "checkpoints" / "2" / "meta" / "metadata"

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -376,6 +377,25 @@ def test_script_keeps_a_finished_run_and_replaces_a_run_only_when_asked(
     assert ("holds another torch run (settings: steps per epoch 1 (this run: 2; other training data)) with 1 epochs "
             "logged") in err  # fmt: skip
     assert all((workdir / name).read_bytes() == content for name, content in files.items())
+    # The same step count over other data was "this run, finished: nothing to do" (exit 0, the stale model kept):
+    # a class renamed so that the label order changes, and the same classes with one image replaced.
+    renamed = tmp_path / "renamed"
+    shutil.copytree(data, renamed)
+    for split in ("train", "test"):
+        (renamed / split / "class0").rename(renamed / split / "zclass0")  # now label 9, every other one shifts
+    new_names = ", ".join([*(f"class{c}" for c in range(1, 10)), "zclass0"])
+    cases = [(renamed, f"classes {', '.join(f'class{c}' for c in range(10))}; this data's: {new_names}")]
+    for split in ("train", "test"):
+        changed = tmp_path / f"changed_{split}"
+        shutil.copytree(data, changed)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(changed / split / "class3/0.png")
+        cases.append((changed, f"other {split} images or labels"))
+    for source, why in cases:
+        assert main([*args, "--data", str(source)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert f"holds another torch run (settings: data: {why}) with 1 epochs logged" in err
+        assert all((workdir / name).read_bytes() == content for name, content in files.items())
 
     # Files it cannot read: nothing is known of the run, so it is refused, whatever is saved.
     (workdir / "metrics.jsonl").write_text("{not json\n")

@@ -17,6 +17,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,7 +27,7 @@ from torch import nn
 
 from flax_resnet import data as data_lib
 from flax_resnet.config import SCHEDULES, Config, data_problem, differences, workdir_problem
-from flax_resnet.convert import save_safetensors, weights_metadata
+from flax_resnet.convert import WeightsFileError, read_safetensors, save_safetensors, weights_metadata
 from flax_resnet.flags import init_weights_line, match_init_weights, read_init_weights
 from flax_resnet.reporting import Reporter, format_final
 from torch_ref import data as tdata
@@ -178,11 +179,12 @@ def _holds_run(workdir: Path) -> bool:
 
 
 def _previous_run(
-    workdir: Path, config: Config, steps_per_epoch: int
+    workdir: Path, config: Config, steps_per_epoch: int, record: Mapping[str, Any] | None = None
 ) -> tuple[list[dict[str, Any]] | None, bool, list[str]] | None:
     """The metrics of the torch run already in `workdir` (None if there is none; `None` metrics when its files
     cannot be read: nothing is known of it); whether it is this config's run, finished (rerunning a finished
-    command then has nothing to do); and the settings it differs in."""
+    command then has nothing to do); and the settings it differs in, its data included where `record`
+    (`data.data_record`) is given and its model.safetensors records it."""
     if not _holds_run(workdir):
         return None
     try:
@@ -200,6 +202,15 @@ def _previous_run(
     saved_spe = epoch_rows[0]["step"] // epoch_rows[0]["epoch"] if epoch_rows else steps_per_epoch
     if saved_spe != steps_per_epoch and saved.batch_size == config.batch_size:  # same flags, another data set
         diffs.append(f"steps per epoch {saved_spe} (this run: {steps_per_epoch}; other training data)")
+    elif record is not None and (workdir / RUN_FILES[1]).exists():  # the same step count over other data?
+        try:
+            meta: dict[str, Any] = read_safetensors(workdir / RUN_FILES[1])[1]
+            meta["class_names"] = json.loads(meta["class_names"]) if "class_names" in meta else None
+        except (WeightsFileError, ValueError):
+            meta = {}
+        why = data_lib.data_mismatch(meta, record)
+        if why:
+            diffs.append(f"data: {why}")
     finished = bool(history) and history[-1]["step"] == last and (workdir / RUN_FILES[1]).exists()
     return history, not diffs and finished, diffs
 
@@ -235,6 +246,7 @@ def train(
     init_state_dict = read_init_weights(config, TrainError) if config.init_weights and trains else None
     dataset = data_lib.hold_out(data_lib.load_dataset(config.data, config.data_dir), config.holdout)
     holdout_digest = data_lib.image_set_digest(dataset.test_images, dataset.test_labels) if config.holdout else None
+    data_seen = data_lib.data_record(dataset)
     # The model's output size follows the dataset; the amp flag is what "dtype" means for this trainer.
     config = dataclasses.replace(
         config, num_classes=len(dataset.class_names), dtype="bfloat16" if options.amp else "float32"
@@ -253,7 +265,7 @@ def train(
     torch.manual_seed(config.seed)
     model = create_model(config.arch, config.variant, config.num_classes)
     kept = [] if init_state_dict is None else _load_initial_weights(model, config, init_state_dict)  # before writes
-    previous = _previous_run(workdir, config, steps_per_epoch)
+    previous = _previous_run(workdir, config, steps_per_epoch, data_seen)
     if previous is not None and previous[1] and not overwrite:
         print(f"{workdir} holds this run, finished at step {previous[0][-1]['step']}: nothing to do "
               "(--overwrite trains it again)", file=out)  # fmt: skip
@@ -378,7 +390,8 @@ def train(
             record["wall_seconds"] = time.perf_counter() - recorded_at  # as in the JAX trainer (flax_resnet/train.py)
             recorded_at = time.perf_counter()
             metadata = weights_metadata(
-                config.arch, config.variant, dataset.class_names, step, config.holdout, holdout_digest
+                config.arch, config.variant, dataset.class_names, step, config.holdout, holdout_digest,
+                {key: data_seen[key] for key in ("train_digest", "test_digest")},
             )
             save_state_dict(model, workdir / "model.safetensors", metadata)
             reporter.log_epoch(record, history, force_plot=finished)  # the plot at most every PLOT_SECONDS
