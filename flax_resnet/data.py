@@ -469,6 +469,18 @@ def _assemble_folder(tree: _Tree, root: str) -> Dataset:
     return Dataset(*arrays, class_names=classes)
 
 
+def printable(name: str) -> str:
+    """A class name for display. A folder name that is no UTF-8 reaches Python as lone surrogates (kept in
+    `class_names`, so that order and identity stay ImageFolder's and a written copy has the same bytes), which
+    matplotlib and a strict stdout refuse; shown read as Latin-1, where every byte is a character, so that
+    distinct folders keep distinct names (an old archive's 'K\xe4tze' shows as 'Kätze')."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("latin-1")
+    return name
+
+
 def _form(name: str) -> str:
     """Which Unicode normalization form `name` is in, for names that print alike but differ."""
     return next((form for form in ("NFC", "NFD") if unicodedata.is_normalized(form, name)), "mixed")

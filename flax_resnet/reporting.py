@@ -16,6 +16,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from flax_resnet.data import printable
+
 METRIC_KEYS = (
     "epoch",
     "step",
@@ -246,7 +248,7 @@ def plot_predictions(
         ax.imshow(images[i])
         right = int(preds[i]) == int(labels[i])
         ax.set_title(
-            f"{class_names[int(preds[i])]}\n({class_names[int(labels[i])]})",
+            f"{printable(class_names[int(preds[i])])}\n({printable(class_names[int(labels[i])])})",
             fontsize=7,
             color="green" if right else "red",
         )
@@ -260,6 +262,7 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | P
     """Confusion matrix (rows: true class, columns: predicted) with counts in the cells."""
     plt = _pyplot()
     k = len(class_names)
+    class_names = [printable(name) for name in class_names]
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 1.0 + 0.6 * k))
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)

@@ -101,11 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{scored} loss: {ev['loss']:.4f}  accuracy: {100 * ev['accuracy']:.2f}%")
     if args.flip_tta:
         print(f"with flip TTA:  loss: {tta['loss']:.4f}  accuracy: {100 * tta['accuracy']:.2f}%")
-    width = max(len(n) for n in run.class_names)
-    for c, name in enumerate(run.class_names):
+    names = [data_lib.printable(name) for name in run.class_names]
+    width = max(len(n) for n in names)
+    for c, name in enumerate(names):
         total = int(matrix[c].sum())
-        acc = 100 * matrix[c, c] / total if total else float("nan")
-        print(f"  {name:<{width}}  {acc:6.2f}%  ({int(matrix[c, c])}/{total})")
+        acc = f"{100 * matrix[c, c] / total:6.2f}%" if total else "    --  "  # a class without test images
+        print(f"  {name:<{width}}  {acc}  ({int(matrix[c, c])}/{total})")
     out = Path(args.out) if args.out else run.directory / "confusion_matrix.png"
     try:
         plot_confusion(matrix, run.class_names, out)

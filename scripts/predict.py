@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     k = min(args.top_k, probs.shape[1])
     for name, pr in zip(args.images, probs, strict=True):
         top = np.argsort(-pr, kind="stable")[:k]
-        print(f"{name}: " + ", ".join(f"{run.class_names[c]} {pr[c]:.4f}" for c in top))
+        print(f"{name}: " + ", ".join(f"{data_lib.printable(run.class_names[c])} {pr[c]:.4f}" for c in top))
     return 0
 
 

@@ -342,6 +342,25 @@ def test_failed_figure_save_leaves_no_temp_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outdir"] and not list(out.iterdir())
 
 
+def test_class_folders_that_are_no_utf8_load_and_plot(tmp_path: Path) -> None:
+    """A Latin-1 folder name (an old archive's) reaches Python as lone surrogates: the loader keeps them (order and
+    identity as ImageFolder's), the plots show the name read as Latin-1 (matplotlib raised a TypeError)."""
+    import os
+
+    for split in ("train", "test"):
+        for i, folder in enumerate((b"K\xe4tze", b"dog")):
+            path = os.path.join(os.fsencode(tmp_path), b"src", split.encode(), folder, b"0.png")
+            os.makedirs(os.path.dirname(path))
+            Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(path, format="PNG")
+    dataset = data_lib.load_dataset(tmp_path / "src", tmp_path / "cache")
+    assert dataset.class_names == ("K\udce4tze", "dog") and list(dataset.train_labels) == [0, 1]
+    assert [data_lib.printable(n) for n in dataset.class_names] == ["K\u00e4tze", "dog"]
+    reporting.plot_confusion(np.eye(2, dtype=np.int64), dataset.class_names, tmp_path / "confusion.png")
+    reporting.plot_predictions(dataset.test_images, dataset.test_labels, dataset.test_labels[::-1],
+                               dataset.class_names, tmp_path / "predictions.png")  # fmt: skip
+    assert (tmp_path / "confusion.png").stat().st_size > 0 and (tmp_path / "predictions.png").stat().st_size > 0
+
+
 def test_epoch_line_and_curves_show_each_number_where_it_belongs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
