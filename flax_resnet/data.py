@@ -291,6 +291,13 @@ def _wanted(name: str) -> bool:
     return base.lower().endswith(IMAGE_EXTENSIONS) or base in _CIFAR_BATCHES or base == _CIFAR_META
 
 
+def _dangling_matters(name: str) -> bool:
+    """Whether a broken link at `name` stands where an image, a CIFAR batch or a class folder would be (as in an
+    unmounted drive's or a git-annex checkout's data); ImageFolder lists such a file and fails reading it."""
+    parts = name.split("/")
+    return _wanted(name) or (len(parts) >= 2 and parts[-2] in _SPLITS)
+
+
 def _scan_directory(path: Path) -> _Tree:
     """List the relevant files below `path`: the levels where a dataset root may sit (it or one wrapper folder),
     and everything below a class folder (`[wrapper/]{train,test}/<class>/`), whose subfolders torchvision's
@@ -320,6 +327,9 @@ def _scan_directory(path: Path) -> _Tree:
                     walk(Path(entry.path), name + "/", (*inside, (st.st_dev, st.st_ino)))
             elif entry.is_file() and _wanted(name):
                 files[name] = (Path(entry.path).read_bytes, entry.stat())
+            elif entry.is_symlink() and not os.path.exists(entry.path) and _dangling_matters(name):
+                # skipped, it would drop an image or a whole class (shifting the labels after it) without a word
+                raise DataError(f"{entry.path}: a link to {os.readlink(entry.path)!r}, which does not exist")
 
     root = path.stat()
     walk(path, "", ((root.st_dev, root.st_ino),))
@@ -355,6 +365,15 @@ def _read_tar(path: Path) -> _Tree:
                     files[name] = (lambda data=data: data, None)
                 elif member.issym():
                     folder_links[name] = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
+            # tarfile stops without a word where the data ends; a tar cut between two members (an interrupted
+            # copy of a plain .tar) would load with the images after the cut missing. Writers end it in zeros.
+            archive.fileobj.seek(archive.offset)
+            end = archive.fileobj.read(tarfile.BLOCKSIZE)
+            if len(end) < tarfile.BLOCKSIZE or any(end):
+                raise DataError(
+                    f"{path}: not a whole tar archive: it stops after {len(archive.getmembers())} members without the "
+                    "end-of-archive marker (cut off, e.g. an interrupted copy)"
+                )
     except (tarfile.TarError, EOFError, zlib.error, OSError, KeyError) as e:
         raise DataError(f"{path}: not a readable tar archive ({one_line(e)})") from None
     _follow_folder_links(path, dirs, files, folder_links)
@@ -558,9 +577,13 @@ def _cifar_batch(tree: _Tree, name: str) -> tuple[np.ndarray, np.ndarray]:
     where = tree.where(name)
     try:
         data = np.asarray(batch[b"data"])
-        labels = np.asarray(batch[b"labels"], np.int64)
+        raw_labels = np.asarray(batch[b"labels"])
     except KeyError as e:
         raise DataError(f"{where}: CIFAR-10 batch lacks key {e.args[0]!r}") from None
+    if raw_labels.size and not np.issubdtype(raw_labels.dtype, np.integer):  # 3.5 became 3 without a word
+        example = raw_labels.flat[0].item()
+        raise DataError(f"{where}: labels must be integers, got {raw_labels.dtype} (e.g. {example!r})")
+    labels = raw_labels.astype(np.int64)
     pixels = 3 * IMAGE_SIZE * IMAGE_SIZE
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != pixels or labels.shape != (len(data),):
         raise DataError(
@@ -584,6 +607,11 @@ def _assemble_cifar(tree: _Tree, root: str) -> Dataset:
     for labels, name in ((train_labels, "data_batch_*"), (test_labels, "test_batch")):
         if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
             raise DataError(f"{tree.where(prefix + name)}: labels outside 0..{len(classes) - 1}")
+    # As an image folder cannot hold an empty class: its copy by write_dataset.py would lose the class, and
+    # every label after it would shift; and --holdout could take nothing from it.
+    empty = np.flatnonzero(np.bincount(train_labels, minlength=len(classes)) == 0)
+    if empty.size:
+        raise DataError(f"{tree.where(prefix + 'data_batch_1')}: class {classes[empty[0]]!r} has no training images")
     return Dataset(train_images, train_labels, test_images, test_labels, classes)
 
 

@@ -413,13 +413,16 @@ def _numpy1_pickle(obj: object) -> bytes:
     return pickle.dumps(obj, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
 
 
-def _make_cifar_python(out: Path, meta: bool = True, test_batch: object | None = None) -> Path:
+def _make_cifar_python(
+    out: Path, meta: bool = True, test_batch: object | None = None, train_labels: list | None = None
+) -> Path:
     members: dict[str, bytes] = {}
     k = 0
+    labels = [k % 10 for k in range(10)] if train_labels is None else train_labels
     for b in range(1, 6):  # two images per training batch
         rows = np.stack([_cifar_row(k), _cifar_row(k + 1)])
         members[f"data_batch_{b}"] = _numpy1_pickle(
-            {b"batch_label": b"training batch", b"labels": [k % 10, (k + 1) % 10], b"data": rows}
+            {b"batch_label": b"training batch", b"labels": labels[k : k + 2], b"data": rows}
         )
         k += 2
     if test_batch is None:
@@ -462,6 +465,17 @@ def test_cifar_python_without_meta_uses_cifar10_names(tmp_path: Path) -> None:
     assert load_dataset(str(archive), data_dir=str(tmp_path / "c")).class_names == CIFAR10_CLASSES
 
 
+def test_cifar_python_refuses_float_labels_and_a_class_without_training_images(tmp_path: Path) -> None:
+    # 3.5 was read as 3; a class with no training images loaded, and write_dataset.py's image-folder copy of it
+    # then lost the class (no folder), shifting every later label, or failed to load (its test/ folder only).
+    archive = _make_cifar_python(tmp_path / "float.tar.gz", train_labels=[0.0, 1, 2, 3, 4, 5, 6, 7, 8, 3.5])
+    message = _error(archive, tmp_path / "c")
+    assert message.endswith("cifar-10-batches-py/data_batch_1: labels must be integers, got float64 (e.g. 0.0)")
+    archive = _make_cifar_python(tmp_path / "noplane.tar.gz", train_labels=[1, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    message = _error(archive, tmp_path / "c")
+    assert message.endswith("cifar-10-batches-py/data_batch_1: class 'airplane' has no training images")
+
+
 def test_cifar_python_refuses_foreign_pickles(tmp_path: Path) -> None:
     archive = _make_cifar_python(tmp_path / "cifar.tar.gz", test_batch=collections.OrderedDict(a=1))
     message = _error(archive, tmp_path / "c")
@@ -489,6 +503,36 @@ def test_error_directory_nested_too_deep_or_ambiguous(tmp_path: Path) -> None:
     _make_folder(tmp_path / "two/second")
     message = _error(tmp_path / "two", tmp_path / "c")
     assert "ambiguous" in message and "'first'" in message and "'second'" in message
+
+
+def test_error_a_broken_link_where_an_image_or_a_class_folder_would_be(tmp_path: Path) -> None:
+    # Skipped silently, they dropped an image or a whole class (shifting later labels); the tar of the same tree
+    # already refused a link to a missing member. A broken link elsewhere (not data) is still ignored.
+    expected = _make_folder(tmp_path / "src")
+    (tmp_path / "src/latest").symlink_to(tmp_path / "gone")
+    got = load_dataset(str(tmp_path / "src"), data_dir=str(tmp_path / "c"))
+    assert got.class_names == expected.class_names and len(got.train_labels) == len(expected.train_labels)
+    for link, target in (("train/cat/9.png", "/nonexistent.png"), ("train/zebra", "/mnt/unmounted/zebra")):
+        (tmp_path / "src" / link).symlink_to(target)
+        assert _error(tmp_path / "src", tmp_path / "c") == (
+            f"{tmp_path / 'src' / link}: a link to {target!r}, which does not exist"
+        )
+        (tmp_path / "src" / link).unlink()
+
+
+def test_error_a_plain_tar_cut_between_two_members(tmp_path: Path) -> None:
+    # tarfile reads such a file to the cut without complaint (GNU tar lists it, exit 0): it loaded without the
+    # images after the cut. Cut inside a member, or a cut .tar.gz, failed already.
+    expected = _make_folder(tmp_path / "src")
+    whole = _make_tar(tmp_path / "src", tmp_path / "whole.tar")
+    _assert_same(load_dataset(str(whole), data_dir=str(tmp_path / "c")), expected)
+    with tarfile.open(whole) as archive:
+        images = [m for m in archive.getmembers() if m.name.lower().endswith((".png", ".jpg"))]
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(whole.read_bytes()[: images[-1].offset])  # ends where the last image's header would start
+    message = _error(cut, tmp_path / "c")
+    assert message.startswith(f"{cut}: not a whole tar archive: it stops after ")
+    assert message.endswith("members without the end-of-archive marker (cut off, e.g. an interrupted copy)")
 
 
 def test_error_no_images(tmp_path: Path) -> None:
