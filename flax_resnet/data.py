@@ -429,8 +429,15 @@ def _assemble(tree: _Tree) -> Dataset:
         if all(prefix + b in tree.files for b in _CIFAR_BATCHES):
             candidates.append((depth, "cifar", d))
     if not candidates:
+        batches = sorted(f for f in tree.files if posixpath.basename(f) in _CIFAR_BATCHES)
+        if batches:  # some of the python pickles: say which are missing, not that nothing was found
+            root = posixpath.dirname(batches[0])
+            missing = [b for b in _CIFAR_BATCHES if posixpath.join(root, b) not in tree.files]
+            place = tree.where(root) if root else str(tree.origin)
+            raise DataError(f"{place}: CIFAR-10 python batches incomplete, missing {', '.join(missing)}")
+        where = "" if tree.is_tar else " (a folder is searched at its top and one level below)"
         raise DataError(
-            f"{tree.origin}: no train/ and test/ class folders found "
+            f"{tree.origin}: no train/ and test/ class folders found{where} "
             "(expected <root>/{train,test}/<class>/<images>, or cifar-10-python.tar.gz)"
         )
     candidates.sort()

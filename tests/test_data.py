@@ -476,6 +476,19 @@ def test_cifar_python_refuses_float_labels_and_a_class_without_training_images(t
     assert message.endswith("cifar-10-batches-py/data_batch_1: class 'airplane' has no training images")
 
 
+def test_cifar_python_missing_a_batch_says_which(tmp_path: Path) -> None:
+    # It said "no train/ and test/ class folders found", as if nothing CIFAR-like were there.
+    whole = _make_cifar_python(tmp_path / "whole.tar.gz")
+    cut = tmp_path / "no_test.tar"
+    with tarfile.open(whole) as src, tarfile.open(cut, "w") as out:
+        for member in src.getmembers():
+            if not member.name.endswith(("test_batch", "data_batch_3")):
+                out.addfile(member, src.extractfile(member))
+    assert _error(cut, tmp_path / "c") == (
+        f"{cut}:cifar-10-batches-py: CIFAR-10 python batches incomplete, missing data_batch_3, test_batch"
+    )
+
+
 def test_cifar_python_refuses_foreign_pickles(tmp_path: Path) -> None:
     archive = _make_cifar_python(tmp_path / "cifar.tar.gz", test_batch=collections.OrderedDict(a=1))
     message = _error(archive, tmp_path / "c")
@@ -499,6 +512,7 @@ def test_error_directory_without_train_and_test(tmp_path: Path) -> None:
 def test_error_directory_nested_too_deep_or_ambiguous(tmp_path: Path) -> None:
     _make_folder(tmp_path / "deep/a/b")  # directories: the dataset itself, or inside one wrapper folder
     assert "train/" in _error(tmp_path / "deep", tmp_path / "c")
+    assert "(a folder is searched at its top and one level below)" in _error(tmp_path / "deep", tmp_path / "c")
     _make_folder(tmp_path / "two/first")
     _make_folder(tmp_path / "two/second")
     message = _error(tmp_path / "two", tmp_path / "c")
