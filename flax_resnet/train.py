@@ -717,8 +717,8 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     if problem:
         raise RunError(problem)
     saved = check_workdir(workdir, config) if resuming else None
-    holdout_digest = data_lib.image_set_digest(dataset.test_images, dataset.test_labels) if config.holdout else None
     data_seen = data_lib.data_record(dataset)
+    holdout_digest = data_seen["test_digest"] if config.holdout else None  # the held-out images are its test split
 
     mesh = make_mesh()
     n_train = len(dataset.train_labels)

@@ -245,8 +245,8 @@ def train(
     trains = overwrite or not _holds_run(workdir)
     init_state_dict = read_init_weights(config, TrainError) if config.init_weights and trains else None
     dataset = data_lib.hold_out(data_lib.load_dataset(config.data, config.data_dir), config.holdout)
-    holdout_digest = data_lib.image_set_digest(dataset.test_images, dataset.test_labels) if config.holdout else None
     data_seen = data_lib.data_record(dataset)
+    holdout_digest = data_seen["test_digest"] if config.holdout else None  # the held-out images are its test split
     # The model's output size follows the dataset; the amp flag is what "dtype" means for this trainer.
     config = dataclasses.replace(
         config, num_classes=len(dataset.class_names), dtype="bfloat16" if options.amp else "float32"
