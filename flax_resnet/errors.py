@@ -8,6 +8,7 @@ import argparse
 import gc
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -74,3 +75,25 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """Print the one line and exit 2, as argparse's own error does after its usage block."""
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM raised where the program is, as Ctrl-C raises KeyboardInterrupt: `finally` blocks run (a weights
+    file's temporary copy is removed) and the script's own interrupt handler says its one line."""
+
+    signum = signal.SIGTERM
+
+
+def terminate_as_interrupt() -> None:
+    """Turn SIGTERM (a cluster's preemption, `kill`) into `Terminated`; the default ended the process silently,
+    leaving temporary files. Exit with `128 + exit_signal(e)` after catching KeyboardInterrupt."""
+
+    def raise_terminated(signum: int, frame: object) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, raise_terminated)
+
+
+def exit_signal(e: KeyboardInterrupt) -> int:
+    """The signal behind an interrupt: SIGTERM for `Terminated`, else SIGINT (Ctrl-C)."""
+    return int(getattr(e, "signum", signal.SIGINT))

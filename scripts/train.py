@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flax_resnet.errors import ArgumentParser
+from flax_resnet.errors import ArgumentParser, exit_signal, terminate_as_interrupt
 from flax_resnet.hugepages import reexec_with_hugepages  # stdlib only (the package imports its API lazily)
 
 if __name__ == "__main__":  # malloc with huge pages (flax_resnet/hugepages.py): replaces this process once, before
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from flax_resnet.distributed import DistributedError, initialize
     from flax_resnet.train import RunError, train
 
+    terminate_as_interrupt()  # SIGTERM before the loop's own handler (data loading, compiling): one line, 143
     try:
         initialize(args.coordinator, args.num_processes, args.process_id)
         config = make_config(args.recipe, **flags.config_overrides(args))
@@ -84,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, CheckpointError, RunError, DistributedError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # before the loop's own handler, or a second signal: the last checkpoint stands
-        print("error: interrupted; the same command resumes from the last checkpoint (starts afresh if none was "
-              "saved yet)", file=sys.stderr)  # fmt: skip
-        return 130
+    except KeyboardInterrupt as e:  # before the loop's own handler, or a second signal: the last checkpoint stands
+        print(f"error: stopped by signal {exit_signal(e)}; the same command resumes from the last checkpoint (starts "
+              "afresh if none was saved yet)", file=sys.stderr)  # fmt: skip
+        return 128 + exit_signal(e)
     if result["stopped"].startswith("signal"):  # stopped early on request: not a finished run
         return 128 + int(result["stopped"].split()[1])
     return 0

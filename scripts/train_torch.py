@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flax_resnet.errors import ArgumentParser
+from flax_resnet.errors import ArgumentParser, exit_signal, terminate_as_interrupt
 from flax_resnet.hugepages import reexec_with_hugepages  # stdlib only (the package imports its API lazily)
 
 if __name__ == "__main__":  # malloc with huge pages (flax_resnet/hugepages.py): replaces this process once, before
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         config = make_config(args.recipe, **flags.config_overrides(args))
     except ValueError as e:
         parser.error(str(e))
+    terminate_as_interrupt()
     options = TorchOptions(device=device, channels_last=args.channels_last, amp=args.amp, compile=args.compile)
     try:
         train(config, options, overwrite=args.overwrite)
@@ -65,10 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""  # save_safetensors' errors name the path themselves
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # no resume in the reference trainer; model.safetensors holds the last epoch
-        print("error: interrupted (this trainer does not resume; model.safetensors, once written, holds the last "
-              "finished epoch)", file=sys.stderr)  # fmt: skip
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: no resume in the reference trainer
+        signum = exit_signal(e)
+        print(f"error: stopped by signal {signum} (this trainer does not resume; model.safetensors, once written, "
+              "holds the last finished epoch)", file=sys.stderr)  # fmt: skip
+        return 128 + signum
     return 0
 
 

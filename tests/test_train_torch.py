@@ -9,8 +9,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -227,6 +229,30 @@ def test_script_trains_and_writes_a_checkpoint_both_frameworks_load(tmp_path: Pa
     flax_resnet.load_torch_state_dict(flax_model, flax_resnet.load_weights_file(workdir / "model.safetensors"))
     flax_logits = flax_resnet.predict(flax_model, x[:4].permute(0, 2, 3, 1).numpy(), jit=False)
     np.testing.assert_allclose(np.asarray(flax_logits), logits[:4].numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_script_stopped_by_a_signal_says_so_and_keeps_the_last_epoch(tmp_path: Path, signum: int) -> None:
+    # A cluster's SIGTERM used to end the run without a word (exit -15); now it is Ctrl-C's one line, 128 + the
+    # signal, and the last epoch's weights file intact, with no temporary file left beside it.
+    data, workdir = tmp_path / "data", tmp_path / "run"
+    _make_image_folder(data)
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--variant", "imagenet", "--batch-size", "16", "--epochs", "200", "--no-progress",
+         "--device", "cpu", "--data", str(data), "--data-dir", str(tmp_path / "cache"), "--workdir", str(workdir)],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 240
+    while not (workdir / "model.safetensors").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert err.strip().splitlines()[-1].startswith(f"error: stopped by signal {signum} (this trainer does not resume")
+    assert "Traceback" not in err
+    assert sorted(p.name for p in workdir.iterdir() if "tmp" in p.name) == []
+    steps = int(load_file(str(workdir / "model.safetensors"))["bn1.num_batches_tracked"])
+    assert steps >= 5 and steps % 5 == 0  # a whole file, written after an epoch (5 steps of 16 of the 80 images)
 
 
 def test_holdout_trains_on_the_rest_and_evaluates_on_the_held_out_images(tmp_path: Path) -> None:
