@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flax_resnet import results
-from flax_resnet.errors import ArgumentParser
+from flax_resnet.errors import ArgumentParser, exit_signal, terminate_as_interrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,10 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--root", default="runs/reproduce", help="each run gets a workdir under this folder")
     run.add_argument("--data", default=results.CPU_DATA, help="data source passed to every run")
     run.add_argument("--dry-run", action="store_true", help="print the commands only")
-    run.add_argument("--budget-minutes", type=float, default=20.0,
-                     help="sized plans (%(default)s): minutes of training per framework")
-    run.add_argument("--margin", type=float, default=results.BUDGET_MARGIN,
-                     help="sized plans (%(default)s): fraction of the budget left unplanned, for the machine's drift")
+    run.add_argument("--budget-minutes", type=float,
+                     help=f"sized plans ({BUDGET_MINUTES:g}): minutes of training per framework")
+    run.add_argument("--margin", type=float,
+                     help=f"sized plans ({results.BUDGET_MARGIN:g}): fraction of the budget left unplanned, for the "
+                          "machine's drift")
     run.add_argument("--rates", help="sized plans: FRAMEWORK=IMG_S,... (e.g. jax=800,torch=500) instead of "
                                      "calibration runs")
     table = sub.add_parser("table", help="markdown table of finished runs")
@@ -57,28 +58,45 @@ def main(argv: list[str] | None = None) -> int:
                 print("  python " + shlex.join([os.path.relpath(cmd[0]), *cmd[1:]]))
         return 0
     if args.command == "run":
-        if not 0 < args.budget_minutes <= 7 * 24 * 60 or not 0 <= args.margin < 1:
-            p.error("--budget-minutes must be in (0, 10080] (a week) and --margin in [0, 1)")
-        if Path(args.root).exists() and not Path(args.root).is_dir():
-            p.error(f"--root {args.root} is a file, not a directory")
-        epochs = None
-        if args.plan in results.SIZED_PLANS:
-            epochs = _sized_epochs(args)
-            if epochs is None:
+        terminate_as_interrupt()
+        try:
+            return _run_plan(p, args)
+        except KeyboardInterrupt as e:
+            print(f"error: stopped by signal {exit_signal(e)}; the same command goes on with this plan (a JAX run "
+                  "resumes from its checkpoint, an unfinished torch run starts again)", file=sys.stderr)  # fmt: skip
+            return 128 + exit_signal(e)
+    return _table(args)
+
+
+def _run_plan(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """`run`: size the plan if it is sized, then run its commands one after the other; 1 when one fails."""
+    budget = BUDGET_MINUTES if args.budget_minutes is None else args.budget_minutes
+    if not 0 < budget <= 7 * 24 * 60 or not 0 <= (results.BUDGET_MARGIN if args.margin is None else args.margin) < 1:
+        p.error("--budget-minutes must be in (0, 10080] (a week) and --margin in [0, 1)")
+    if Path(args.root).exists() and not Path(args.root).is_dir():
+        p.error(f"--root {args.root} is a file, not a directory")
+    epochs = None
+    if args.plan in results.SIZED_PLANS:
+        epochs = _sized_epochs(args)
+        if epochs is None:
+            return 1
+        epochs = epochs or None  # {}: a dry run that showed the calibration runs; the plan follows, unsized
+    for cmd in results.plan_commands(args.plan, args.root, args.data, epochs=epochs):
+        workdir = _workdir(cmd)
+        if _unfinished_torch_run(workdir):  # the torch trainer does not resume: rerunning the plan restarts it
+            print(f"note: {workdir} holds an unfinished torch run; training it again (--overwrite)")
+            cmd = [*cmd, "--overwrite"]
+        print("$ python " + shlex.join(cmd), flush=True)
+        if not args.dry_run:
+            rc = _call(cmd)
+            if rc != 0:
+                print(f"error: command failed with exit code {rc}", file=sys.stderr)
                 return 1
-            epochs = epochs or None  # {}: a dry run that showed the calibration runs; the plan follows, unsized
-        for cmd in results.plan_commands(args.plan, args.root, args.data, epochs=epochs):
-            workdir = _workdir(cmd)
-            if _unfinished_torch_run(workdir):  # the torch trainer does not resume: rerunning the plan restarts it
-                print(f"note: {workdir} holds an unfinished torch run; training it again (--overwrite)")
-                cmd = [*cmd, "--overwrite"]
-            print("$ python " + shlex.join(cmd), flush=True)
-            if not args.dry_run:
-                rc = subprocess.call([sys.executable, *cmd])
-                if rc != 0:
-                    print(f"error: command failed with exit code {rc}", file=sys.stderr)
-                    return 1
-        return 0
+    return 0
+
+
+def _table(args: argparse.Namespace) -> int:
+    """`table`: the markdown table of the given workdirs, printed and optionally written to --out."""
     missing = [d for d in args.workdirs if not Path(d).exists()]
     if missing:  # a mistyped path would quietly leave its run out of the means
         print(f"error: no such workdir: {', '.join(missing)}", file=sys.stderr)
@@ -98,13 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: folders without a run (no config.json), left out: {', '.join(others)}", file=sys.stderr)
     summaries = []
     for d in dirs:
-        try:
+        try:  # a run that stopped early is in its row as unfinished; damaged files would leave it out unseen
             summaries.append(results.summarize_run(d))
-        except ValueError as e:  # e.g. a run that stopped before its first epoch: the others still make a table
-            print(f"warning: {e}; left out of the table", file=sys.stderr)
-    if not summaries:
-        print("error: none of the given workdirs has readable metrics", file=sys.stderr)
-        return 1
+        except ValueError as e:
+            print(f"error: {e}; mend it or leave that workdir out", file=sys.stderr)
+            return 1
     try:
         text = results.results_table(summaries, args.device)
     except results.RepeatedSeedError as e:
@@ -118,6 +134,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {args.out}: cannot write the table ({e.strerror or e})", file=sys.stderr)
             return 1
     return 0
+
+
+def _call(cmd: list[str]) -> int:
+    """Run one plan command in its own session and return its exit code. Ctrl-C or SIGTERM is passed on to the
+    trainer, once per signal (a trainer stops with a checkpoint on the first, at once on the second), and raised
+    here once it has exited: the default killed it 0.25 s after Ctrl-C, and left it running on SIGTERM."""
+    proc = subprocess.Popen([sys.executable, *cmd], start_new_session=True)  # the terminal's Ctrl-C: ours alone
+    stopped = None
+    while True:
+        try:
+            rc = proc.wait()
+            break
+        except KeyboardInterrupt as e:
+            stopped = e
+            proc.send_signal(exit_signal(e))
+    if stopped is not None:
+        raise stopped
+    return rc
 
 
 def _workdir(cmd: list[str]) -> Path:
@@ -138,7 +172,8 @@ def _unfinished_torch_run(workdir: Path) -> bool:
         return True  # a missing or malformed config or metrics file: no finished run to keep
 
 
-SIZED_FILE = "sized_epochs.json"  # under --root: the epochs a sized plan gave its runs
+SIZED_FILE = "sized_epochs.json"  # under --root: the epochs a sized plan gave its runs, and the budget it used
+BUDGET_MINUTES = 20.0  # of training per framework: the issue's CPU budget
 
 
 def _parse_rates(text: str) -> dict[str, float]:
@@ -152,6 +187,8 @@ def _parse_rates(text: str) -> dict[str, float]:
             rate = 0.0
         if name not in ("jax", "torch") or not 0 < rate < math.inf:
             raise ValueError(f"--rates wants FRAMEWORK=IMG_S items with jax or torch and a rate > 0, got {item!r}")
+        if name in rates:
+            raise ValueError(f"--rates gives {name} twice")
         rates[name] = rate
     return rates
 
@@ -166,7 +203,7 @@ def calibrate(
         workdir = _workdir(cmd)
         shutil.rmtree(workdir, ignore_errors=True)  # a fresh measurement: never a resumed or refused earlier one
         print("$ python " + shlex.join(cmd), flush=True)
-        rc = subprocess.call([sys.executable, *cmd])
+        rc = _call(cmd)
         if rc != 0:
             raise ValueError(f"the calibration run failed with exit code {rc}")
         framework, rate, batch = results.calibrated_rate(workdir)
@@ -186,20 +223,31 @@ def _sized_epochs(args: argparse.Namespace) -> dict[str, int] | None:
     them from there: rerunning the command then resumes the same runs (JAX) instead of re-sizing them.
     """
     saved = Path(args.root) / SIZED_FILE
+    asked = {"budget_minutes": args.budget_minutes, "margin": args.margin}
     if saved.exists():
         if args.rates is not None:
             print(f"error: {saved} already sizes the runs of this root; use another --root for new rates",
                   file=sys.stderr)
             return None
         try:
-            epochs = {k: int(v) for k, v in json.loads(saved.read_text()).items()}
+            recorded = json.loads(saved.read_text())
+            budget = {k: recorded.pop(k) for k in asked if k in recorded}  # not in files made before 2026-12-06
+            epochs = {k: int(v) for k, v in recorded.items()}
             if set(epochs) != results.plan_frameworks(args.plan) or min(epochs.values()) < 1:
                 raise ValueError(f"not one epoch count >= 1 per framework of {args.plan}")
         except (OSError, ValueError, AttributeError, TypeError) as e:
             print(f"error: {saved}: unusable ({e}); use another --root", file=sys.stderr)
             return None
+        changed = [f"--{k.replace('_', '-')} {budget[k]:g}" for k, v in asked.items()
+                   if v is not None and k in budget and v != budget[k]]  # fmt: skip
+        if changed:  # the runs of this root were sized for the recorded budget: a new one would be ignored
+            print(f"error: {saved} sized the runs of this root for {' '.join(changed)}; use another --root for "
+                  "another budget", file=sys.stderr)  # fmt: skip
+            return None
         print(f"epochs sized by an earlier run of this plan ({saved}): {json.dumps(epochs, sort_keys=True)}")
         return epochs
+    budget_minutes = BUDGET_MINUTES if args.budget_minutes is None else args.budget_minutes
+    margin = results.BUDGET_MARGIN if args.margin is None else args.margin
     try:
         if args.rates is not None:
             rates = _parse_rates(args.rates)
@@ -215,19 +263,20 @@ def _sized_epochs(args: argparse.Namespace) -> dict[str, int] | None:
         missing = results.plan_frameworks(args.plan) - set(rates)
         if missing:
             raise ValueError(f"no rate for {', '.join(sorted(missing))}")
-        budgets = results.budget_epochs(rates, batch, 60 * args.budget_minutes, args.margin, train_images)
+        budgets = results.budget_epochs(rates, batch, 60 * budget_minutes, margin, train_images)
     except (OSError, ValueError) as e:
         print(f"error: cannot size the plan: {e}", file=sys.stderr)
         return None
     for b in budgets.values():
         print(f"{b.framework}: {b.images_per_second:.0f} img/s -> {b.epoch_seconds:.1f} s per epoch -> {b.epochs} "
-              f"epochs ({b.epochs * b.epoch_seconds / 60:.1f} of {args.budget_minutes:g} min planned, margin "
-              f"{args.margin:g})", flush=True)
+              f"epochs ({b.epochs * b.epoch_seconds / 60:.1f} of {budget_minutes:g} min planned, margin "
+              f"{margin:g})", flush=True)
     epochs = {name: b.epochs for name, b in budgets.items()}
     if not args.dry_run:
         saved.parent.mkdir(parents=True, exist_ok=True)
         tmp = saved.with_name(saved.name + ".tmp")
-        tmp.write_text(json.dumps(epochs, sort_keys=True) + "\n")
+        record = {**epochs, "budget_minutes": budget_minutes, "margin": margin}
+        tmp.write_text(json.dumps(record, sort_keys=True) + "\n")
         tmp.replace(saved)  # atomic: a reader sees the whole file or none
     return epochs
 

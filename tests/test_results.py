@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,15 +105,15 @@ def test_configs_saved_before_batch_norm_existed_ran_autodiff(tmp_path: Path) ->
 
 
 def test_summarize_rejects_non_run(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="not a finished run"):
+    with pytest.raises(ValueError, match="unusable run files"):
         results.summarize_run(tmp_path)
     run = _fake_run(tmp_path / "a", 0, [0.9], 1)
     (run / "config.json").write_text("[1]")  # JSON, but not a config: a ValueError the table can leave out
-    with pytest.raises(ValueError, match=r"not a finished run \(config.json holds a list"):
+    with pytest.raises(ValueError, match=r"unusable run files \(config.json holds a list"):
         results.summarize_run(run)
     run = _fake_run(tmp_path / "b", 0, [0.9], 1)
     (run / "metrics.jsonl").write_text("[1]\n")
-    with pytest.raises(ValueError, match=r"not a finished run \(metrics.jsonl holds a line that is not an epoch"):
+    with pytest.raises(ValueError, match=r"unusable run files \(metrics.jsonl line 1 is not an epoch record"):
         results.summarize_run(run)
 
 
@@ -147,7 +150,7 @@ def test_plans_are_valid_cli_invocations() -> None:
     # None: not given, so the recipe's own (the default recipe: 40 epochs of 512; the cifar variant)
     assert (Config().variant, make_config("default").epochs, make_config("default").batch_size) == ("cifar", 40, 512)
     assert settings("gpu") == [*[("train.py", "resnet18", None, "default", None, None, s) for s in (0, 1, 2)],
-                               ("train_torch.py", "resnet18", None, "default", None, None, None),
+                               *[("train_torch.py", "resnet18", None, "default", None, None, s) for s in (0, 1, 2)],
                                ("train.py", "resnet18", "article", "article", None, None, None)]  # fmt: skip
 
 
@@ -160,16 +163,21 @@ def test_cli_table_and_errors(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, script, "table", str(tmp_path), "--device", "cpu"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "error:" in bad.stderr
-    # A run that stopped before its first metrics line is left out with a warning; the others are tabulated.
+    # A run killed before its first metrics line (only config.json written) is in its row, unfinished: it used to
+    # be left out of the mean with a warning on stderr only.
     (tmp_path / "b").mkdir()
-    make_config("default", workdir=str(tmp_path / "b")).save(tmp_path / "b" / "config.json")
+    make_config("default", epochs=1, seed=1, data="/x/cifar10-jpeg.tar.gz").save(tmp_path / "b" / "config.json")
     both = subprocess.run([sys.executable, script, "table", str(tmp_path / "a"), str(tmp_path / "b"), "--device",
                            "cpu"], capture_output=True, text=True, check=True)  # fmt: skip
-    assert "| 90.00 |" in both.stdout and both.stdout.count("| jax |") == 1
-    assert both.stderr.count("\n") == 1 and "b: not a finished run" in both.stderr and "left out" in both.stderr
-    only_bad = subprocess.run([sys.executable, script, "table", str(tmp_path / "b"), "--device", "cpu"],
-                              capture_output=True, text=True)  # fmt: skip
-    assert only_bad.returncode == 1 and "error: none of the given workdirs has readable metrics" in only_bad.stderr
+    assert "| 0,1 | 90.00 (1 of 2 unfinished) |" in both.stdout and both.stderr == ""
+    # Damaged metrics are an error naming the file, not a run quietly left out of the mean.
+    (tmp_path / "b" / "metrics.jsonl").write_text('{"epoch": 1, "epoch_s\n{"epoch": 1}\n')
+    damaged = subprocess.run([sys.executable, script, "table", str(tmp_path / "a"), str(tmp_path / "b"), "--device",
+                              "cpu"], capture_output=True, text=True)  # fmt: skip
+    assert damaged.returncode == 1 and damaged.stdout == "" and damaged.stderr == (
+        f"error: {tmp_path / 'b'}: unusable run files (metrics.jsonl line 1 is not JSON); mend it or leave that "
+        "workdir out\n"
+    )
     out = tmp_path / "missing" / "table.md"
     unwritable = subprocess.run([sys.executable, script, "table", str(tmp_path / "a"), "--device", "cpu", "--out",
                                  str(out)], capture_output=True, text=True)  # fmt: skip
@@ -257,7 +265,7 @@ def test_cli_sizes_a_plan_from_given_rates(tmp_path: Path) -> None:
     # Without rates a dry run shows the calibration runs (60 steps each) and sizes nothing.
     dry = subprocess.run(base, capture_output=True, text=True, check=True)
     assert dry.stdout.count("--max-steps 60") == 2 and "--epochs 1 " in dry.stdout
-    for bad_rates in ("jax=800", "jax=x,torch=500", "tf=3", "jax=inf,torch=500"):
+    for bad_rates in ("jax=800", "jax=x,torch=500", "tf=3", "jax=inf,torch=500", "jax=8,torch=5,jax=9"):
         bad = subprocess.run([*base, "--rates", bad_rates], capture_output=True, text=True)
         assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "cannot size the plan" in bad.stderr
     flag = subprocess.run([*base, "--margin", "1"], capture_output=True, text=True)
@@ -277,7 +285,9 @@ def test_cli_saves_the_sized_epochs_and_a_rerun_reuses_them(tmp_path: Path) -> N
     failed = subprocess.run([*base, "--rates", "jax=800,torch=500", "--margin", "0.1", "--data",
                              str(tmp_path / "missing")], capture_output=True, text=True)
     assert failed.returncode == 1 and "command failed" in failed.stderr
-    assert json.loads((root / "sized_epochs.json").read_text()) == {"jax": 17, "torch": 10}
+    assert json.loads((root / "sized_epochs.json").read_text()) == {
+        "jax": 17, "torch": 10, "budget_minutes": 20.0, "margin": 0.1,
+    }  # fmt: skip
     # Rerun: the same counts, no calibration, so the JAX run resumes rather than changing its schedule.
     rerun = subprocess.run([*base, "--dry-run"], capture_output=True, text=True, check=True)
     commands = [line for line in rerun.stdout.splitlines() if line.startswith("$ python")]
@@ -285,6 +295,16 @@ def test_cli_saves_the_sized_epochs_and_a_rerun_reuses_them(tmp_path: Path) -> N
     assert "--max-steps" not in rerun.stdout
     new_rates = subprocess.run([*base, "--dry-run", "--rates", "jax=1,torch=1"], capture_output=True, text=True)
     assert new_rates.returncode == 1 and "use another --root" in new_rates.stderr
+    # Another budget or margin for the same root was quietly ignored; the same values, or none, are fine.
+    again = subprocess.run([*base, "--dry-run", "--budget-minutes", "20", "--margin", "0.1"], capture_output=True,
+                           text=True, check=True)  # fmt: skip
+    assert "--epochs 17 " in again.stdout
+    other = subprocess.run([*base, "--dry-run", "--budget-minutes", "5", "--margin", "0.1"], capture_output=True,
+                           text=True)  # fmt: skip
+    assert other.returncode == 1 and other.stderr == (
+        f"error: {root / 'sized_epochs.json'} sized the runs of this root for --budget-minutes 20; use another "
+        "--root for another budget\n"
+    )
     (root / "sized_epochs.json").write_text('{"jax": 3}')
     partial = subprocess.run([*base, "--dry-run"], capture_output=True, text=True)
     assert partial.returncode == 1 and partial.stderr.count("\n") == 1 and "unusable" in partial.stderr
@@ -321,3 +341,111 @@ def test_a_partial_last_epoch_is_unfinished_and_flip_needs_every_seed(tmp_path: 
     ]
     (row,) = results.results_table([results.summarize_run(r) for r in runs], "cpu").strip().splitlines()[2:]
     assert "| 0,1,2 | 92.00 ± 2.00 | not measured |" in row
+
+
+def test_the_final_epoch_is_the_last_of_one_run_in_order(tmp_path: Path) -> None:
+    # The table's accuracy is the last line's: a line appended out of order (epoch 1 after epoch 3) made epoch 1's
+    # accuracy the "final-epoch" one. A torn last line, from a run killed while writing it, is left out.
+    run = _fake_run(tmp_path / "a", 0, [0.5, 0.6, 0.9], 3)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([*lines, lines[0]]) + "\n")
+    with pytest.raises(ValueError, match=r"line 4 is epoch 1 after epoch 3 of a 3-epoch run: not one run's epochs"):
+        results.summarize_run(run)
+    (run / "metrics.jsonl").write_text("\n".join([lines[0], lines[2]]) + "\n")  # an epoch missing is still in order
+    assert results.summarize_run(run).final_test_acc == 0.9
+    (run / "metrics.jsonl").write_text("\n".join([*lines, lines[2].replace('"epoch": 3', '"epoch": 4')]) + "\n")
+    with pytest.raises(ValueError, match=r"line 4 is epoch 4 after epoch 3 of a 3-epoch run"):
+        results.summarize_run(run)
+    (run / "metrics.jsonl").write_text("\n".join([*lines[:2], lines[2][:20]]) + "\n")  # torn: stopped at epoch 2
+    summary = results.summarize_run(run)
+    assert (summary.epochs_done, summary.final_test_acc) == (2, None)
+    (run / "metrics.jsonl").write_text("\n".join([lines[0][:20], *lines[1:]]) + "\n")  # damaged, not torn
+    with pytest.raises(ValueError, match=r"metrics.jsonl line 1 is not JSON"):
+        results.summarize_run(run)
+    last = json.loads(lines[2])
+    del last["test_acc"]  # a traceback (KeyError) in the table before
+    (run / "metrics.jsonl").write_text("\n".join([*lines[:2], json.dumps(last)]) + "\n")
+    with pytest.raises(ValueError, match=r"line 3 is not an epoch record \(epoch, epoch_seconds, test_acc\)"):
+        results.summarize_run(run)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("epochs", None, "config.json's epochs is None, not an integer"),
+        ("epochs", "2", "config.json's epochs is '2', not an integer"),
+        ("lr", "0.2", "config.json's lr is '0.2', not a number"),
+        ("seed", [0], "config.json's seed is [0], not an integer"),
+        ("seed", True, "config.json's seed is True, not an integer"),
+        ("recipe", "Default", "config.json's recipe 'Default' is none of default, article"),
+        ("epochs", 0, "config.json's epochs is 0"),
+        ("colour", "red", "unknown config keys: colour"),  # as the trainers refuse it
+    ],
+)
+def test_a_config_the_table_cannot_read_is_one_line(tmp_path: Path, key: str, value: object, message: str) -> None:
+    # Each was a traceback from the table (TypeError, ValueError from a format code, an unhashable seed).
+    run = _fake_run(tmp_path / "a", 0, [0.9], 1)
+    config = json.loads((run / "config.json").read_text())
+    config[key] = value
+    (run / "config.json").write_text(json.dumps(config))
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "reproduce.py"), "table", str(run), "--device",
+                           "cpu"], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert f"unusable run files ({message})" in proc.stderr
+
+
+def test_runs_of_another_class_count_say_so(tmp_path: Path) -> None:
+    # Two rows that printed identically: num_classes differed and was in no column.
+    runs = [_fake_run(tmp_path / "a", 0, [0.9], 1), _fake_run(tmp_path / "b", 0, [0.8], 1, num_classes=3)]
+    rows = results.results_table([results.summarize_run(r) for r in runs], "cpu").strip().splitlines()[2:]
+    assert "| - | 0 | 90.00 |" in rows[0] and "| num_classes=3 | 0 | 80.00 |" in rows[1]
+
+
+_CHILD = """
+import signal, sys, time
+from pathlib import Path
+log = Path(sys.argv[1])
+def stop(signum, frame):  # as a trainer does: finish its checkpoint, then exit 128 + the signal
+    with log.open("a") as f:
+        f.write(f"child got {signum}\\n")
+    time.sleep(1.0)
+    with log.open("a") as f:
+        f.write("child exits\\n")
+    sys.exit(128 + signum)
+signal.signal(signal.SIGINT, stop)
+signal.signal(signal.SIGTERM, stop)
+log.write_text("ready\\n")
+time.sleep(120)
+"""
+
+_DRIVER = """
+import importlib.util, sys
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("reproduce_cli", sys.argv[1])
+reproduce = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(reproduce)
+reproduce.terminate_as_interrupt()
+try:
+    reproduce._call([sys.argv[2], sys.argv[3]])
+except KeyboardInterrupt as e:
+    with open(sys.argv[3], "a") as f:
+        f.write(f"plan stopped by {reproduce.exit_signal(e)}\\n")
+    sys.exit(128 + reproduce.exit_signal(e))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_plan_passes_a_signal_on_once_and_waits_for_the_trainer(tmp_path: Path, signum: int) -> None:
+    # SIGTERM to reproduce.py left its trainer training, orphaned; Ctrl-C (SIGINT to the whole terminal group)
+    # killed the trainer 0.25 s later, while it was writing its checkpoint. Now each signal reaches the trainer
+    # once (it runs in a session of its own), and the plan exits after it, with 128 + the signal.
+    child, log = tmp_path / "child.py", tmp_path / "log"
+    child.write_text(_CHILD)
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(ROOT / "scripts" / "reproduce.py"), str(child),
+                               str(log)], cwd=ROOT, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 60
+    while not (log.exists() and log.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(driver.pid, signum)  # as a terminal's Ctrl-C reaches every process of its foreground group
+    assert driver.wait(timeout=60) == 128 + signum
+    assert log.read_text() == f"ready\nchild got {signum}\nchild exits\nplan stopped by {signum}\n"
