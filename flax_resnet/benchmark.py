@@ -10,9 +10,12 @@ allocates outside Python, so tracemalloc would miss it); on GPU it is the framew
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -232,6 +235,7 @@ def _record(
         "fraction_of_peak": achieved / peak_tflops if peak_tflops else None,
         "window_images_per_second": per_window,
         "malloc_hugepages": hugepages.enabled(),  # this process's malloc asks for huge pages (hugepages.py)
+        "malloc_pages": hugepages.describe(),
     }
 
 
@@ -529,13 +533,18 @@ def run_benchmark(
     models.check_names(arch, variant)
     if steps < 1 or windows < 1 or warmup < 1 or batch_size < 2:  # warmup: the first call of each step compiles
         raise ValueError("need --steps >= 1, --windows >= 1, --warmup >= 1 and --batch-size >= 2")
+    dtypes, frameworks, modes = (list(dict.fromkeys(v)) for v in (dtypes, frameworks, modes))  # each once
     jax_plan = [("jit", dtype) for dtype in dtypes if "jax" in frameworks and "jit" in modes]
     torch_plan = [(m, d) for m in ("eager", "compile") if "torch" in frameworks and m in modes for d in dtypes]
 
     def torch_runnable(plan: list[tuple[str, str]]) -> list[tuple[str, str]]:
         import torch  # only here: imported before the JAX measurement it could disturb its timings
 
-        return [(m, d) for m, d in plan if d != "bfloat16" or torch.cuda.is_available()]  # CPU bf16: no baseline
+        runnable = [(m, d) for m, d in plan if d != "bfloat16" or torch.cuda.is_available()]  # CPU bf16: no baseline
+        skipped = [f"torch {m} {d}" for m, d in plan if (m, d) not in runnable]
+        if skipped and log:
+            log(f"not measured: {', '.join(skipped)} (torch bfloat16 runs on a GPU only here)")
+        return runnable
 
     if not jax_plan:
         torch_plan = torch_runnable(torch_plan)
@@ -546,6 +555,10 @@ def run_benchmark(
             "bfloat16 only on a GPU"
         )
     kw = dict(steps=steps, warmup=warmup, windows=windows, peak_tflops=peak_tflops, profile_dir=profile_dir)
+    started = run_context(steps, warmup, windows)
+    if started["load_average_before"][0] > 0.5 * started["cpu_count"] and log:
+        log(f"warning: load average {started['load_average_before'][0]:.1f} on {started['cpu_count']} CPUs: other "
+            "work is running, so the rates come out low and uneven (torch on the CPU far more than JAX)")
     records: list[dict[str, Any]] = []
     for _, dtype in jax_plan:
         if log:
@@ -555,7 +568,46 @@ def run_benchmark(
         if log:
             log(f"torch {mode} {dtype} ...")
         records.append(bench_torch(arch, variant, batch_size, mode, dtype, **kw))
-    return records
+    context = {**started, "load_average_after": list(os.getloadavg()), "versions": _versions()}
+    return [{**r, **context} for r in records]
+
+
+def run_context(steps: int, warmup: int, windows: int) -> dict[str, Any]:
+    """What a record needs to be checked later: when, the counts it was timed with, the code, the machine's load."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "steps": steps,
+        "warmup": warmup,
+        "windows": windows,
+        "git_commit": _git_commit(),
+        "cpu_count": os.cpu_count() or 1,
+        "load_average_before": list(os.getloadavg()),
+    }
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit (with "+changes" when its tracked files differ from it); None outside a git clone."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=root, capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.returncode == 1 else "")
+
+
+def _versions() -> dict[str, str]:
+    """Versions of the libraries that computed the records (torch only where a torch run imported it)."""
+    import flax
+    import optax
+
+    versions = {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
+                "optax": optax.__version__}  # fmt: skip
+    if "torch" in sys.modules:
+        versions["torch"] = sys.modules["torch"].__version__
+    return versions
 
 
 def format_table(records: Sequence[dict[str, Any]]) -> str:
@@ -572,7 +624,10 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
         )
     if records:
         on = records[0].get("malloc_hugepages")
-        lines.append(f"host malloc: {'transparent huge pages' if on else '4 KiB pages'} (flax_resnet/hugepages.py)")
+        pages = records[0].get("malloc_pages", "transparent huge pages" if on else "4 KiB pages")
+        lines.append(f"host malloc: {pages} (flax_resnet/hugepages.py)")
+        lines.append("compile s: jax, the train step's ahead-of-time compile; torch compile, its first train and eval "
+                     "calls less a median step of each (a recompile in the warm-up not counted); not comparable")
     torch_runs = [r for r in records if r["framework"] == "torch"]
     for r in records:
         for t in torch_runs:
@@ -671,14 +726,15 @@ def conv_shape_times(
 
 
 def conv_shape_report(
-    arch: str = "resnet18", *, batch_size: int = 128, repeats: int = 5, log: Callable[[str], None] | None = None
+    arch: str = "resnet18", *, batch_size: int = 128, repeats: int = 5, log: Callable[[str], None] | None = None,
+    out: str = "results/conv_shapes.md",
 ) -> str:
     """Markdown table of per-shape conv timings (both stems at 32x32) with the lowering `choose_lowering` picks."""
     if batch_size < 1 or repeats < 1:
         raise ValueError(f"need --batch-size >= 1 and --conv-repeats >= 1, got {batch_size} and {repeats}")
-    import datetime
-    import os
-
+    if jax.default_backend() != "cpu":  # torch's tensors stay on the CPU: the speedup column would mean nothing
+        raise ValueError(f"--conv-table times the CPU's lowerings, and JAX is on {jax.default_backend()}: run it "
+                         "with JAX_PLATFORMS=cpu")  # fmt: skip
     import torch
 
     from flax_resnet.conv import choose_lowering, lowering_applies
@@ -715,7 +771,7 @@ def conv_shape_report(
         f"Forward + input gradient + kernel gradient of one convolution (fp32), median of {repeats} interleaved "
         f"repeats (JAX lowerings and torch eager in the same process, one after another).\n\n"
         f"- command: `python scripts/benchmark.py --arch {arch} --batch-size {batch_size} "
-        f"--conv-repeats {repeats} --conv-table results/conv_shapes.md`\n"
+        f"--conv-repeats {repeats} --conv-table {out}`\n"
         f"- machine: {cpu_model()}, {platform.machine()} ({os.cpu_count()} CPUs), jax {jax.__version__} "
         f"({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads)\n"
         f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"

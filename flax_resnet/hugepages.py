@@ -60,6 +60,15 @@ def enabled(env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
     return _tunable_value(env) not in (None, "", "0")
 
 
+def describe(env: dict[str, str] | os._Environ[str] = os.environ) -> str:
+    """The pages this process's malloc asks for, as a table says it: glibc.malloc.hugetlb=1 is transparent huge
+    pages (madvise), 2 is HugeTLB pages from the kernel's reserved pool."""
+    value = _tunable_value(env)
+    if value in (None, "", "0"):
+        return "4 KiB pages"
+    return "HugeTLB pages (glibc.malloc.hugetlb=2)" if value == "2" else "transparent huge pages"
+
+
 def wanted(env: dict[str, str] | os._Environ[str] = os.environ, mode: str | None = None) -> bool:
     """Whether this process should re-execute with huge pages: Linux with glibc >= 2.35, a THP mode that honours
     madvise, the tunable not yet set (by us or the user), and FLAX_RESNET_HUGEPAGES not "0"."""

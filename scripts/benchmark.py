@@ -7,6 +7,8 @@ python scripts/benchmark.py --conv-table results/conv_shapes.md   # per-shape co
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -36,12 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma list of float32,bfloat16 (default: both)")
     parser.add_argument("--frameworks", default="jax,torch", help="comma list of jax,torch")
     parser.add_argument("--modes", default="jit,eager,compile", help="jit (jax), eager and compile (torch)")
-    parser.add_argument("--steps", type=flags.positive_int, default=10, help="steps per timed window")
+    parser.add_argument("--steps", type=flags.positive_int, default=10, help="steps per timed window (default: 10)")
     parser.add_argument(
-        "--warmup", type=flags.positive_int, default=2, help="untimed steps before the windows (>= 1: they compile)"
+        "--warmup", type=flags.positive_int, default=2,
+        help="untimed steps before the windows (default: 2; torch.compile compiles in them, JAX before them)",
     )
-    parser.add_argument("--windows", type=flags.positive_int, default=5, help="timed windows; the median is reported")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak, for the fraction column")
+    parser.add_argument(
+        "--windows", type=flags.positive_int, default=5, help="timed windows; the median is reported (default: 5)"
+    )
+    parser.add_argument("--peak-tflops", type=flags.positive_float, default=None,
+                        help="device peak, for the fraction column")
     parser.add_argument("--conv-lowering", default="auto", choices=LOWERINGS, help="JAX convolution lowering")
     parser.add_argument(
         "--batch-norm", default=DEFAULT_BATCH_NORM, choices=BATCH_NORMS,
@@ -54,17 +60,25 @@ def main(argv: list[str] | None = None) -> int:
              "torch.profiler) into DIR and print where the device time goes (top kernels); the summaries go "
              "into the JSON records",
     )
-    parser.add_argument("--conv-table", default=None, help="instead: write the per-shape conv table (markdown)")
+    parser.add_argument(
+        "--conv-table", default=None,
+        help="instead: write the per-shape conv table (markdown; fp32, both stems' shapes of --arch, on the CPU)",
+    )
     parser.add_argument(
         "--conv-repeats", type=flags.positive_int, default=5, help="interleaved repeats per shape (--conv-table)"
     )
     args = parser.parse_args(argv)
+    if args.conv_table and (args.json or args.profile):  # it writes the table alone: the flag would do nothing
+        parser.error(f"--conv-table writes only its table: drop {'--json' if args.json else '--profile'}")
     for flag, out in (("--json", args.json), ("--conv-table", args.conv_table)):  # before minutes of measuring
         if out and not Path(out).parent.is_dir():
             parser.error(f"{flag} {out}: no such directory {str(Path(out).parent)!r}")
         if out and Path(out).is_dir():
             parser.error(f"{flag} {out}: is a directory, not a file")
+    created = None  # the first folder of --profile this run makes, removed again if the run is refused
     if args.profile:
+        created = next((p for p in reversed([Path(args.profile), *Path(args.profile).parents]) if not p.exists()),
+                       None)  # fmt: skip
         problem = _dir_problem(Path(args.profile))
         if problem:
             parser.error(f"--profile {args.profile}: {problem}")
@@ -74,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.conv_table:
             text = benchmark.conv_shape_report(
-                args.arch, batch_size=args.batch_size, repeats=args.conv_repeats, log=lambda s: print(s, flush=True)
+                args.arch, batch_size=args.batch_size, repeats=args.conv_repeats, log=lambda s: print(s, flush=True),
+                out=args.conv_table,
             )
             return _write(args.conv_table, text)
         records = benchmark.run_benchmark(
@@ -94,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
             log=lambda s: print(s, file=sys.stderr, flush=True),
         )
     except ValueError as e:
+        if created is not None:  # refused before measuring: leave no empty --profile folder behind
+            shutil.rmtree(created, ignore_errors=True)
         print(f"error: {e}", file=sys.stderr)
         return 2
+    command = shlex.join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
+    records = [{**r, "command": command} for r in records]
     print(benchmark.format_table(records))
     return _write(args.json, json.dumps(records, indent=2) + "\n") if args.json else 0
 

@@ -82,6 +82,15 @@ def test_cli_writes_records(tmp_path: Path) -> None:
         assert (r["arch"], r["variant"], r["batch_size"]) == ("resnet18", "imagenet", 8)
         assert r["device"].startswith("cpu (" + _cpu_model_name()), r["device"]  # CPU ratios depend on the model
     assert "ratio jax float32 (augmented) / torch eager float32" in proc.stdout
+    # Each record says how it was made: a table of rates cannot be checked, or trusted, without it.
+    for r in records:
+        assert r["command"].startswith("python scripts/benchmark.py --arch resnet18 --variant imagenet")
+        assert (r["steps"], r["warmup"], r["windows"]) == (3, 1, 5) and r["date"].endswith(" UTC")
+        assert {"python", "jax", "flax", "optax", "torch"} <= set(r["versions"])
+        assert len(r["load_average_before"]) == 3 and len(r["load_average_after"]) == 3 and r["cpu_count"] >= 1
+        assert r["git_commit"] is None or len(r["git_commit"].removesuffix("+changes")) == 40
+    assert "not measured: torch eager bfloat16 (torch bfloat16 runs on a GPU only here)" in proc.stderr
+    assert "compile s: jax, the train step's ahead-of-time compile" in proc.stdout
     # the script re-executes itself with malloc huge pages where the machine has them (flax_resnet/hugepages.py),
     # and each record says which pages its process had
     on = hugepages.enabled() or hugepages.wanted()  # set by the user already, or by the script's re-execution
@@ -140,6 +149,9 @@ def test_cli_bad_flag_is_one_line_error(tmp_path: Path, flag: list[str], says: s
         (["--conv-table", "t.md", "--batch-size", "0"], "argument --batch-size: must be at least 2"),
         (["--conv-table", "t.md", "--conv-repeats", "0"], "argument --conv-repeats: must be a positive integer"),
         (["--steps", "-1"], "argument --steps: must be a positive integer, got -1"),
+        (["--peak-tflops", "-1"], "argument --peak-tflops: must be a positive finite number, got -1"),  # "-0.1%"
+        (["--peak-tflops", "nan"], "argument --peak-tflops: must be a positive finite number, got nan"),
+        (["--conv-table", "t.md", "--json", "t.json"], "--conv-table writes only its table: drop --json"),
     ],
 )
 def test_cli_counts_that_measure_nothing_or_compilation_are_usage_errors(
@@ -208,3 +220,31 @@ def test_a_record_is_the_median_window_and_its_flops_by_hand() -> None:
     assert r["train_images_per_second"] == 40.0 and r["eval_images_per_second"] == 160.0
     assert r["achieved_tflops"] == pytest.approx(40.0 * r["train_flops_per_image"] / 1e12)
     assert r["fraction_of_peak"] == pytest.approx(r["achieved_tflops"] / 2.0)
+
+
+def test_a_refused_run_leaves_no_profile_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_cli", ROOT / "scripts" / "benchmark.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    (tmp_path / "kept").mkdir()
+    code = cli.main(["--frameworks", "jax", "--dtypes", "float16", "--profile", str(tmp_path / "kept/new/deep")])
+    assert code == 2 and "error: unknown dtype 'float16'" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.rglob("*")] == ["kept"]  # the folders it made, not the one that was there
+
+
+def test_the_table_names_the_pages_malloc_asks_for() -> None:
+    assert hugepages.describe({}) == "4 KiB pages"
+    assert hugepages.describe({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}) == "transparent huge pages"
+    # 2 is HugeTLB: the kernel's reserved pool, not transparent huge pages (the table said so for both)
+    assert hugepages.describe({"GLIBC_TUNABLES": "a=1:glibc.malloc.hugetlb=2"}) == (
+        "HugeTLB pages (glibc.malloc.hugetlb=2)"
+    )
+
+
+def test_the_conv_table_refuses_a_jax_off_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch's tensors stay on the CPU there: JAX on a GPU would make the speedup column meaningless
+    monkeypatch.setattr(benchmark.jax, "default_backend", lambda: "gpu")
+    with pytest.raises(ValueError, match="--conv-table times the CPU's lowerings, and JAX is on gpu"):
+        benchmark.conv_shape_report(repeats=1)
