@@ -295,6 +295,16 @@ def load_weights_file(path: str | Path) -> dict[str, np.ndarray]:
     raise WeightsFileError(f"{path}: unknown weights format {path.suffix!r}; use .safetensors, .pt or .pth")
 
 
+def non_finite(state_dict: Mapping[str, np.ndarray]) -> str | None:
+    """'non-finite values (nan/inf) in KEY, ...' for a state dict with NaN or inf in a float tensor, else None:
+    safetensors has no checksum, so bytes damaged on disk can be such values in a file that reads without error."""
+    bad = [key for key, value in state_dict.items() if value.dtype.kind == "f" and not np.isfinite(value).all()]
+    if not bad:
+        return None
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    return f"non-finite values (nan/inf) in {', '.join(bad[:3])}{more}"
+
+
 def _is_torchscript(path: Path) -> bool:
     """torch.jit.save writes a zip like torch.save's, with the pickled constants of its code beside the data."""
     import zipfile

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from flax_resnet.config import RECIPE_VALUES, RECIPES, SCHEDULES, Config
-from flax_resnet.convert import StateDictError, WeightsFileError, load_weights_file, match_state_dict
+from flax_resnet.convert import StateDictError, WeightsFileError, load_weights_file, match_state_dict, non_finite
 from flax_resnet.models import ARCHS, VARIANTS
 
 
@@ -121,10 +121,9 @@ def read_init_weights(config: Config, error: type[Exception]) -> dict[str, np.nd
     except WeightsFileError as e:
         raise error(f"--init-weights: {e}") from None
     # Training from them stops at the first step with "loss is not finite", which points at the recipe instead.
-    bad = [key for key, value in state_dict.items() if value.dtype.kind == "f" and not np.isfinite(value).all()]
-    if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise error(f"--init-weights: {config.init_weights}: non-finite values (nan/inf) in {', '.join(bad[:3])}{more}")
+    problem = non_finite(state_dict)
+    if problem:
+        raise error(f"--init-weights: {config.init_weights}: {problem}")
     return state_dict
 
 

@@ -469,7 +469,7 @@ def _load_weights_run(path: Path) -> LoadedRun:
     """`load_run` for a torch_ref workdir or a weights file: the model from the run's config.json or the file's
     metadata (this project's, `convert.weights_metadata`), its tensors loaded strictly, evaluated in float32."""
     from flax_resnet.checkpoint import CheckpointError
-    from flax_resnet.convert import WEIGHTS_FORMAT, StateDictError, WeightsFileError, read_safetensors
+    from flax_resnet.convert import WEIGHTS_FORMAT, StateDictError, WeightsFileError, non_finite, read_safetensors
 
     torch_run = path.is_dir()
     file = path / "model.safetensors" if torch_run else path
@@ -484,6 +484,9 @@ def _load_weights_run(path: Path) -> LoadedRun:
         weights, meta = read_safetensors(file)
     except WeightsFileError as e:
         raise CheckpointError(str(e)) from None
+    problem = non_finite(weights)  # damaged bytes: evaluate scored "loss nan", export copied them, both exit 0
+    if problem:
+        raise CheckpointError(f"{file}: {problem}")
     if not torch_run and meta.get("format") != WEIGHTS_FORMAT:
         raise CheckpointError(
             f"{file}: its metadata do not name the model as the files of scripts/export.py and torch_ref runs do "

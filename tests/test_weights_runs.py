@@ -178,6 +178,17 @@ def test_weights_that_do_not_name_or_fit_their_model_are_one_line(
         "not name its model: load it into one you create with flax_resnet.load_torch_state_dict)"
     )
 
+    # Bytes damaged on disk (safetensors has no checksum) read as NaN: evaluate scored "loss: nan" and export
+    # copied them, both with exit 0.
+    damaged = tmp_path / "damaged.safetensors"
+    sd["layer4.0.conv2.weight"][0, 0, 0, 0] = np.nan
+    convert.save_safetensors(sd, damaged, convert.weights_metadata("resnet18", "imagenet", TINY_CLASSES, 12))
+    assert evaluate([str(damaged)]) == 1
+    assert _one_error_line(capsys) == f"error: {damaged}: non-finite values (nan/inf) in layer4.0.conv2.weight"
+    assert _main("export")([str(damaged), str(tmp_path / "copy.safetensors")]) == 1
+    assert _one_error_line(capsys) == f"error: {damaged}: non-finite values (nan/inf) in layer4.0.conv2.weight"
+    assert not (tmp_path / "copy.safetensors").exists()
+
     (tmp_path / "fresh").mkdir()
     (tmp_path / "fresh/torch_options.json").write_text("{}")
     assert evaluate([str(tmp_path / "fresh")]) == 1
