@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flax_resnet.errors import ArgumentParser
+
+if TYPE_CHECKING:
+    from flax_resnet.config import Config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         run = load_run(args.checkpoint)
         source = args.data or run.config.data
         try:
-            dataset = data_lib.load_dataset(source, args.data_dir if args.data_dir is not None else run.config.data_dir)
+            dataset = data_lib.load_dataset(source, data_dir(source, args.data_dir, run.config))
         except data_lib.DataError as e:
             hint = "" if args.data else (
                 " (the data the run trained on, by its config, or tfds for an exported file; "
@@ -115,6 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"confusion matrix: {out}")
     return 0
+
+
+def data_dir(source: str, given: str | None, config: Config) -> str | None:
+    """--data-dir, else the run's when `source` is of the run's kind: the folder means TFDS's data for tfds and
+    the decoded-dataset cache for a path, so a tfds run's folder is no cache for a path (or the reverse)."""
+    if given is not None:
+        return given
+    return config.data_dir if (source == "tfds") == (config.data == "tfds") else None
 
 
 if __name__ == "__main__":

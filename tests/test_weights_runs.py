@@ -203,3 +203,18 @@ def test_metadata_of_a_holdout_run_without_a_digest_records_none() -> None:
     meta = convert.weights_metadata("resnet18", "cifar", TINY_CLASSES, 5, holdout=12)
     assert meta["holdout"] == "12" and "holdout_digest" not in meta
     assert "holdout" not in convert.weights_metadata("resnet18", "cifar", TINY_CLASSES, 5, holdout_digest="ab")
+
+
+def test_another_kind_of_data_source_does_not_take_the_runs_data_dir() -> None:
+    # --data-dir is TFDS's data folder for tfds and the decoded-dataset cache for a path: evaluating a tfds run
+    # on an image folder wrote its .npz into the TFDS folder, and a path run on tfds looked for TFDS in its cache.
+    spec = importlib.util.spec_from_file_location("weights_runs_evaluate_dir", REPO / "scripts" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tfds_run = make_config("default", data="tfds", data_dir="/data/tfds")
+    path_run = make_config("default", data="/d/cifar.tar.gz", data_dir="/d/cache")
+    assert module.data_dir("tfds", None, tfds_run) == "/data/tfds"
+    assert module.data_dir("/other/copy.tar", None, path_run) == "/d/cache"  # another copy: the same cache
+    assert module.data_dir("/d/folder", None, tfds_run) is None  # the default cache, not TFDS's folder
+    assert module.data_dir("tfds", None, path_run) is None  # TFDS's default (TFDS_DATA_DIR), not the cache
+    assert module.data_dir("tfds", "/mine", path_run) == "/mine"  # given: always that
