@@ -163,6 +163,7 @@ def write_image_folder(
     ext = "png" if image_format == "png" else "jpg"
     options = {"quality": quality, "subsampling": "4:2:0"} if image_format == "jpeg" else {}
     tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    _remove_dead_writers_temps(dest)
     try:
         with tarfile.open(tmp, mode) as archive:
             for split, images, labels in (
@@ -176,6 +177,8 @@ def write_image_folder(
                     info.size = buffer.tell()
                     buffer.seek(0)
                     archive.addfile(info, buffer)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())  # on disk before the rename makes it the file: a crash leaves the old one or this
         os.replace(tmp, dest)
     except OSError as e:
         raise DataError(f"{dest}: cannot write ({e.strerror or one_line(e)})") from None
@@ -683,6 +686,27 @@ def _write_cache(cache_file: Path, dataset: Dataset) -> None:
 def _cache_stem(cache_file: Path) -> str:
     """'<name>.<path_key>': what every cache and temp file of one source path starts with."""
     return cache_file.name.rsplit(".", 2)[0]
+
+
+def _remove_dead_writers_temps(dest: Path, age_seconds: float = 3600) -> None:
+    """Remove `DEST.tmp<PID>` files of writers that were killed (SIGKILL, a crash): those of processes no longer
+    running on this machine, or an hour untouched (a writer on another machine of a shared filesystem)."""
+    for old in dest.parent.glob(f"{glob.escape(dest.name)}.tmp*"):
+        pid = old.name[len(dest.name) + 4:]
+        with contextlib.suppress(OSError):
+            if pid.isdigit() and (not _running(int(pid)) or time.time() - old.stat().st_mtime > age_seconds):
+                old.unlink()
+
+
+def _running(pid: int) -> bool:
+    """Whether a process `pid` runs on this machine (one of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove_stale_temps(cache_file: Path, age_seconds: float = 3600) -> None:

@@ -7,12 +7,13 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flax_resnet.errors import ArgumentParser
+from flax_resnet.errors import ArgumentParser, exit_signal, terminate_as_interrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("source", help="dataset source: image folder, its tar, cifar-10-python.tar.gz, or tfds")
     p.add_argument("dest", help="output .tar.gz, .tgz or .tar")
     p.add_argument("--format", choices=("png", "jpeg"), default="png", help="image format (default: png)")
-    p.add_argument("--quality", type=int, default=None, help="JPEG quality 1..95 (default: 75; --format jpeg only)")
+    p.add_argument("--quality", type=jpeg_quality, default=None,
+                   help="JPEG quality 1..95 (default: 75; --format jpeg only)")
     p.add_argument("--data-dir", help="decoded-dataset cache dir (default: ~/.cache/flax_resnet)")
     p.add_argument("--train-per-class", type=positive_int, help="keep the first N training images of each class")
     p.add_argument("--test-per-class", type=positive_int, help="keep the first N test images of each class")
@@ -34,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.source != "tfds" and _same_file(Path(args.source), Path(args.dest)):
         print(f"error: {args.dest}: is the source itself; writing it would replace the dataset", file=sys.stderr)
         return 1
+    folder = Path(args.dest).expanduser().parent
+    if not folder.is_dir():  # before the source's decode (25 s for CIFAR-10), not after
+        why = "is not a directory" if folder.exists() else "no such directory"
+        print(f"error: {args.dest}: {why} {str(folder)!r}", file=sys.stderr)
+        return 1
+    terminate_as_interrupt()
 
     from flax_resnet import data as data_lib
 
@@ -45,9 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     except data_lib.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the partial output was removed, DEST is as it was
+        print(f"error: stopped by signal {exit_signal(e)}; {args.dest} not written", file=sys.stderr)
+        return 128 + exit_signal(e)
     print(f"wrote {out}: {len(dataset.train_labels)} train and {len(dataset.test_labels)} test images "
           f"({args.format}{f' quality {quality}' if args.format == 'jpeg' else ''})")
     return 0
+
+
+def jpeg_quality(text: str) -> int:
+    """argparse type: a JPEG quality PIL writes with its standard tables, 1..95 (above 95 it stops them)."""
+    value = int(text)
+    if not 1 <= value <= 95:
+        raise argparse.ArgumentTypeError(f"must be in 1..95, got {value}")
+    return value
 
 
 def _same_file(source: Path, dest: Path) -> bool:

@@ -236,7 +236,7 @@ def test_data_and_checkpoint_errors_are_one_line(tiny_data: Path, tmp_path: Path
     assert proc.returncode == 1 and str(missing) in _one_error_line(proc)
     proc = run_cli("write_dataset.py", str(tiny_data), str(tmp_path / "copy.tar.gz"), "--format", "jpeg",
                    "--quality", "0", "--data-dir", str(tmp_path / "c2"))
-    assert proc.returncode == 1 and "quality" in _one_error_line(proc)
+    assert proc.returncode == 2 and "quality" in _one_error_line(proc)
     run_cli("write_dataset.py", str(tiny_data), str(tmp_path / "copy.tar.gz"), "--data-dir", str(tmp_path / "c2"),
             check=True)
     copy = data_lib.load_dataset(tmp_path / "copy.tar.gz", tmp_path / "c3")

@@ -6,6 +6,9 @@ Each script's `main(argv)` is called in-process (no subprocess start, no re-impo
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 import tarfile
 import unicodedata
 import warnings
@@ -180,7 +183,11 @@ def test_write_dataset_dest_under_a_file_is_one_line(small_tar: Path, tmp_path: 
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     dest = small_tar / "q.tar.gz"
     assert _script("write_dataset").main([str(small_tar), str(dest), "--data-dir", str(tmp_path / "cache")]) == 1
-    assert _one_line(capsys) == f"error: {dest}: cannot write (Not a directory)"
+    assert _one_line(capsys) == f"error: {dest}: is not a directory {str(small_tar)!r}"
+    # A missing folder is said before the source is read (it was after its whole decode: 25 s for CIFAR-10).
+    dest = tmp_path / "missing" / "q.tar.gz"
+    assert _script("write_dataset").main([str(tmp_path / "no-source"), str(dest)]) == 1
+    assert _one_line(capsys) == f"error: {dest}: no such directory {str(tmp_path / 'missing')!r}"
 
 
 def test_write_dataset_refuses_an_output_name_that_is_not_a_tar_before_reading_the_source(
@@ -195,11 +202,29 @@ def test_write_dataset_refuses_an_output_name_that_is_not_a_tar_before_reading_t
 
 def test_write_dataset_quality_needs_jpeg(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main = _script("write_dataset").main
-    line = _usage_error(capsys, main, ["src", str(tmp_path / "x.tar.gz"), "--quality", "500"])
+    line = _usage_error(capsys, main, ["src", str(tmp_path / "x.tar.gz"), "--quality", "50"])
     assert "--quality applies to --format jpeg only" in line
+    for bad in ("0", "96"):  # refused by the library after the source's decode, before
+        line = _usage_error(capsys, main, ["src", str(tmp_path / "x.tar.gz"), "--format", "jpeg", "--quality", bad])
+        assert line.endswith(f"argument --quality: must be in 1..95, got {bad}")
     line = _usage_error(capsys, main, ["src", str(tmp_path / "x.tar.gz"), "--format", "png", "--quality", "50"])
     assert "--quality applies to --format jpeg only" in line
     assert not list(tmp_path.iterdir())
+
+
+def test_write_dataset_removes_the_temp_file_a_killed_writer_left(small_tar: Path, tmp_path: Path) -> None:
+    # SIGKILL leaves DEST.tmp<PID> (73 MB for CIFAR-10) that nothing removed; a live writer's is kept.
+    dest = tmp_path / "copy.tar"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f"copy.tar.tmp{int(dead.stdout)}"
+    live = tmp_path / f"copy.tar.tmp{os.getppid()}"  # pytest's parent: running
+    notes = tmp_path / "copy.tar.tmp-notes"  # not a writer's
+    for path in (left, live, notes):
+        path.write_bytes(b"partial")
+    argv = [str(small_tar), str(dest), "--data-dir", str(tmp_path / "cache")]
+    assert _script("write_dataset").main(argv) == 0
+    assert not left.exists() and live.exists() and notes.exists()
+    assert len(data_lib.load_dataset(dest, tmp_path / "cache").train_labels) == 6
 
 
 @pytest.mark.parametrize("name", ["train", "train_torch"])
