@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     matrix = np.zeros((k, k), np.int64)
     np.add.at(matrix, (dataset.test_labels, preds), 1)
     print(f"checkpoint: {run.path} (step {run.step}, {run.config.arch}/{run.config.variant})")
-    scored = f"holdout ({ev['count']} training images)" if run.config.holdout else f"test images: {ev['count']} "
+    scored = f"holdout ({ev['count']} training images)" if run.config.holdout else f"test images: {ev['count']}"
     print(f"{scored} loss: {ev['loss']:.4f}  accuracy: {100 * ev['accuracy']:.2f}%")
     if args.flip_tta:
         print(f"with flip TTA:  loss: {tta['loss']:.4f}  accuracy: {100 * tta['accuracy']:.2f}%")
