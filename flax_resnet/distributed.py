@@ -2,12 +2,18 @@
 
 A 1-D mesh over every device with a `data` axis; batches are sharded on it, parameters and BatchNorm
 statistics replicated. Because batch statistics are means over the *global* batch array, XLA inserts the
-cross-device reductions itself and results do not depend on the device count.
+cross-device reductions itself: every device count computes the same function (up to float rounding, which the
+reductions' order changes and training amplifies over many steps).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import socket
 import sys
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -38,6 +44,8 @@ def initialize(coordinator_address: str | None, num_processes: int, process_id: 
     # Said first: until every process has joined, nothing else is printed, for up to jax's 300 s timeout.
     print(f"joining the run at {coordinator_address} as process {process_id} of {num_processes} (waiting up to "
           f"{JOIN_TIMEOUT_SECONDS} s for the others)", file=sys.stderr, flush=True)  # fmt: skip
+    if coordinator_address:
+        _reach_coordinator(coordinator_address, process_id)
     try:
         jax.distributed.initialize(
             coordinator_address=coordinator_address,
@@ -50,6 +58,62 @@ def initialize(coordinator_address: str | None, num_processes: int, process_id: 
             f"cannot join the run at {coordinator_address} as process {process_id} of {num_processes} "
             f"({one_line(e, 300)})"
         ) from None
+
+
+def _reach_coordinator(address: str, process_id: int, timeout: float = JOIN_TIMEOUT_SECONDS) -> None:
+    """Look the coordinator's host up, and from a process other than 0 wait for its port to accept connections,
+    so that a mistyped or unreachable address is one line and exit 1: in jax, both end after the timeout in a
+    SIGABRT with XLA's stack trace, which says that another task died."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")  # an IPv6 literal, [::1]:1234
+    try:
+        socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as e:
+        raise DistributedError(f"--coordinator {address}: cannot look up {host!r} ({one_line(e, 200)})") from None
+    if process_id == 0:  # it opens the port itself
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+            return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise DistributedError(
+                    f"--coordinator {address}: nothing accepted a connection there in {timeout:.0f} s ({one_line(e)}; "
+                    "process 0 opens it: is it running, with this --coordinator?)"
+                ) from None
+            time.sleep(1.0)
+
+
+def check_same_on_every_process(values: Mapping[str, Any], what: str) -> None:
+    """Raise DistributedError naming the entries of `values` (name -> JSON value) that differ between the processes
+    of a multi-host run; every process raises the same error. Processes started with other settings or data
+    would train apart silently (another --seed) or wait in a collective forever (another --batch-size), where
+    no signal reaches them."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    names = sorted(values)
+    digests = np.array(
+        [int.from_bytes(hashlib.blake2b(json.dumps(values[n], sort_keys=True).encode(), digest_size=4).digest())
+         for n in names], np.uint32,
+    ).view(np.int32)  # fmt: skip
+    try:
+        table = np.asarray(multihost_utils.process_allgather(digests)).reshape(jax.process_count(), len(names))
+    except Exception as e:  # a peer that stopped (its own error, a kill) before this comparison
+        raise DistributedError(
+            f"another process of the run stopped before its {what} could be compared (see its output; "
+            f"{one_line(e, 200)})"
+        ) from None
+    differ = [n for i, n in enumerate(names) if (table[:, i] != table[0, i]).any()]
+    if differ:
+        odd = [str(p) for p in range(len(table)) if (table[p] != table[0]).any()]
+        raise DistributedError(
+            f"process {', '.join(odd)} of the run has other {what} than process 0: {', '.join(differ)} (start "
+            "every process with the same command)"
+        )
 
 
 def make_mesh(devices: list[Any] | None = None) -> Mesh:

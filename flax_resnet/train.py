@@ -696,7 +696,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     Raises data.DataError, checkpoint.CheckpointError or RunError (one-line messages) for user problems.
     """
     from flax_resnet.checkpoint import Checkpointer, has_step_dirs
-    from flax_resnet.distributed import make_mesh, put_batch, put_replicated
+    from flax_resnet.distributed import check_same_on_every_process, make_mesh, put_batch, put_replicated
     from flax_resnet.flags import init_weights_line, read_init_weights
     from flax_resnet.reporting import Reporter, format_final, truncate_metrics
 
@@ -705,6 +705,9 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     stream = stream if stream is not None else sys.stdout
     workdir = Path(config.workdir)
     config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype))
+    host_local = ("workdir", "data", "data_dir", "progress", "init_weights")  # paths may differ between hosts
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in host_local}
+    check_same_on_every_process(settings, "settings")
     problem = workdir_problem(workdir)
     if problem:
         raise RunError(problem)
@@ -721,6 +724,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
         raise RunError(problem)
     saved = check_workdir(workdir, config) if resuming else None
     data_seen = data_lib.data_record(dataset)
+    check_same_on_every_process(data_seen, "data")  # another copy on each host is fine, other images are not
     holdout_digest = data_seen["test_digest"] if config.holdout else None  # the held-out images are its test split
 
     mesh = make_mesh()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
-from conftest import REPO, TINY_FLAGS, cli_env
+from conftest import REPO, TINY_CLASSES, TINY_FLAGS, cli_env
 from flax_resnet.train import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,3 +309,57 @@ def test_two_processes_share_one_mesh_and_gather_the_whole_batch() -> None:
     outs = [p.communicate(timeout=180) for p in procs]
     for pid, (p, (out, err)) in enumerate(zip(procs, outs, strict=True)):  # gloo prints to stdout first
         assert p.returncode == 0 and out.splitlines()[-1] == f"ok {pid}", out[-2000:] + err[-3000:]
+
+
+def test_processes_started_with_other_settings_or_data_stop_with_one_line(tmp_path: Path, tiny_data: Path) -> None:
+    # Another --seed on one host trained two runs in one workdir and reported success; another --batch-size
+    # waited in a collective forever, where no signal reached it. Each process now says what differs, exit 1.
+    flags = [*TINY_FLAGS, "--data", str(tiny_data), "--epochs", "1", "--max-steps", "1"]
+    port = _free_port()
+    procs = [
+        _train_cli(flags, "--seed", str(i), "--data-dir", str(tmp_path / f"cache{i}"), "--workdir",
+                   str(tmp_path / "run"), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                   "--process-id", str(i))
+        for i in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], outs
+    for out in outs:
+        assert out.strip().splitlines()[-1] == (
+            "error: process 1 of the run has other settings than process 0: seed (start every process with the same "
+            "command)"
+        )
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    # Other images on one host (a subset): the same settings, other data.
+    subset = tmp_path / "subset"
+    shutil.copytree(tiny_data, subset)
+    next((subset / "train" / TINY_CLASSES[0]).iterdir()).unlink()
+    port = _free_port()
+    procs = [
+        _train_cli([*TINY_FLAGS, "--data", str(data), "--epochs", "1", "--max-steps", "1"], "--data-dir",
+                   str(tmp_path / f"cache{i}"), "--workdir", str(tmp_path / "run"), "--coordinator",
+                   f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i))
+        for i, data in enumerate((tiny_data, subset))
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], outs
+    for out in outs:
+        assert out.strip().splitlines()[-1] == (
+            "error: process 1 of the run has other data than process 0: train_digest (start every process with the "
+            "same command)"
+        )
+
+
+def test_a_coordinator_that_cannot_be_reached_is_one_line(tmp_path: Path) -> None:
+    # Both waited 300 s, then XLA aborted the process (exit 134) with a stack trace saying another task died.
+    from flax_resnet import distributed
+
+    proc = _train_cli(["--coordinator", "nosuch.invalid:4567", "--num-processes", "2", "--process-id", "1",
+                       "--workdir", str(tmp_path / "run")])  # fmt: skip
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    assert out.strip().splitlines()[-1].startswith("error: --coordinator nosuch.invalid:4567: cannot look up ")
+    port = _free_port()  # nothing listens there
+    with pytest.raises(distributed.DistributedError, match=f"127.0.0.1:{port}: nothing accepted a connection there"):
+        distributed._reach_coordinator(f"127.0.0.1:{port}", 1, timeout=2)
+    distributed._reach_coordinator(f"127.0.0.1:{port}", 0, timeout=2)  # process 0 opens it: nothing to wait for
