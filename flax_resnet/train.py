@@ -790,6 +790,10 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             )
         acc = dict(meta.get("epoch_sums", acc))
         reporter.print(f"resuming from checkpoint step {step} ({ckpt.step_dir(step)})")
+        was = (meta.get("devices"), meta.get("processes"))  # None in checkpoints from before 2026-12-06
+        if was[0] is not None and was != (mesh.size, jax.process_count()):
+            warn(f"note: resuming on {mesh.size} device(s) in {jax.process_count()} process(es); step {step} was "
+                 f"saved by a run on {was[0]} in {was[1]}: the same function, with other rounding")  # fmt: skip
     if is_main:
         config.save(workdir / "config.json")
     history = truncate_metrics(workdir / "metrics.jsonl", step, finished=step >= total_steps) if is_main else []
@@ -844,6 +848,8 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             "config": dataclasses.asdict(config),
             **data_seen,  # class_names and the splits' digests
             "epoch_sums": epoch_sums,
+            "devices": mesh.size,  # a resume on another count is noted (the same function, other rounding)
+            "processes": jax.process_count(),
         }
         if holdout_digest is not None:
             meta["holdout_digest"] = holdout_digest

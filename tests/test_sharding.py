@@ -363,3 +363,18 @@ def test_a_coordinator_that_cannot_be_reached_is_one_line(tmp_path: Path) -> Non
     with pytest.raises(distributed.DistributedError, match=f"127.0.0.1:{port}: nothing accepted a connection there"):
         distributed._reach_coordinator(f"127.0.0.1:{port}", 1, timeout=2)
     distributed._reach_coordinator(f"127.0.0.1:{port}", 0, timeout=2)  # process 0 opens it: nothing to wait for
+
+
+def test_a_resume_on_another_device_count_is_noted(tmp_path: Path, tiny_data: Path) -> None:
+    # It resumed without a word but the "jax ... on N x cpu" line; the checkpoint did not record its count.
+    from conftest import run_cli
+
+    flags = [*TINY_FLAGS, "--data", str(tiny_data), "--data-dir", str(tmp_path / "cache"), "--epochs", "1",
+             "--workdir", str(tmp_path / "run")]  # fmt: skip
+    run_cli("train.py", *flags, "--max-steps", "1", check=True, env={"JAX_PLATFORMS": "cpu"})
+    two = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    proc = run_cli("train.py", *flags, "--max-steps", "2", check=True, env=two)
+    assert "note: resuming on 2 device(s) in 1 process(es); step 1 was saved by a run on 1 in 1: the same function, " \
+           "with other rounding" in proc.stderr
+    proc = run_cli("train.py", *flags, "--max-steps", "3", check=True, env=two)
+    assert "note: resuming on" not in proc.stderr  # step 2 was saved on 2 devices
