@@ -693,7 +693,8 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     """Run (or resume) a training run in `config.workdir`; return the final metrics.
 
     Writes config.json, metrics.jsonl, TensorBoard events, curves.png, predictions.png and checkpoints/.
-    Raises data.DataError, checkpoint.CheckpointError or RunError (one-line messages) for user problems.
+    Raises data.DataError, checkpoint.CheckpointError or RunError (one-line messages) for user problems, and
+    distributed.DistributedError when the processes of a multi-host run were given other settings or data.
     """
     from flax_resnet.checkpoint import Checkpointer, has_step_dirs
     from flax_resnet.distributed import check_same_on_every_process, make_mesh, put_batch, put_replicated
