@@ -252,14 +252,25 @@ def _prepare_tfds(builder) -> None:
 
 
 def _tfds_arrays(tf, tfds, ds, where: str) -> tuple[np.ndarray, np.ndarray]:
-    # Batched iteration (never `batch_size=-1`, which materialises a whole split in one TF op).
-    images, labels = [], []
-    try:
-        for batch in tfds.as_numpy(ds.batch(1024)):
+    """A split's images and labels. A read that fails (damaged shards) is one line: TF's own log lines around
+    it are dropped, and its message loses the op's internal name (`{{function_node ...}}`, `[Op:...]`)."""
+
+    def read() -> tuple[list[np.ndarray], list[np.ndarray]]:
+        images, labels = [], []
+        for batch in tfds.as_numpy(ds.batch(1024)):  # batched: never `batch_size=-1`, one TF op per split
             images.append(np.asarray(batch["image"], np.uint8))
             labels.append(np.asarray(batch["label"], np.int32))
-    except tf.errors.OpError as e:
-        raise DataError(f"{where}: reading failed ({one_line(e)})") from None
+        return images, labels
+
+    def describe(e: Exception) -> str:
+        if isinstance(e, tf.errors.OpError):
+            return " ".join(re.sub(r"\{\{.*?\}\}|\[Op:\w+\]( name:)?", " ", e.message).split())
+        return one_line(e)
+
+    result, error = run_quietly(read, grace_seconds=0, describe=describe)
+    if error is not None:
+        raise DataError(f"{where}: reading failed ({error})")
+    images, labels = result
     if not images:
         raise DataError(f"{where}: a split has no examples")
     return np.concatenate(images), np.concatenate(labels)

@@ -649,6 +649,33 @@ def test_tfds_splits_and_labels_are_read_as_served(tmp_path: Path) -> None:
         assert labels.tolist() == [label_of(split, i) for i in range(n)]
 
 
+def test_damaged_tfds_shards_are_one_line(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A shard damaged on disk: the error sat between TF's own warning lines and carried the op's internal name
+    ({{function_node __wrapped__IteratorGetNext...}} [Op:IteratorGetNext] name:)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow as tf
+
+    shard = tmp_path / "cifar10-train.tfrecord-00000-of-00001"
+    shard.write_bytes(b"\x07" * 4096)  # no valid record header
+
+    def served(self, split, decoders=None, read_config=None, **kwargs):
+        def example(record):
+            return {"image": tf.zeros((32, 32, 3), tf.uint8), "label": tf.cast(tf.strings.length(record), tf.int64)}
+
+        return tf.data.TFRecordDataset(str(shard)).map(example)
+
+    with tfds.testing.mock_data(as_dataset_fn=served), pytest.raises(DataError) as error:
+        load_dataset("tfds", data_dir=str(tmp_path))
+    message = str(error.value)
+    assert message.startswith("tfds cifar10 in ") and ": reading failed (" in message
+    assert "corrupted record" in message or "truncated record" in message, message
+    assert "{{" not in message and "[Op:" not in message and "\n" not in message
+    from flax_resnet.data import _TF_LOAD_NOISE
+
+    shown = [line for line in capfd.readouterr().err.splitlines() if not _TF_LOAD_NOISE.match(line)]
+    assert shown == []  # TF's warnings about the failed read are not (its loading lines come from the import above)
+
+
 def test_tfds_offline_and_unprepared_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("tensorflow_datasets")
 
