@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="dataset source (default: the one the run trained on)")
     p.add_argument("--data-dir", help="TFDS data dir or decoded-dataset cache dir (default: the run's)")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
-    p.add_argument("--out", help="confusion-matrix PNG path (default: <workdir>/confusion_matrix.png)")
+    p.add_argument("--out", help="confusion-matrix PNG path (default: <workdir>/confusion_matrix.png; for a weights "
+                                 "file F.safetensors: F.confusion_matrix.png beside it)")
     p.add_argument("--flip-tta", action="store_true",
                    help="also report horizontal-flip test-time augmentation (mean logits of image and mirror)")
     args = p.parse_args(argv)
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         acc = f"{100 * matrix[c, c] / total:6.2f}%" if total else "    --  "  # a class without test images
         print(f"  {name:<{width}}  {acc}  ({int(matrix[c, c])}/{total})")
     out = Path(args.out) if args.out else run.directory / "confusion_matrix.png"
+    if not args.out and run.path.is_file() and not (run.directory / "torch_options.json").is_file():
+        out = run.path.with_name(f"{run.path.stem}.confusion_matrix.png")  # files that share a folder: one each
     try:
         plot_confusion(matrix, run.class_names, out)
     except OSError as e:

@@ -109,7 +109,7 @@ def test_an_exported_file_evaluates_and_predicts_as_its_checkpoint(
     assert outputs[1][0] == f"checkpoint: {exported} (step 12, resnet18/imagenet)"
     assert outputs[0][1:] == outputs[1][1:]  # the same numbers, the same per-class lines
     assert evaluate([str(exported), "--data", str(tiny_data)]) == 0
-    assert (tmp_path / "confusion_matrix.png").stat().st_size > 0  # beside the file
+    assert (tmp_path / "r18.confusion_matrix.png").stat().st_size > 0  # beside the file, named after it
     capsys.readouterr()
 
     images = [str(tiny_data / "test" / name / "001.png") for name in TINY_CLASSES]
