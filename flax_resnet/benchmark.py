@@ -540,12 +540,9 @@ def run_benchmark(
     def torch_runnable(plan: list[tuple[str, str]]) -> list[tuple[str, str]]:
         import torch  # only here: imported before the JAX measurement it could disturb its timings
 
-        runnable = [(m, d) for m, d in plan if d != "bfloat16" or torch.cuda.is_available()]  # CPU bf16: no baseline
-        skipped = [f"torch {m} {d}" for m, d in plan if (m, d) not in runnable]
-        if skipped and log:
-            log(f"not measured: {', '.join(skipped)} (torch bfloat16 runs on a GPU only here)")
-        return runnable
+        return [(m, d) for m, d in plan if d != "bfloat16" or torch.cuda.is_available()]  # CPU bf16: no baseline
 
+    requested = torch_plan
     if not jax_plan:
         torch_plan = torch_runnable(torch_plan)
     if not jax_plan and not torch_plan:  # an empty table with exit 0 would look like a result
@@ -564,7 +561,11 @@ def run_benchmark(
         if log:
             log(f"jax jit {dtype} ...")
         records += bench_jax(arch, variant, batch_size, dtype, conv_lowering=conv_lowering, batch_norm=batch_norm, **kw)
-    for mode, dtype in torch_runnable(torch_plan) if torch_plan else []:
+    runnable = torch_runnable(torch_plan) if torch_plan else []
+    skipped = [f"torch {m} {d}" for m, d in requested if (m, d) not in runnable]
+    if skipped and log:  # said, or the table's missing rows would look like an oversight
+        log(f"not measured: {', '.join(skipped)} (torch bfloat16 runs on a GPU only here)")
+    for mode, dtype in runnable:
         if log:
             log(f"torch {mode} {dtype} ...")
         records.append(bench_torch(arch, variant, batch_size, mode, dtype, **kw))

@@ -66,6 +66,8 @@ def _reach_coordinator(address: str, process_id: int, timeout: float = JOIN_TIME
     SIGABRT with XLA's stack trace, which says that another task died."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]")  # an IPv6 literal, [::1]:1234
+    if not port.isdigit():  # not HOST:PORT (scripts/train.py refuses it first): jax's own error says so
+        return
     try:
         socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
     except (OSError, ValueError) as e:
