@@ -5,6 +5,7 @@ a failure held back, so that the line is not buried."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import re
@@ -12,7 +13,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 # Terminal colour and style codes (ESC [ ... m), which some libraries put into messages (torch.load's bold).
@@ -84,14 +85,39 @@ class Terminated(KeyboardInterrupt):
     signum = signal.SIGTERM
 
 
-def terminate_as_interrupt() -> None:
-    """Turn SIGTERM (a cluster's preemption, `kill`) into `Terminated`; the default ended the process silently,
-    leaving temporary files. Exit with `128 + exit_signal(e)` after catching KeyboardInterrupt."""
+# A SIGTERM this soon after the first is the same request, not a second one: a job's SIGTERM reaches every
+# process of its group (Slurm, systemd), and a parent (scripts/reproduce.py) passes it on to its child as well.
+SAME_REQUEST_SECONDS = 2.0
+
+
+def interrupt(signum: int) -> KeyboardInterrupt:
+    """The exception a signal raises: Terminated for SIGTERM, else KeyboardInterrupt (SIGINT)."""
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within: SIGTERM (a cluster's preemption, `kill`) raises Terminated where the program is; the default ended
+    the process silently, leaving temporary files. Catch KeyboardInterrupt and exit `128 + exit_signal(e)`.
+    The previous handler comes back on exit (a script's main() may run inside another program, e.g. pytest)."""
+    first: list[float] = []
 
     def raise_terminated(signum: int, frame: object) -> None:
+        if first and time.monotonic() - first[0] < SAME_REQUEST_SECONDS:
+            return
+        first[:] = [time.monotonic()]
         raise Terminated
 
-    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread: signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: a handler installed from C, which Python cannot put back
+            signal.signal(signal.SIGTERM, previous)
 
 
 def exit_signal(e: KeyboardInterrupt) -> int:

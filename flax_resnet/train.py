@@ -36,7 +36,7 @@ from flax_resnet.config import (
     workdir_problem,
 )
 from flax_resnet.distributed import put_batch, to_host
-from flax_resnet.errors import one_line
+from flax_resnet.errors import SAME_REQUEST_SECONDS, interrupt, one_line
 from flax_resnet.models import check_concrete, is_prng_key
 from flax_resnet.packing import StatePacking
 
@@ -617,16 +617,18 @@ def _stop_on_signals() -> Iterator[dict[str, Any]]:
     (`flag["saving"]`) it sets `flag["abort"]` instead, and the save raises once it is complete. The previous
     handlers come back on exit.
     """
-    flag: dict[str, Any] = {"signal": None, "saving": False, "abort": False}
+    flag: dict[str, Any] = {"signal": None, "saving": False, "abort": None, "at": 0.0}
 
     def handler(signum, frame):
         if flag["signal"] is None:
-            flag["signal"] = signum
+            flag["signal"], flag["at"] = signum, time.monotonic()
             print(f"signal {signum}: stopping with a checkpoint (again: stop at once)", file=sys.stderr, flush=True)
+        elif signum == flag["signal"] == signal.SIGTERM and time.monotonic() - flag["at"] < SAME_REQUEST_SECONDS:
+            return  # the same request twice (a job's SIGTERM to its group, passed on by a parent): one stop
         elif flag["saving"]:
-            flag["abort"] = True
+            flag["abort"] = signum
         else:
-            raise KeyboardInterrupt
+            raise interrupt(signum)
 
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -862,7 +864,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
             stop["saving"] = False
         saved_at = time.time()
         if stop["abort"]:  # a second signal came during the save: stop at once, now that it is complete
-            raise KeyboardInterrupt
+            raise interrupt(stop["abort"])
 
     signals = contextlib.ExitStack()
     stop = signals.enter_context(_stop_on_signals())

@@ -77,11 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     from flax_resnet.distributed import DistributedError, initialize
     from flax_resnet.train import RunError, train
 
-    terminate_as_interrupt()  # SIGTERM before the loop's own handler (data loading, compiling): one line, 143
-    try:
-        initialize(args.coordinator, args.num_processes, args.process_id)
-        config = make_config(args.recipe, **flags.config_overrides(args))
-        result = train(config)
+    try:  # SIGTERM before the loop's own handler (data loading, compiling): one line, 143
+        with terminate_as_interrupt():
+            initialize(args.coordinator, args.num_processes, args.process_id)
+            result = train(make_config(args.recipe, **flags.config_overrides(args)))
     except (DataError, CheckpointError, RunError, DistributedError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         config = make_config(args.recipe, **flags.config_overrides(args))
     except ValueError as e:
         parser.error(str(e))
-    terminate_as_interrupt()
     options = TorchOptions(device=device, channels_last=args.channels_last, amp=args.amp, compile=args.compile)
     try:
-        train(config, options, overwrite=args.overwrite)
+        with terminate_as_interrupt():
+            train(config, options, overwrite=args.overwrite)
     except (DataError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -41,15 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         why = "is not a directory" if folder.exists() else "no such directory"
         print(f"error: {args.dest}: {why} {str(folder)!r}", file=sys.stderr)
         return 1
-    terminate_as_interrupt()
 
     from flax_resnet import data as data_lib
 
     try:
         data_lib.tar_write_mode(args.dest)  # a bad name before the source's decode, not after
-        dataset = data_lib.load_dataset(args.source, args.data_dir)
-        dataset = data_lib.per_class_subset(dataset, args.train_per_class, args.test_per_class)
-        out = data_lib.write_image_folder(dataset, args.dest, args.format, quality)
+        with terminate_as_interrupt():
+            dataset = data_lib.load_dataset(args.source, args.data_dir)
+            dataset = data_lib.per_class_subset(dataset, args.train_per_class, args.test_per_class)
+            out = data_lib.write_image_folder(dataset, args.dest, args.format, quality)
     except data_lib.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -462,6 +462,41 @@ def test_signal_flag_first_stops_second_aborts_but_not_mid_save() -> None:
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_one_sigterm_to_a_group_is_one_request_and_a_later_one_stops_at_once_as_sigterm() -> None:
+    # A job's SIGTERM reaches every process of its group, and scripts/reproduce.py passes it on as well: the
+    # trainer got it twice within milliseconds and stopped at once, without a checkpoint. A second SIGTERM after
+    # SAME_REQUEST_SECONDS stops at once, as 143 (it raised KeyboardInterrupt, which exited as signal 2).
+    import os
+    import threading
+
+    from flax_resnet.errors import SAME_REQUEST_SECONDS, Terminated, exit_signal, terminate_as_interrupt
+    from flax_resnet.train import _stop_on_signals
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be installed from the main thread")
+    with _stop_on_signals() as flag:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # the same request
+        assert flag["signal"] == signal.SIGTERM and flag["abort"] is None
+        flag["at"] -= SAME_REQUEST_SECONDS
+        flag["saving"] = True
+        os.kill(os.getpid(), signal.SIGTERM)  # a second request, during a save: remembered as SIGTERM
+        assert flag["abort"] == signal.SIGTERM
+        flag["saving"] = False
+        with pytest.raises(Terminated) as stopped:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert exit_signal(stopped.value) == signal.SIGTERM
+    # The scripts' handler outside the loop: once per request too, and put back afterwards.
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated), terminate_as_interrupt():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except Terminated:
+            os.kill(os.getpid(), signal.SIGTERM)  # the same request, while the first unwinds: no second raise
+            raise
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def _record_saves_and_plots(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[int]]:
     """Hooks: the steps of every checkpoint save and the record count of every curves.png redraw."""
     from flax_resnet import reporting
