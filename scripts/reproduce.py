@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("  python " + shlex.join([os.path.relpath(cmd[0]), *cmd[1:]]))
         return 0
     if args.command == "run":
-        terminate_as_interrupt()
         try:
-            return _run_plan(p, args)
+            with terminate_as_interrupt():
+                return _run_plan(p, args)
         except KeyboardInterrupt as e:
             print(f"error: stopped by signal {exit_signal(e)}; the same command goes on with this plan (a JAX run "
                   "resumes from its checkpoint, an unfinished torch run starts again)", file=sys.stderr)  # fmt: skip
@@ -166,10 +166,12 @@ def _unfinished_torch_run(workdir: Path) -> bool:
     files = (workdir / "config.json", workdir / "metrics.jsonl")
     if any(path.exists() and not os.access(path, os.R_OK) for path in files):
         return False  # unreadable here, maybe finished: the trainer's own refusal says so, and nothing is deleted
+    if not files[0].is_file():
+        return True  # killed before it wrote its config: no run to keep
     try:
-        return results.summarize_run(workdir).final_test_acc is None
+        return results.summarize_run(workdir).final_test_acc is None  # no metrics yet: unfinished
     except ValueError:
-        return True  # a missing or malformed config or metrics file: no finished run to keep
+        return False  # damaged files, maybe of a finished run: the trainer's own refusal says so, nothing is deleted
 
 
 SIZED_FILE = "sized_epochs.json"  # under --root: the epochs a sized plan gave its runs, and the budget it used

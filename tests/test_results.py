@@ -232,6 +232,11 @@ def test_rerun_of_a_plan_restarts_an_unfinished_torch_run_and_keeps_a_finished_o
     dry = subprocess.run(base, capture_output=True, text=True, check=True)
     commands = [line for line in dry.stdout.splitlines() if line.startswith("$ python")]
     assert "--overwrite" not in commands[0] and commands[1].endswith("--overwrite")
+    # A finished run whose metrics were damaged afterwards is not retrained over: the trainer's refusal says why.
+    lines = (done / "metrics.jsonl").read_text().splitlines()
+    (root / "torch_r18_imagenet_budget20" / "metrics.jsonl").write_text("\n".join([lines[0][:9], *lines[1:]]) + "\n")
+    dry = subprocess.run(base, capture_output=True, text=True, check=True)
+    assert "--overwrite" not in dry.stdout
 
 
 def test_budget_epochs_hand_computed() -> None:
@@ -424,9 +429,9 @@ from pathlib import Path
 spec = importlib.util.spec_from_file_location("reproduce_cli", sys.argv[1])
 reproduce = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(reproduce)
-reproduce.terminate_as_interrupt()
 try:
-    reproduce._call([sys.argv[2], sys.argv[3]])
+    with reproduce.terminate_as_interrupt():
+        reproduce._call([sys.argv[2], sys.argv[3]])
 except KeyboardInterrupt as e:
     with open(sys.argv[3], "a") as f:
         f.write(f"plan stopped by {reproduce.exit_signal(e)}\\n")
