@@ -33,8 +33,9 @@ class DistributedError(Exception):
 def initialize(coordinator_address: str | None, num_processes: int, process_id: int) -> None:
     """Join a multi-host run (GPU cluster, TPU pod, or several CPU processes); no-op for one process.
 
-    Errors jax raises become one-line DistributedError. (A coordinator that never answers is not one of them:
-    XLA ends the process itself after jax's initialization timeout, with its own message.)
+    Errors jax raises become one-line DistributedError, and so do a coordinator name that does not resolve and,
+    for processes other than 0, a coordinator that never answers. (Process 0 waiting for peers that never join,
+    and two processes with one id, are not: XLA ends the process itself, with its own message.)
     """
     if num_processes <= 1:
         return

@@ -10,6 +10,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import signal
 import sys
@@ -728,6 +729,11 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     saved = check_workdir(workdir, config) if resuming else None
     data_seen = data_lib.data_record(dataset)
     check_same_on_every_process(data_seen, "data")  # another copy on each host is fine, other images are not
+    if init_state_dict is not None and jax.process_count() > 1:  # each process reads its own copy of the file
+        digest = hashlib.blake2b(digest_size=16)
+        for key in sorted(init_state_dict):
+            digest.update(key.encode() + np.ascontiguousarray(init_state_dict[key]).tobytes())
+        check_same_on_every_process({"init_weights": digest.hexdigest()}, "--init-weights contents")
     holdout_digest = data_seen["test_digest"] if config.holdout else None  # the held-out images are its test split
 
     mesh = make_mesh()

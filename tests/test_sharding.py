@@ -348,6 +348,29 @@ def test_processes_started_with_other_settings_or_data_stop_with_one_line(tmp_pa
             "error: process 1 of the run has other data than process 0: train_digest (start every process with the "
             "same command)"
         )
+    # Other --init-weights contents (each host reads its own copy of the file): replicas that would differ.
+    import torchvision
+
+    from flax_resnet.convert import save_safetensors
+
+    state = {k: v.numpy() for k, v in torchvision.models.resnet18(num_classes=3).state_dict().items()}
+    save_safetensors(state, tmp_path / "w0.safetensors")
+    state["fc.bias"] = state["fc.bias"] + 1
+    save_safetensors(state, tmp_path / "w1.safetensors")
+    port = _free_port()
+    procs = [
+        _train_cli(flags, "--init-weights", str(tmp_path / f"w{i}.safetensors"), "--data-dir",
+                   str(tmp_path / f"cache{i}"), "--workdir", str(tmp_path / "run"), "--coordinator",
+                   f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i))
+        for i in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], outs
+    for out in outs:
+        assert out.strip().splitlines()[-1] == (
+            "error: process 1 of the run has other --init-weights contents than process 0: init_weights (start "
+            "every process with the same command)"
+        )
 
 
 def test_a_coordinator_that_cannot_be_reached_is_one_line(tmp_path: Path) -> None:
