@@ -23,6 +23,7 @@ import os
 import pickle
 import posixpath
 import re
+import socket
 import sys
 import tarfile
 import tempfile
@@ -162,7 +163,7 @@ def write_image_folder(
     root = dest.name.split(".")[0] or "dataset"
     ext = "png" if image_format == "png" else "jpg"
     options = {"quality": quality, "subsampling": "4:2:0"} if image_format == "jpeg" else {}
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    tmp = dest.with_name(f"{dest.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     _remove_dead_writers_temps(dest)
     try:
         with tarfile.open(tmp, mode) as archive:
@@ -263,9 +264,9 @@ def _tfds_arrays(tf, tfds, ds, where: str) -> tuple[np.ndarray, np.ndarray]:
         return images, labels
 
     def describe(e: Exception) -> str:
-        if isinstance(e, tf.errors.OpError):
-            return " ".join(re.sub(r"\{\{.*?\}\}|\[Op:\w+\]( name:)?", " ", e.message).split())
-        return one_line(e)
+        if not isinstance(e, tf.errors.OpError):  # not a read that failed: a bug, shown as such
+            raise e
+        return f"{type(e).__name__}: " + " ".join(re.sub(r"\{\{.*?\}\}|\[Op:\w+\]( name:)?", " ", e.message).split())
 
     result, error = run_quietly(read, grace_seconds=0, describe=describe)
     if error is not None:
@@ -700,12 +701,16 @@ def _cache_stem(cache_file: Path) -> str:
 
 
 def _remove_dead_writers_temps(dest: Path, age_seconds: float = 3600) -> None:
-    """Remove `DEST.tmp<PID>` files of writers that were killed (SIGKILL, a crash): those of processes no longer
-    running on this machine, or an hour untouched (a writer on another machine of a shared filesystem)."""
-    for old in dest.parent.glob(f"{glob.escape(dest.name)}.tmp*"):
-        pid = old.name[len(dest.name) + 4:]
+    """Remove `DEST.tmp-<host>-<pid>` files of writers that were killed (SIGKILL, a crash): this machine's whose
+    process is gone, and any an hour untouched (a writer of another machine on a shared filesystem, whose
+    process this one cannot see)."""
+    here = socket.gethostname()
+    for old in dest.parent.glob(f"{glob.escape(dest.name)}.tmp-*-*"):
+        host, _, pid = old.name[len(dest.name) + 5:].rpartition("-")
+        if not pid.isdigit():
+            continue
         with contextlib.suppress(OSError):
-            if pid.isdigit() and (not _running(int(pid)) or time.time() - old.stat().st_mtime > age_seconds):
+            if (host == here and not _running(int(pid))) or time.time() - old.stat().st_mtime > age_seconds:
                 old.unlink()
 
 

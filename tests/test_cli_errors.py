@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 import tarfile
+import time
 import unicodedata
 import warnings
 from pathlib import Path
@@ -214,16 +216,19 @@ def test_write_dataset_quality_needs_jpeg(tmp_path: Path, capsys: pytest.Capture
 
 def test_write_dataset_removes_the_temp_file_a_killed_writer_left(small_tar: Path, tmp_path: Path) -> None:
     # SIGKILL leaves DEST.tmp<PID> (73 MB for CIFAR-10) that nothing removed; a live writer's is kept.
-    dest = tmp_path / "copy.tar"
+    dest, host = tmp_path / "copy.tar", socket.gethostname()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    left = tmp_path / f"copy.tar.tmp{int(dead.stdout)}"
-    live = tmp_path / f"copy.tar.tmp{os.getppid()}"  # pytest's parent: running
-    notes = tmp_path / "copy.tar.tmp-notes"  # not a writer's
-    for path in (left, live, notes):
+    left = tmp_path / f"copy.tar.tmp-{host}-{int(dead.stdout)}"
+    live = tmp_path / f"copy.tar.tmp-{host}-{os.getppid()}"  # pytest's parent: running
+    elsewhere = tmp_path / f"copy.tar.tmp-other-host-{int(dead.stdout)}"  # its process cannot be seen from here
+    abandoned = tmp_path / "copy.tar.tmp-other-host-7"
+    notes = tmp_path / "copy.tar.tmp-my-notes"  # not a writer's
+    for path in (left, live, elsewhere, abandoned, notes):
         path.write_bytes(b"partial")
+    os.utime(abandoned, (time.time() - 7200, time.time() - 7200))  # two hours untouched
     argv = [str(small_tar), str(dest), "--data-dir", str(tmp_path / "cache")]
     assert _script("write_dataset").main(argv) == 0
-    assert not left.exists() and live.exists() and notes.exists()
+    assert [p.exists() for p in (left, live, elsewhere, abandoned, notes)] == [False, True, True, False, True]
     assert len(data_lib.load_dataset(dest, tmp_path / "cache").train_labels) == 6
 
 
