@@ -6,9 +6,9 @@ python scripts/benchmark.py --conv-table results/conv_shapes.md   # per-shape co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
@@ -109,8 +109,11 @@ def main(argv: list[str] | None = None) -> int:
             log=lambda s: print(s, file=sys.stderr, flush=True),
         )
     except ValueError as e:
-        if created is not None:  # refused before measuring: leave no empty --profile folder behind
-            shutil.rmtree(created, ignore_errors=True)
+        for folder in [Path(args.profile), *Path(args.profile).parents] if created is not None else []:
+            with contextlib.suppress(OSError):  # the empty folders this run made; a trace written keeps its own
+                folder.rmdir()
+            if folder == created:
+                break
         print(f"error: {e}", file=sys.stderr)
         return 2
     command = shlex.join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
