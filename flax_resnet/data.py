@@ -142,6 +142,9 @@ def tar_write_mode(dest: str | os.PathLike[str]) -> str:
     return "w" if name.endswith(".tar") else "w:gz"
 
 
+JPEG_QUALITIES = (1, 95)  # what PIL writes with its standard tables (above 95 it stops using them)
+
+
 def write_image_folder(
     dataset: Dataset, dest: str | os.PathLike[str], image_format: str = "png", quality: int = 75
 ) -> Path:
@@ -156,8 +159,8 @@ def write_image_folder(
     image_format = image_format.lower()
     if image_format not in ("png", "jpeg"):
         raise DataError(f"image format must be png or jpeg, got {image_format!r}")
-    if image_format == "jpeg" and not 1 <= quality <= 95:
-        raise DataError(f"JPEG quality must be in 1..95, got {quality}")
+    if image_format == "jpeg" and not JPEG_QUALITIES[0] <= quality <= JPEG_QUALITIES[1]:
+        raise DataError(f"JPEG quality must be in {JPEG_QUALITIES[0]}..{JPEG_QUALITIES[1]}, got {quality}")
     dest = Path(dest).expanduser()
     mode = tar_write_mode(dest)
     root = dest.name.split(".")[0] or "dataset"

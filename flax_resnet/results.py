@@ -43,11 +43,11 @@ def summarize_run(workdir: str | Path) -> RunSummary:
     """
     workdir = Path(workdir)
     try:
-        text = (workdir / "config.json").read_text()
-        if not isinstance(json.loads(text), dict):
-            raise TypeError(f"config.json holds a {type(json.loads(text)).__name__}, not a run config")
+        saved = json.loads((workdir / "config.json").read_text())
+        if not isinstance(saved, dict):
+            raise TypeError(f"config.json holds a {type(saved).__name__}, not a run config")
         # Fields added to Config after a run was made take what that run used: their default then.
-        config = json.loads(Config.from_json(text).to_json())  # as saved: tuples are lists
+        config = json.loads(Config.from_json(json.dumps(saved)).to_json())  # as saved: tuples are lists
         _check_config(config)
         records = _read_records(workdir / "metrics.jsonl", config["epochs"])
     except (OSError, json.JSONDecodeError, TypeError, ValueError) as e:
@@ -108,8 +108,7 @@ def _read_records(path: Path, epochs: int) -> list[dict[str, Any]]:
         ):
             raise TypeError(f"metrics.jsonl line {number} is not an epoch record (epoch, epoch_seconds, test_acc)")
         previous = records[-1]["epoch"] if records else 0
-        after_partial = bool(records) and not records[-1].get("complete", True)  # its epoch's end may follow
-        if not (previous < record["epoch"] <= epochs or (after_partial and record["epoch"] == previous)):
+        if not previous < record["epoch"] <= epochs:
             raise ValueError(f"metrics.jsonl line {number} is epoch {record['epoch']} after epoch {previous} of a "
                              f"{epochs}-epoch run: not one run's epochs in order")  # fmt: skip
         records.append(record)

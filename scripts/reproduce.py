@@ -70,14 +70,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_plan(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """`run`: size the plan if it is sized, then run its commands one after the other; 1 when one fails."""
-    budget = BUDGET_MINUTES if args.budget_minutes is None else args.budget_minutes
-    if not 0 < budget <= 7 * 24 * 60 or not 0 <= (results.BUDGET_MARGIN if args.margin is None else args.margin) < 1:
+    budget_minutes = BUDGET_MINUTES if args.budget_minutes is None else args.budget_minutes
+    margin = results.BUDGET_MARGIN if args.margin is None else args.margin
+    if not 0 < budget_minutes <= 7 * 24 * 60 or not 0 <= margin < 1:
         p.error("--budget-minutes must be in (0, 10080] (a week) and --margin in [0, 1)")
     if Path(args.root).exists() and not Path(args.root).is_dir():
         p.error(f"--root {args.root} is a file, not a directory")
     epochs = None
     if args.plan in results.SIZED_PLANS:
-        epochs = _sized_epochs(args)
+        epochs = _sized_epochs(args, budget_minutes, margin)
         if epochs is None:
             return 1
         epochs = epochs or None  # {}: a dry run that showed the calibration runs; the plan follows, unsized
@@ -139,7 +140,9 @@ def _table(args: argparse.Namespace) -> int:
 def _call(cmd: list[str]) -> int:
     """Run one plan command in its own session and return its exit code. Ctrl-C or SIGTERM is passed on to the
     trainer, once per signal (a trainer stops with a checkpoint on the first, at once on the second), and raised
-    here once it has exited: the default killed it 0.25 s after Ctrl-C, and left it running on SIGTERM."""
+    here once it has exited: the default killed it 0.25 s after Ctrl-C, and left it running on SIGTERM. (A
+    signal in the trainer's first second or two, before it handles them, ends it at once; so does a hangup of
+    the terminal, for this process only.)"""
     proc = subprocess.Popen([sys.executable, *cmd], start_new_session=True)  # the terminal's Ctrl-C: ours alone
     stopped = None
     while True:
@@ -217,15 +220,15 @@ def calibrate(
     return rates, batch, train_images
 
 
-def _sized_epochs(args: argparse.Namespace) -> dict[str, int] | None:
-    """Calibrate the plan (or take --rates) and print what fits: {framework: epochs}; None on an error, {} on a
-    dry run without --rates (the calibration runs are printed, not run).
+def _sized_epochs(args: argparse.Namespace, budget_minutes: float, margin: float) -> dict[str, int] | None:
+    """Calibrate the plan (or take --rates) and print what fits `budget_minutes` less `margin`: {framework:
+    epochs}; None on an error, {} on a dry run without --rates (the calibration runs are printed, not run).
 
     The counts are saved in ROOT/sized_epochs.json before any run starts, and a rerun into the same root takes
     them from there: rerunning the command then resumes the same runs (JAX) instead of re-sizing them.
     """
     saved = Path(args.root) / SIZED_FILE
-    asked = {"budget_minutes": args.budget_minutes, "margin": args.margin}
+    asked = {"budget_minutes": args.budget_minutes, "margin": args.margin}  # given on the command line, or None
     if saved.exists():
         if args.rates is not None:
             print(f"error: {saved} already sizes the runs of this root; use another --root for new rates",
@@ -248,8 +251,6 @@ def _sized_epochs(args: argparse.Namespace) -> dict[str, int] | None:
             return None
         print(f"epochs sized by an earlier run of this plan ({saved}): {json.dumps(epochs, sort_keys=True)}")
         return epochs
-    budget_minutes = BUDGET_MINUTES if args.budget_minutes is None else args.budget_minutes
-    margin = results.BUDGET_MARGIN if args.margin is None else args.margin
     try:
         if args.rates is not None:
             rates = _parse_rates(args.rates)

@@ -62,10 +62,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def jpeg_quality(text: str) -> int:
-    """argparse type: a JPEG quality PIL writes with its standard tables, 1..95 (above 95 it stops them)."""
+    """argparse type: a JPEG quality in data.JPEG_QUALITIES, checked before the source's decode."""
+    from flax_resnet.data import JPEG_QUALITIES
+
     value = int(text)
-    if not 1 <= value <= 95:
-        raise argparse.ArgumentTypeError(f"must be in 1..95, got {value}")
+    if not JPEG_QUALITIES[0] <= value <= JPEG_QUALITIES[1]:
+        raise argparse.ArgumentTypeError(f"must be in {JPEG_QUALITIES[0]}..{JPEG_QUALITIES[1]}, got {value}")
     return value
 
 
