@@ -311,43 +311,39 @@ def test_two_processes_share_one_mesh_and_gather_the_whole_batch() -> None:
         assert p.returncode == 0 and out.splitlines()[-1] == f"ok {pid}", out[-2000:] + err[-3000:]
 
 
-def test_processes_started_with_other_settings_or_data_stop_with_one_line(tmp_path: Path, tiny_data: Path) -> None:
-    # Another --seed on one host trained two runs in one workdir and reported success; another --batch-size
-    # waited in a collective forever, where no signal reached it. Each process now says what differs, exit 1.
-    flags = [*TINY_FLAGS, "--data", str(tiny_data), "--epochs", "1", "--max-steps", "1"]
+def _last_lines_of_two_refused_processes(tmp_path: Path, per_process: list[list[str]]) -> list[str]:
+    """Start `scripts/train.py` as processes 0 and 1 of one run, each with its own flags; both must exit 1."""
     port = _free_port()
     procs = [
-        _train_cli(flags, "--seed", str(i), "--data-dir", str(tmp_path / f"cache{i}"), "--workdir",
-                   str(tmp_path / "run"), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                   "--process-id", str(i))
-        for i in range(2)
+        _train_cli(flags, "--data-dir", str(tmp_path / f"cache{i}"), "--workdir", str(tmp_path / "run"),
+                   "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i))
+        for i, flags in enumerate(per_process)
     ]  # fmt: skip
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [1, 1], outs
-    for out in outs:
-        assert out.strip().splitlines()[-1] == (
-            "error: process 1 of the run has other settings than process 0: seed (start every process with the same "
-            "command)"
-        )
+    return [out.strip().splitlines()[-1] for out in outs]
+
+
+def test_processes_started_with_other_settings_or_data_stop_with_one_line(tmp_path: Path, tiny_data: Path) -> None:
+    # Another --seed on one host trained two runs in one workdir and reported success; another --batch-size
+    # waited in a collective forever, where no signal reached it. Each process now says what differs, exit 1.
+    flags = [*TINY_FLAGS, "--epochs", "1", "--max-steps", "1"]
+    data = ["--data", str(tiny_data)]
+    lines = _last_lines_of_two_refused_processes(tmp_path, [[*flags, *data, "--seed", str(i)] for i in range(2)])
+    assert lines == 2 * [
+        "error: process 1 of the run has other settings than process 0: seed (start every process with the same "
+        "command)"
+    ]
     assert not (tmp_path / "run").exists()  # refused before anything was written
     # Other images on one host (a subset): the same settings, other data.
     subset = tmp_path / "subset"
     shutil.copytree(tiny_data, subset)
     next((subset / "train" / TINY_CLASSES[0]).iterdir()).unlink()
-    port = _free_port()
-    procs = [
-        _train_cli([*TINY_FLAGS, "--data", str(data), "--epochs", "1", "--max-steps", "1"], "--data-dir",
-                   str(tmp_path / f"cache{i}"), "--workdir", str(tmp_path / "run"), "--coordinator",
-                   f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i))
-        for i, data in enumerate((tiny_data, subset))
-    ]  # fmt: skip
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [1, 1], outs
-    for out in outs:
-        assert out.strip().splitlines()[-1] == (
-            "error: process 1 of the run has other data than process 0: train_digest (start every process with the "
-            "same command)"
-        )
+    lines = _last_lines_of_two_refused_processes(tmp_path, [[*flags, *data], [*flags, "--data", str(subset)]])
+    assert lines == 2 * [
+        "error: process 1 of the run has other data than process 0: train_digest (start every process with the "
+        "same command)"
+    ]
     # Other --init-weights contents (each host reads its own copy of the file): replicas that would differ.
     import torchvision
 
@@ -357,20 +353,13 @@ def test_processes_started_with_other_settings_or_data_stop_with_one_line(tmp_pa
     save_safetensors(state, tmp_path / "w0.safetensors")
     state["fc.bias"] = state["fc.bias"] + 1
     save_safetensors(state, tmp_path / "w1.safetensors")
-    port = _free_port()
-    procs = [
-        _train_cli(flags, "--init-weights", str(tmp_path / f"w{i}.safetensors"), "--data-dir",
-                   str(tmp_path / f"cache{i}"), "--workdir", str(tmp_path / "run"), "--coordinator",
-                   f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i))
-        for i in range(2)
-    ]  # fmt: skip
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [1, 1], outs
-    for out in outs:
-        assert out.strip().splitlines()[-1] == (
-            "error: process 1 of the run has other --init-weights contents than process 0: init_weights (start "
-            "every process with the same command)"
-        )
+    lines = _last_lines_of_two_refused_processes(
+        tmp_path, [[*flags, *data, "--init-weights", str(tmp_path / f"w{i}.safetensors")] for i in range(2)]
+    )
+    assert lines == 2 * [
+        "error: process 1 of the run has other --init-weights contents than process 0: init_weights (start "
+        "every process with the same command)"
+    ]
 
 
 def test_a_coordinator_that_cannot_be_reached_is_one_line(tmp_path: Path) -> None:
