@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from flax_resnet.distributed import gather_from_processes
 from flax_resnet.errors import one_line, run_quietly
 
 META_FORMAT = 1
@@ -328,12 +329,7 @@ class Checkpointer:
 
 def _same_on_every_process(value: int) -> int | None:
     """`value` if every process passed the same one (a collective with many processes), else None."""
-    if jax.process_count() == 1:
-        return value
-    from jax.experimental import multihost_utils
-
-    values = {int(v) for v in np.asarray(multihost_utils.process_allgather(np.int32(value))).ravel()}
-    return value if len(values) == 1 else None
+    return value if (gather_from_processes([value]) == value).all() else None
 
 
 def _is_enospc(e: BaseException) -> bool:

@@ -13,7 +13,7 @@ import json
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -89,6 +89,17 @@ def _reach_coordinator(address: str, process_id: int, timeout: float = JOIN_TIME
             time.sleep(1.0)
 
 
+def gather_from_processes(values: Sequence[int]) -> np.ndarray:
+    """Every process's int32 `values`, as a (processes, len(values)) table (a collective: every process must
+    call it); on one process, its own as one row. The trainer's and checkpointer's agreements all use it."""
+    row = np.asarray(values, np.int32)
+    if jax.process_count() == 1:
+        return row[None]
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(row)).reshape(jax.process_count(), len(row))
+
+
 def check_same_on_every_process(values: Mapping[str, Any], what: str) -> None:
     """Raise DistributedError naming the entries of `values` (name -> JSON value) that differ between the processes
     of a multi-host run; every process raises the same error. Processes started with other settings or data
@@ -96,15 +107,13 @@ def check_same_on_every_process(values: Mapping[str, Any], what: str) -> None:
     no signal reaches them."""
     if jax.process_count() == 1:
         return
-    from jax.experimental import multihost_utils
-
     names = sorted(values)
     digests = np.array(
         [int.from_bytes(hashlib.blake2b(json.dumps(values[n], sort_keys=True).encode(), digest_size=4).digest())
          for n in names], np.uint32,
     ).view(np.int32)  # fmt: skip
     try:
-        table = np.asarray(multihost_utils.process_allgather(digests)).reshape(jax.process_count(), len(names))
+        table = gather_from_processes(digests)
     except Exception as e:  # a peer that stopped (its own error, a kill) before this comparison
         raise DistributedError(
             f"another process of the run stopped before its {what} could be compared (see its output; "

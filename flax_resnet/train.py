@@ -36,7 +36,7 @@ from flax_resnet.config import (
     make_config,
     workdir_problem,
 )
-from flax_resnet.distributed import put_batch, to_host
+from flax_resnet.distributed import gather_from_processes, put_batch, to_host
 from flax_resnet.errors import SAME_REQUEST_SECONDS, interrupt, one_line
 from flax_resnet.models import check_concrete, is_prng_key
 from flax_resnet.packing import StatePacking
@@ -1020,11 +1020,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
 
 def max_over_processes(value: int) -> int:
     """The largest of each process's `value` (a collective: every process must call it); itself on one."""
-    if jax.process_count() == 1:
-        return value
-    from jax.experimental import multihost_utils
-
-    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
+    return int(gather_from_processes([value]).max())
 
 
 def _plot_predictions(path: Path, ev: dict[str, Any], dataset: data_lib.Dataset) -> None:
