@@ -29,6 +29,7 @@ import numpy as np
 from flax_resnet import data as data_lib
 from flax_resnet import hugepages, models, profiling
 from flax_resnet.distributed import make_mesh, put_batch
+from flax_resnet.machine import cpu_model
 from flax_resnet.packing import StatePacking
 
 FRAMEWORKS: tuple[str, ...] = ("jax", "torch")
@@ -240,20 +241,6 @@ def _record(
 
 
 # ---------------------------------------------------------------------------------------------- jax
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo; ", AVX-512" where it has it), else what `platform` knows: CPU
-    speed ratios depend on it (torch's oneDNN convolutions on an AVX-512 Xeon vs an AMD EPYC, README "Speed")."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
-    except OSError:
-        info = {}
-    info = {k.strip(): v.strip() for k, v in info.items()}
-    if "model name" not in info:
-        return platform.processor() or platform.machine()
-    return info["model name"] + (", AVX-512" if "avx512f" in info.get("flags", "").split() else "")
 
 
 def jax_device_name() -> str:

@@ -31,6 +31,7 @@ class RunSummary:
     final_test_acc: float | None  # None when the run stopped before its last epoch
     final_flip_acc: float | None  # the same with flip TTA; None also for runs made before it was measured
     train_seconds: float
+    device: str | None = None  # as its metrics.jsonl names it ("A then B" if resumed elsewhere); None before 2026-12-06
 
 
 def summarize_run(workdir: str | Path) -> RunSummary:
@@ -63,6 +64,7 @@ def summarize_run(workdir: str | Path) -> RunSummary:
         final_test_acc=complete[-1]["test_acc"] if finished else None,
         final_flip_acc=complete[-1].get("test_acc_flip") if finished else None,
         train_seconds=sum(r["epoch_seconds"] for r in records),
+        device=" then ".join(dict.fromkeys(r["device"] for r in records if "device" in r)) or None,
     )
 
 
@@ -107,6 +109,8 @@ def _read_records(path: Path, epochs: int) -> list[dict[str, Any]]:
             and isinstance(record["epoch"], int)
         ):
             raise TypeError(f"metrics.jsonl line {number} is not an epoch record (epoch, epoch_seconds, test_acc)")
+        if not isinstance(record.get("device", ""), str):
+            raise TypeError(f"metrics.jsonl line {number}'s device is {record['device']!r}, not a string")
         previous = records[-1]["epoch"] if records else 0
         if not previous < record["epoch"] <= epochs:
             raise ValueError(f"metrics.jsonl line {number} is epoch {record['epoch']} after epoch {previous} of a "
@@ -188,12 +192,19 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def results_table(runs: Sequence[RunSummary], device: str) -> str:
+def _devices(group: Sequence[RunSummary], label: str | None) -> str:
+    """The devices a setting's runs name, each once; `label` stands for runs that record none (older runs)."""
+    named = [run.device or label or "not recorded" for run in group]
+    return ", ".join(dict.fromkeys(named))
+
+
+def results_table(runs: Sequence[RunSummary], device: str | None = None) -> str:
     """Markdown table of the grouped runs; accuracies in percent, time per run in minutes (of the finished runs).
 
     "other" lists the settings that differ from the run's recipe; a run evaluated on held-out training
     images (`--holdout`) says so in the data column, and its accuracy is that of those images, not the test set.
     "with flip TTA" is the final evaluation's flip test-time-augmented accuracy, for settings whose runs all have it.
+    "device" is what each run's metrics.jsonl records; `device` labels the runs made before they recorded one.
     Two runs of one setting with the same seed (a copied or re-run workdir) are a RepeatedSeedError naming them.
     """
     head = (
@@ -219,8 +230,8 @@ def results_table(runs: Sequence[RunSummary], device: str) -> str:
         s = setting
         rows.append(
             f"| {s['framework']} | {s['arch']} | {s['variant']} | {s['recipe']} | {s['epochs']} | {s['batch_size']} "
-            f"| {s['lr']:g} | {s['dtype']} | {s['other']} | {seeds} | {acc} | {flip} | {minutes:.2f} | {device} "
-            f"| {s['data']} |"
+            f"| {s['lr']:g} | {s['dtype']} | {s['other']} | {seeds} | {acc} | {flip} | {minutes:.2f} "
+            f"| {_devices(group, device)} | {s['data']} |"
         )
     return head + "\n".join(rows) + "\n"
 

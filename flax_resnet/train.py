@@ -38,6 +38,7 @@ from flax_resnet.config import (
 )
 from flax_resnet.distributed import gather_from_processes, put_batch, to_host
 from flax_resnet.errors import SAME_REQUEST_SECONDS, interrupt, one_line
+from flax_resnet.machine import run_device
 from flax_resnet.models import check_concrete, is_prng_key
 from flax_resnet.packing import StatePacking
 
@@ -769,6 +770,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     devices = jax.devices()
     kind = devices[0].device_kind
     reporter.print(f"jax {jax.__version__} on {len(devices)} x {kind} ({jax.process_count()} process(es))")
+    device = run_device(devices[0].platform, kind, len(devices))  # each epoch's record names it: the results table
     reporter.print("config: " + json.dumps(dataclasses.asdict(config), sort_keys=True))
 
     graphdef, state, tx, schedule = build_state(config, steps_per_epoch, init_state_dict)
@@ -964,6 +966,7 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
                     # since the previous record (the first: since the loop began, compilation included): the
                     # epoch plus the work around it (evaluation, checkpoint, plots), which epoch_seconds omits
                     "wall_seconds": time.time() - recorded_at,
+                    "device": device,
                 }
                 recorded_at = time.time()
                 if finished:

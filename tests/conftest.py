@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,19 @@ OPERATIONAL_SETTINGS = dict(
 START_SETTINGS = dict(init_weights="w.safetensors", init_skip=("fc",), max_steps=5)
 # The smallest model/settings that exercise the whole loop on CPU: the imagenet stem shrinks 32x32 to 8x8 early.
 TINY_FLAGS = ("--arch", "resnet18", "--variant", "imagenet", "--batch-size", "16", "--no-progress")
+
+
+def cpu_model_name() -> str:
+    """The first 'model name' of /proc/cpuinfo, where there is one: which CPU a record says it ran on."""
+    info = Path("/proc/cpuinfo")
+    found = re.search(r"^model name\s*:\s*(.+?)\s*$", info.read_text(), re.M) if info.exists() else None
+    return found.group(1) if found else ""
+
+
+def cpu_run_device() -> str:
+    """What a run on this machine's CPU must record as its device: the model (AVX-512 where it has it), CPUs."""
+    avx512 = ", AVX-512" if re.search(r"^flags\s*:.*\bavx512f\b", Path("/proc/cpuinfo").read_text(), re.M) else ""
+    return f"CPU {cpu_model_name()}{avx512}, {os.cpu_count()} CPUs"
 
 
 def make_image_folder(root: Path, seed: int = 0) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import cpu_model_name
 from flax_resnet import benchmark, hugepages
 from torch_ref import models as torch_models
 
@@ -54,13 +54,6 @@ def test_train_flops_by_hand() -> None:
     assert benchmark.train_flops_per_image("resnet18", "cifar") == 6 * benchmark.forward_macs("resnet18", "cifar")
 
 
-def _cpu_model_name() -> str:
-    """The first 'model name' of /proc/cpuinfo, where there is one: which CPU a record was measured on."""
-    info = Path("/proc/cpuinfo")
-    found = re.search(r"^model name\s*:\s*(.+?)\s*$", info.read_text(), re.M) if info.exists() else None
-    return found.group(1) if found else ""
-
-
 def test_cli_writes_records(tmp_path: Path) -> None:
     out = tmp_path / "tmp.json"
     cmd = [
@@ -80,7 +73,7 @@ def test_cli_writes_records(tmp_path: Path) -> None:
         assert r["peak_memory_mb"] > 0 and r["compile_seconds"] >= 0
         assert len(r["window_images_per_second"]) == 5
         assert (r["arch"], r["variant"], r["batch_size"]) == ("resnet18", "imagenet", 8)
-        assert r["device"].startswith("cpu (" + _cpu_model_name()), r["device"]  # CPU ratios depend on the model
+        assert r["device"].startswith("cpu (" + cpu_model_name()), r["device"]  # CPU ratios depend on the model
     assert "ratio jax float32 (augmented) / torch eager float32" in proc.stdout
     # Each record says how it was made: a table of rates cannot be checked, or trusted, without it.
     for r in records:

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import REPO, SHARED_DATA, TINY_CLASSES, TINY_FLAGS, run_cli
+from conftest import REPO, SHARED_DATA, TINY_CLASSES, TINY_FLAGS, cpu_run_device, run_cli
 from flax_resnet import data as data_lib
 from flax_resnet.reporting import METRIC_KEYS
 from torch_ref.models import create_model as create_torch_model
@@ -126,6 +126,8 @@ def test_smoke_run_writes_every_output(trained_run: Path) -> None:
     assert timed == [pytest.approx(5 * 16, rel=1e-9), pytest.approx(6 * 16, rel=1e-9)]
     # wall_seconds adds what the epoch time leaves out: compilation, evaluation, the checkpoint and the plots.
     assert all(r["wall_seconds"] > r["epoch_seconds"] for r in records)
+    # Each record names the machine, for the results table: the CPU model and this machine's CPU count.
+    assert {r["device"] for r in records} == {cpu_run_device()}
     # Accuracies are counts over 96 training / 21 test images.
     assert any(abs(records[-1]["test_acc"] * 21 - k) < 1e-9 for k in range(22))
     assert sorted(int(p.name) for p in (trained_run / "checkpoints").iterdir() if p.name.isdigit()) == [6, 12]

@@ -22,9 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fake_run(
-    path: Path, seed: int, accs: list[float], epochs: int, torch: bool = False, flip: float | None = None, **kw
+    path: Path, seed: int, accs: list[float], epochs: int, torch: bool = False, flip: float | None = None,
+    devices: list[str] | None = None, **kw,
 ) -> Path:
-    """A workdir whose metrics have `accs` per epoch and, with `flip`, a flip-TTA accuracy in the last record."""
+    """A workdir whose metrics have `accs` per epoch and, with `flip`, a flip-TTA accuracy in the last record;
+    `devices`: each epoch's recorded device (runs from before 2026-12-06 record none)."""
     path.mkdir(parents=True)
     config = make_config("default", epochs=epochs, seed=seed, data="/x/cifar10-jpeg.tar.gz", workdir=str(path), **kw)
     config.save(path / "config.json")
@@ -34,6 +36,8 @@ def _fake_run(
     ]
     if flip is not None:
         records[-1]["test_acc_flip"] = flip
+    for record, device in zip(records, devices or [], strict=bool(devices)):
+        record["device"] = device
     lines = [json.dumps(r) for r in records]
     (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     if torch:
@@ -346,6 +350,27 @@ def test_a_partial_last_epoch_is_unfinished_and_flip_needs_every_seed(tmp_path: 
     ]
     (row,) = results.results_table([results.summarize_run(r) for r in runs], "cpu").strip().splitlines()[2:]
     assert "| 0,1,2 | 92.00 ± 2.00 | not measured |" in row
+
+
+def test_the_device_column_is_what_the_runs_recorded(tmp_path: Path) -> None:
+    # The device column said the --device label for every run, wherever each ran. Now each run's own records
+    # name it; the label stands only for runs that record none.
+    h200 = _fake_run(tmp_path / "a", 0, [0.5, 0.9], 2, devices=["NVIDIA H200"] * 2)
+    moved = _fake_run(tmp_path / "b", 1, [0.5, 0.92], 2, devices=["NVIDIA H100 80GB HBM3", "NVIDIA H200"])
+    old = _fake_run(tmp_path / "c", 2, [0.5, 0.94], 2)
+    summaries = [results.summarize_run(r) for r in (h200, moved, old)]
+    assert [s.device for s in summaries] == ["NVIDIA H200", "NVIDIA H100 80GB HBM3 then NVIDIA H200", None]
+    (row,) = results.results_table(summaries, "GPU of 2026-11").strip().splitlines()[2:]
+    assert "| 92.00 ± 2.00 | not measured | 1.00 | NVIDIA H200, NVIDIA H100 80GB HBM3 then NVIDIA H200, GPU of " \
+           "2026-11 | cifar10-jpeg.tar.gz |" in row
+    (row,) = results.results_table(summaries[2:]).strip().splitlines()[2:]
+    assert "| 1.00 | not recorded | cifar10-jpeg.tar.gz |" in row
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "reproduce.py"), "table", str(h200)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0 and "| 1.00 | NVIDIA H200 | cifar10-jpeg.tar.gz |" in proc.stdout, proc.stderr
+    bad = _fake_run(tmp_path / "d", 0, [0.9], 1, devices=[0])
+    with pytest.raises(ValueError, match=r"metrics.jsonl line 1's device is 0, not a string"):
+        results.summarize_run(bad)
 
 
 def test_the_final_epoch_is_the_last_of_one_run_in_order(tmp_path: Path) -> None:

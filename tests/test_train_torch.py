@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from test_data import CUTOUT_CENTERS, cutout_keep_reference
 
 import flax_resnet
-from conftest import LEARNING_SETTINGS, OPERATIONAL_SETTINGS, START_SETTINGS
+from conftest import LEARNING_SETTINGS, OPERATIONAL_SETTINGS, START_SETTINGS, cpu_run_device
 from flax_resnet import data as data_lib
 from flax_resnet.config import Config, make_config
 from flax_resnet.data import CIFAR10_MEAN, CIFAR10_STD
@@ -193,7 +193,8 @@ def test_script_trains_and_writes_a_checkpoint_both_frameworks_load(tmp_path: Pa
         "resnet18", "imagenet", 16, 1, 3,
     )  # fmt: skip
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 1 and set(rows[0]) == {*METRIC_KEYS, "complete", "wall_seconds"}
+    assert len(rows) == 1 and set(rows[0]) == {*METRIC_KEYS, "complete", "wall_seconds", "device"}
+    assert rows[0]["device"] == cpu_run_device()  # the same words as the JAX trainer's, for the results table
     row = rows[0]
     assert row["wall_seconds"] > row["epoch_seconds"]  # the epoch and the warm-up step and evaluation around it
     assert (row["epoch"], row["step"], row["complete"]) == (1, 3, False)

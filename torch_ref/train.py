@@ -29,6 +29,7 @@ from flax_resnet import data as data_lib
 from flax_resnet.config import SCHEDULES, Config, data_problem, differences, workdir_problem
 from flax_resnet.convert import WeightsFileError, read_safetensors, save_safetensors, weights_metadata
 from flax_resnet.flags import init_weights_line, match_init_weights, read_init_weights
+from flax_resnet.machine import run_device
 from flax_resnet.reporting import Reporter, format_final
 from torch_ref import data as tdata
 from torch_ref.models import create_model
@@ -307,6 +308,8 @@ def train(
     test_images = tdata.to_device(dataset.test_images, device)
     test_labels = torch.from_numpy(dataset.test_labels.astype("int64")).to(device)
     reporter = Reporter(workdir, progress=config.progress, stream=out, holdout=config.holdout)
+    cuda_name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    device_name = run_device(device.type, cuda_name)  # each epoch's record names it: the results table
     reporter.print(
         f"torch {torch.__version__} on {device}: {config.arch}/{config.variant}, {n_train} train / "
         f"{len(test_images)} {'held-out' if config.holdout else 'test'} images, {steps_per_epoch} steps/epoch, "
@@ -388,6 +391,7 @@ def train(
             if finished:
                 record.update(test_loss_flip=test["loss_flip"], test_acc_flip=test["accuracy_flip"])
             record["wall_seconds"] = time.perf_counter() - recorded_at  # as in the JAX trainer (flax_resnet/train.py)
+            record["device"] = device_name
             recorded_at = time.perf_counter()
             metadata = weights_metadata(
                 config.arch, config.variant, dataset.class_names, step, config.holdout, holdout_digest,
