@@ -773,7 +773,7 @@ def data_mismatch(recorded: Mapping[str, Any], record: Mapping[str, Any]) -> str
     order relabels every image silently."""
     classes = recorded.get("class_names")
     if classes is not None and list(classes) != list(record["class_names"]):
-        return f"classes {_names(classes)}; this data's: {_names(record['class_names'])}"
+        return f"classes {name_list(classes)}; this data's: {name_list(record['class_names'])}"
     for split in ("train", "test"):
         digest = recorded.get(f"{split}_digest")
         if digest is not None and digest != record[f"{split}_digest"]:
@@ -781,7 +781,8 @@ def data_mismatch(recorded: Mapping[str, Any], record: Mapping[str, Any]) -> str
     return None
 
 
-def _names(names: Sequence[str], shown: int = 12) -> str:
+def name_list(names: Sequence[str], shown: int = 12) -> str:
+    """Class names for a one-line message: the first `shown`, then how many more."""
     more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
 

@@ -719,15 +719,21 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
     resuming = has_step_dirs(workdir / "checkpoints")  # then the checkpoint holds the weights, not the file
     if (workdir / "torch_options.json").is_file():
         raise RunError(f"{workdir} holds a torch run (torch_options.json); give the JAX run its own --workdir")
+    saved = None
     if resuming:  # before loading any data; num_classes comes from the data
-        check_workdir(workdir, config, tuple(k for k in RESUME_KEYS if k != "num_classes"))
+        saved = check_workdir(workdir, config, tuple(k for k in RESUME_KEYS if k != "num_classes"))
     init_state_dict = read_init_weights(config, RunError) if config.init_weights and not resuming else None
     dataset = data_lib.hold_out(data_lib.load_dataset(config.data, config.data_dir), config.holdout)
     config = dataclasses.replace(config, num_classes=len(dataset.class_names))
     problem = data_problem(config, dataset.train_images.shape)
     if problem:
         raise RunError(problem)
-    saved = check_workdir(workdir, config) if resuming else None
+    if saved is not None and saved.num_classes != config.num_classes:  # the data's class count, not a flag
+        raise RunError(
+            f"{workdir} holds a run on {saved.num_classes} classes; this data has {config.num_classes} "
+            f"({data_lib.name_list(dataset.class_names)}): resume with the run's own data (its config.json) or use "
+            "another --workdir"
+        )
     data_seen = data_lib.data_record(dataset)
     check_same_on_every_process(data_seen, "data")  # another copy on each host is fine, other images are not
     if init_state_dict is not None and jax.process_count() > 1:  # each process reads its own copy of the file
@@ -790,9 +796,9 @@ def train(config: Config, *, stream: Any = None) -> dict[str, Any]:
         state, meta = restored
         config = _keep_start(config, meta.get("config", {}), warn)
         step = int(meta["step"])
-        check_step_geometry(meta, bs, n_train, steps_per_epoch, ckpt.step_dir(step))
         check_held_out(meta, holdout_digest, ckpt.step_dir(step))  # first: other held-out images differ in both
-        check_data(meta, data_seen, ckpt.step_dir(step))
+        check_data(meta, data_seen, ckpt.step_dir(step))  # before the geometry: other data explains another size
+        check_step_geometry(meta, bs, n_train, steps_per_epoch, ckpt.step_dir(step))
         if step > total_steps:  # saving this config would label the run's epochs and metrics wrongly
             limit = f"--epochs {config.epochs}" + (f", --max-steps {config.max_steps}" if config.max_steps else "")
             raise RunError(

@@ -216,9 +216,23 @@ def test_cosine_run_loads_and_refuses_a_resume_with_another_batch_size(tiny_data
         shutil.copytree(tiny_data, changed)
         Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(next((changed / split / "dog").iterdir()), format="PNG")
         cases.append((changed, f"other {split} images or labels"))
+    # One training image more: its other size said "batch size 16 over 96 training images (6 steps per epoch);
+    # this run has batch size 16 over 97 (6): its saved step would mean another epoch", which was not why.
+    grown = tmp_path / "grown"
+    shutil.copytree(tiny_data, grown)
+    shutil.copy(next((grown / "train" / "dog").iterdir()), grown / "train" / "dog" / "extra.png")
+    cases.append((grown, "other train images or labels"))
     for source, why in cases:
         with pytest.raises(RunError, match=re.escape(f"checkpoints/2 was trained on other data ({why}); resume")):
             train(_config(source, tmp_path, schedule="cosine", epochs=1, max_steps=3))
+    # A class folder more: it said "other settings: num_classes 3 (this run: 4)", a setting no flag sets.
+    kiwi = tmp_path / "kiwi"
+    shutil.copytree(tiny_data, kiwi)
+    for split in ("train", "test"):
+        shutil.copytree(kiwi / split / "dog", kiwi / split / "kiwi")
+    message = "/run holds a run on 3 classes; this data has 4 (cat, dog, frog, kiwi): resume with the run's own data"
+    with pytest.raises(RunError, match=re.escape(message)):
+        train(_config(kiwi, tmp_path, schedule="cosine", epochs=1, max_steps=3))
     assert Checkpointer(tmp_path / "run" / "checkpoints").all_steps() == [1, 2]
     assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == metrics
     # Metadata that is sound JSON but names no model (damaged) is skipped like unreadable metadata: one warning,
