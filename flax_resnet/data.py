@@ -2,8 +2,9 @@
 
 Sources (`load_dataset(source)`):
   * ``"tfds"``: TensorFlow Datasets ``cifar10``, prepared once into `data_dir` (imports TensorFlow only then);
-  * an image-folder tree ``<root>/{train,test}/<class>/*.{png,jpg,jpeg}``, as a directory or as a .tar,
-    .tar.gz or .tgz (the tree may sit inside one wrapper folder), decoded once with PIL and cached as an .npz;
+  * an image-folder tree ``<root>/{train,test}/<class>/<32x32 images>`` (IMAGE_EXTENSIONS, any number of classes),
+    as a directory or as a tar (the tree may sit inside one wrapper folder), decoded once with PIL and cached as
+    an .npz;
   * the original ``cifar-10-python.tar.gz`` archive (or its extracted ``cifar-10-batches-py`` folder).
 
 The device side (`normalize`, `augment`) is pure jax on whole batches; the host side only chooses indices.
@@ -455,7 +456,7 @@ def _assemble(tree: _Tree) -> Dataset:
             raise DataError(f"{place}: CIFAR-10 python batches incomplete, missing {', '.join(missing)}")
         where = "" if tree.is_tar else " (a folder is searched at its top and one level below)"
         raise DataError(
-            f"{tree.origin}: no train/ and test/ class folders found{where} "
+            f"{tree.origin}: no train/ and test/ class folders found{where}{_half_found(tree, max_depth)} "
             "(expected <root>/{train,test}/<class>/<images>, or cifar-10-python.tar.gz)"
         )
     candidates.sort()
@@ -464,6 +465,25 @@ def _assemble(tree: _Tree) -> Dataset:
         raise DataError(f"{tree.origin}: ambiguous, several dataset roots at the same depth: {roots}")
     _, kind, root = candidates[0]
     return _assemble_cifar(tree, root) if kind == "cifar" else _assemble_folder(tree, root)
+
+
+_MISNAMED_SPLITS = {"Train", "Test", "TRAIN", "TEST", "val", "valid", "validation"}
+
+
+def _half_found(tree: _Tree, max_depth: int | None) -> str:
+    """What the shallowest folder with one split, or a split named otherwise (Train/, val/ as in ImageNet's
+    layout), holds, as '; found ...': what a tree without both train/ and test/ most likely meant."""
+    for d in sorted(tree.dirs, key=lambda d: (d.count("/"), d)):
+        if max_depth is not None and d and d.count("/") + 1 > max_depth:
+            continue
+        prefix = d + "/" if d else ""
+        found = [s for s in _SPLITS if prefix + s in tree.dirs]
+        misnamed = sorted(name for name in _MISNAMED_SPLITS if prefix + name in tree.dirs)
+        if not found and not misnamed:
+            continue
+        names = " and ".join(prefix + name + "/" for name in [*found, *misnamed])
+        return f"; found only {names}: the splits must be train/ and test/, side by side, in lower case"
+    return ""
 
 
 def _assemble_folder(tree: _Tree, root: str) -> Dataset:
@@ -552,7 +572,8 @@ def _decode_image(data: bytes, where: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data), formats=_IMAGE_FORMATS) as image:
             if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-                raise DataError(f"{where}: image is {image.size[0]}x{image.size[1]}, expected 32x32")
+                raise DataError(f"{where}: image is {image.size[0]}x{image.size[1]}, expected 32x32 (the models "
+                                "and augmentation here are CIFAR-10's: resize the data set's images first)")
             image.load()
             return rgb8(image)
     except DataError:

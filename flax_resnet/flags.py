@@ -233,7 +233,8 @@ def add_training_flags(p: argparse.ArgumentParser, workdir_prefix: str, workdir_
     )
     p.add_argument(
         "--data", type=path_arg,
-        help="'tfds', an image-folder dir or .tar(.gz), or cifar-10-python.tar.gz (default: tfds)",
+        help="'tfds', an image-folder dir or .tar(.gz) (ROOT/{train,test}/CLASS/*.png|jpg..., 32x32 images, any "
+             "number of classes), or cifar-10-python.tar.gz (default: tfds)",
     )
     p.add_argument(
         "--holdout",

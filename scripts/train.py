@@ -1,4 +1,4 @@
-"""Train (or resume) a ResNet on CIFAR-10: `python scripts/train.py --arch resnet18 --workdir runs/r18`.
+"""Train (or resume) a ResNet on CIFAR-10 or a folder of 32x32 images: `python scripts/train.py --arch resnet18`.
 
 Every default lives in flax_resnet/config.py (the recipe); a flag given here overrides it. Rerunning the
 same command with the same --workdir resumes from the last checkpoint.

@@ -1,4 +1,4 @@
-"""Train a PyTorch reference ResNet on CIFAR-10 with the same recipes, data and batch order as scripts/train.py.
+"""Train a PyTorch reference ResNet (CIFAR-10, 32x32 image folders) with the recipes, data, batch order of train.py.
 
 python scripts/train_torch.py --arch resnet18 --data /path/to/cifar10.tar.gz --device cuda --amp
 """

@@ -507,6 +507,13 @@ def test_error_directory_without_train_and_test(tmp_path: Path) -> None:
     _write_png(tmp_path / "src/train/cat/0.png", _pixels(1))  # train/ alone is not enough
     message = _error(tmp_path / "src", tmp_path / "c")
     assert str(tmp_path / "src") in message and "train/" in message
+    # What was found, where a split is missing or named otherwise (it said only "no train/ and test/ found").
+    assert "; found only train/: the splits must be train/ and test/, side by side, in lower case" in message
+    _write_png(tmp_path / "src/val/cat/0.png", _pixels(2))  # ImageNet's layout
+    assert "; found only train/ and val/: the splits" in _error(tmp_path / "src", tmp_path / "c")
+    _write_png(tmp_path / "cased/wrap/Train/cat/0.png", _pixels(0))
+    _write_png(tmp_path / "cased/wrap/Test/cat/0.png", _pixels(1))
+    assert "; found only wrap/Test/ and wrap/Train/: the splits" in _error(tmp_path / "cased", tmp_path / "c")
 
 
 def test_error_directory_nested_too_deep_or_ambiguous(tmp_path: Path) -> None:
@@ -588,6 +595,8 @@ def test_error_wrong_image_size_names_the_file(tmp_path: Path) -> None:
     _write_png(tmp_path / "src/test/dog/big.png", _pixels(0, (32, 33, 3)))
     message = _error(tmp_path / "src", tmp_path / "c")
     assert str(tmp_path / "src/test/dog/big.png") in message and "33x32" in message
+    assert "expected 32x32 (the models and augmentation here are CIFAR-10's: resize the data set's images first)" \
+        in message
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated"])
