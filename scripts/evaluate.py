@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("checkpoint", metavar="WORKDIR_OR_CHECKPOINT",
                    help="a run's workdir (JAX or torch_ref), one checkpoint step dir, or an exported .safetensors")
-    p.add_argument("--data", help="dataset source (default: the one the run trained on)")
+    p.add_argument("--data", help="dataset source (default: the one the run trained on, by its config.json; tfds "
+                                  "for an exported weights file, which records no data source)")
     p.add_argument("--data-dir", help="TFDS data dir or decoded-dataset cache dir (default: the run's)")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
     p.add_argument("--out", help="confusion-matrix PNG path (default: <workdir>/confusion_matrix.png; for a weights "
@@ -52,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run = load_run(args.checkpoint)
+        if not args.data and run.path.is_file() and run.class_names != data_lib.CIFAR10_CLASSES:
+            raise data_lib.DataError(  # a weights file records no data: tfds's CIFAR-10 could never be its data
+                f"{run.path} records no data source, and its {run.config.num_classes} classes "
+                f"({data_lib.name_list(run.class_names)}) are not CIFAR-10's: pass --data with their images"
+            )
         source = args.data or run.config.data
         try:
             dataset = data_lib.load_dataset(source, data_dir(source, args.data_dir, run.config))

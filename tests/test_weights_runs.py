@@ -111,6 +111,11 @@ def test_an_exported_file_evaluates_and_predicts_as_its_checkpoint(
     assert evaluate([str(exported), "--data", str(tiny_data)]) == 0
     assert (tmp_path / "r18.confusion_matrix.png").stat().st_size > 0  # beside the file, named after it
     capsys.readouterr()
+    # Without --data: a file records no data source, and these classes are not CIFAR-10's (it tried TFDS's
+    # CIFAR-10, 16 s of TensorFlow, and said that was not prepared).
+    assert evaluate([str(exported)]) == 1
+    assert _one_error_line(capsys) == (f"error: {exported} records no data source, and its 3 classes (cat, dog, "
+                                       "frog) are not CIFAR-10's: pass --data with their images")  # fmt: skip
 
     images = [str(tiny_data / "test" / name / "001.png") for name in TINY_CLASSES]
     printed = []
