@@ -14,11 +14,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flax_resnet.errors import ArgumentParser
 
 SIZE = 32
+ORIENTATION = 0x0112  # the EXIF tag
 
 
-def load_image(path: Path) -> tuple[object, bool]:
+def load_image(path: Path) -> tuple[object, list[str]]:
     """RGB uint8 (32, 32, 3) array of an image file, upright as its EXIF orientation says (a phone's photo is
-    stored sideways), and whether it had to be cropped/resized."""
+    stored sideways), and what was done to it beyond that of a training image (turned, cropped, resized)."""
     import numpy as np
     from PIL import Image, ImageOps
 
@@ -29,14 +30,17 @@ def load_image(path: Path) -> tuple[object, bool]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(path) as opened:
+            # Training reads images as stored (as torchvision's ImageFolder): a turn is said, as a resize is.
+            turned = opened.getexif().get(ORIENTATION, 1) in range(2, 9)  # 1: as stored; 2-8: what exif_transpose does
+            done = ["turned upright by its EXIF orientation"] if turned else []
             image = Image.fromarray(rgb8(ImageOps.exif_transpose(opened)))
-        resized = image.size != (SIZE, SIZE)
-        if resized:
+        if image.size != (SIZE, SIZE):
             w, h = image.size
             side = min(w, h)
             left, top = (w - side) // 2, (h - side) // 2
             image = image.crop((left, top, left + side, top + side)).resize((SIZE, SIZE), Image.Resampling.BICUBIC)
-        return np.asarray(image, np.uint8), resized
+            done.append(f"center-cropped and resized from {w}x{h} to {SIZE}x{SIZE}")
+        return np.asarray(image, np.uint8), done
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,13 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.images:
             path = Path(name)
             try:
-                array, resized = load_image(path)
+                array, done = load_image(path)
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # bomb: over PIL's limit
                 raise data_lib.DataError(f"{path}: cannot read image ({one_line(e)})") from None
-            if resized:
-                print(
-                    f"note: {path} is not {SIZE}x{SIZE}; center-cropped and resized to {SIZE}x{SIZE}", file=sys.stderr
-                )
+            if done:
+                print(f"note: {path}: {'; '.join(done)}", file=sys.stderr)
             arrays.append(array)
         run = load_run(args.checkpoint)
     except (CheckpointError, data_lib.DataError, OSError) as e:

@@ -441,14 +441,18 @@ def test_predict_reads_photos_upright_and_16_bit_greys_at_their_level(tmp_path: 
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(stored).save(tmp_path / "photo.jpg", quality=95, exif=exif)
-    array, resized = _script("predict").load_image(tmp_path / "photo.jpg")
-    assert resized and array.shape == (32, 32, 3)
+    array, done = _script("predict").load_image(tmp_path / "photo.jpg")
+    assert done == ["turned upright by its EXIF orientation", "center-cropped and resized from 32x64 to 32x32"]
+    assert array.shape == (32, 32, 3)
     assert array[2, 16, 0] > 200 and array[2, 16, 2] < 50  # top: red
     assert array[29, 16, 2] > 200 and array[29, 16, 0] < 50  # bottom: blue
     # 16-bit greyscale: PIL's convert("RGB") clips it at 255 (mid-grey would read white); it is scaled to 8 bits.
     Image.fromarray(np.full((32, 32), 32768, np.uint16)).save(tmp_path / "grey16.png")
-    array, resized = _script("predict").load_image(tmp_path / "grey16.png")
-    assert not resized and np.unique(array).tolist() == [128]
+    array, done = _script("predict").load_image(tmp_path / "grey16.png")
+    assert done == [] and np.unique(array).tolist() == [128]
+    # A 32x32 image with the tag is turned too, which training does not do (it reads images as stored): said.
+    Image.fromarray(stored[:, :32]).save(tmp_path / "small.jpg", quality=95, exif=exif)
+    assert _script("predict").load_image(tmp_path / "small.jpg")[1] == ["turned upright by its EXIF orientation"]
 
 
 @pytest.mark.parametrize("size", [(48, 40), (40, 64)], ids=["wide", "tall"])
@@ -460,10 +464,10 @@ def test_predict_crops_the_centre_square_and_resizes_it_as_torchvision(tmp_path:
     w, h = size
     image = Image.fromarray(np.random.default_rng(w).integers(0, 256, (h, w, 3), dtype=np.uint8))
     image.save(tmp_path / "x.png")
-    array, resized = _script("predict").load_image(tmp_path / "x.png")
+    array, done = _script("predict").load_image(tmp_path / "x.png")
     side = min(w, h)
     want = TF.resize(TF.center_crop(image, [side, side]), [32, 32], InterpolationMode.BICUBIC)
-    assert resized and np.array_equal(array, np.asarray(want))
+    assert done == [f"center-cropped and resized from {w}x{h} to 32x32"] and np.array_equal(array, np.asarray(want))
 
 
 def test_dataset_decodes_16_bit_greys_at_their_level(tmp_path: Path) -> None:
