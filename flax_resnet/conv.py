@@ -2,7 +2,7 @@
 
 Both compute the same math over the same HWIO kernel, so parameters, conversion and parity do not depend on
 the choice. XLA:CPU's convolution is very slow on tiny feature maps, where the matmul form wins; on GPU/TPU
-XLA's convolution is the right choice (see DESIGN.md, "Convolution lowering").
+XLA's convolution is the right choice (README, "Speed").
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ CIFAR10_CLASSES: tuple[str, ...] = (
     "ship",
     "truck",
 )
-# The article's constants (DESIGN.md), the ones torch CIFAR code copies. The std is not the pixels' own
+# The source article's constants, the ones torch CIFAR code copies. The std is not the pixels' own
 # (0.2431, 0.2403, 0.2588 on the JPEG copy's test set, ../shared/data/README.md): it scales inputs by ~1.2, which
 # training absorbs; code of one's own must use these numbers (exported files record them), not the data's.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)

@@ -257,7 +257,7 @@ def add_training_flags(p: argparse.ArgumentParser, workdir_prefix: str, workdir_
         type=path_arg,
         metavar="PATH",
         help="start from this torch state dict (.safetensors, .pt, .pth: torchvision's, torch_ref's, or an "
-        "export of a JAX run) instead of the seeded init; a run that resumes takes its checkpoint instead",
+        "export of a JAX run) instead of the seeded init (train.py: a run that resumes takes its checkpoint)",
     )
     p.add_argument(
         "--init-skip",

@@ -335,7 +335,8 @@ _max_pool_first_max.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class ResNet(nnx.Module):
-    """A ResNet over NHWC float inputs; `variant` picks stem, shortcut rule and head (DESIGN.md)."""
+    """A ResNet over NHWC float inputs; `variant` picks stem, shortcut rule and head (README, "Variants and
+    parameter counts")."""
 
     def __init__(
         self,

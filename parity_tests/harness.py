@@ -42,7 +42,7 @@ TOL_TRAJ_LOSS = 1e-3  # per-step loss, absolute
 TOL_TRAJ_PARAM = 1e-3  # final parameters after 20 steps, relative
 TOL_STD = 0.10  # per-layer init std, relative
 
-# Published parameter counts (DESIGN.md / the issue).
+# Published parameter counts (the source article's table; README "Variants and parameter counts").
 PUBLISHED_COUNTS: dict[str, dict[str, int]] = {
     "cifar": dict(
         resnet18=11_173_962, resnet34=21_282_122, resnet50=23_520_842, resnet101=42_512_970, resnet152=58_156_618

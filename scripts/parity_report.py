@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--command",
         default="python -m pytest -n 2 parity_tests --junitxml=results/parity.xml",
-        help="the pytest command that wrote the file, as run",
+        help="the pytest command that wrote the file, as run (default: %(default)s)",
     )
     p.add_argument("--machine", default=None, help="machine description (default: this machine's)")
     args = p.parse_args(argv)

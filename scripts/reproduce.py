@@ -30,14 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run every command of a plan, one after the other")
     run.add_argument("plan", choices=tuple(results.PLANS))
-    run.add_argument("--root", default="runs/reproduce", help="each run gets a workdir under this folder")
-    run.add_argument("--data", default=results.CPU_DATA, help="data source passed to every run")
+    run.add_argument("--root", default="runs/reproduce",
+                     help="each run gets a workdir under this folder (default: %(default)s)")
+    run.add_argument("--data", default=results.CPU_DATA, help="data source passed to every run (default: %(default)s)")
     run.add_argument("--dry-run", action="store_true", help="print the commands only")
     run.add_argument("--budget-minutes", type=float,
-                     help=f"sized plans ({BUDGET_MINUTES:g}): minutes of training per framework")
+                     help=f"sized plans: minutes of training per framework (default: {BUDGET_MINUTES:g})")
     run.add_argument("--margin", type=float,
-                     help=f"sized plans ({results.BUDGET_MARGIN:g}): fraction of the budget left unplanned, for the "
-                          "machine's drift")
+                     help="sized plans: fraction of the budget left unplanned, for the machine's drift (default: "
+                          f"{results.BUDGET_MARGIN:g})")
     run.add_argument("--rates", help="sized plans: FRAMEWORK=IMG_S,... (e.g. jax=800,torch=500) instead of "
                                      "calibration runs")
     table = sub.add_parser("table", help="markdown table of finished runs")

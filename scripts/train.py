@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="epoch-end checkpoints at most once per this many seconds (default: 30; 0: every epoch)",
     )
     p.add_argument("--coordinator", help="multi-host: coordinator HOST:PORT")
-    p.add_argument("--num-processes", type=flags.positive_int, default=1, help="multi-host: number of processes")
+    p.add_argument("--num-processes", type=flags.positive_int, default=1,
+                   help="multi-host: number of processes (default: 1)")
     p.add_argument("--process-id", type=int, default=0, help="multi-host: this process's id (default: 0)")
     return p
 

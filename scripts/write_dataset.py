@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", choices=("png", "jpeg"), default="png", help="image format (default: png)")
     p.add_argument("--quality", type=jpeg_quality, default=None,
                    help="JPEG quality 1..95 (default: 75; --format jpeg only)")
-    p.add_argument("--data-dir", help="decoded-dataset cache dir (default: ~/.cache/flax_resnet)")
+    p.add_argument("--data-dir",
+                   help="decoded-dataset cache dir (default: ~/.cache/flax_resnet); for SOURCE tfds, TFDS's data dir")
     p.add_argument("--train-per-class", type=positive_int, help="keep the first N training images of each class")
     p.add_argument("--test-per-class", type=positive_int, help="keep the first N test images of each class")
     args = p.parse_args(argv)

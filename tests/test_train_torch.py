@@ -450,8 +450,8 @@ def test_script_keeps_a_finished_run_and_replaces_a_run_only_when_asked(
 # not read from the Config, so that the trainer's wiring is checked against the recipe rather than itself.
 # (recipe, lr, momentum, nesterov, weight_decay, label_smoothing)
 RECIPE_SGD = [("default", 0.2, 0.9, True, 5e-4, 0.1), ("article", 0.1, 0.9, False, 5e-4, 0.0)]
-# The rest of each recipe as stated: the article's in DESIGN.md (batch 128; lr 0.1 for 150 epochs, 0.01 for 60,
-# 0.001 for 60; crop + flip only; float32), the default's in the README (batch 512, 40 epochs, one-cycle with 15%
+# The rest of each recipe as the README states it: the article's (batch 128; lr 0.1 for 150 epochs, 0.01 for 60,
+# 0.001 for 60; crop + flip only; float32), the default's (batch 512, 40 epochs, one-cycle with 15%
 # warm-up; bf16 where there is an accelerator). The results table's numbers were measured with these.
 RECIPE_RUN = {
     "article": dict(batch_size=128, epochs=270, schedule="piecewise", cutout=0, dtype="float32"),

@@ -87,7 +87,8 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet over NCHW inputs; `variant` picks stem, shortcut rule and head (see DESIGN.md)."""
+    """ResNet over NCHW inputs; `variant` picks stem, shortcut rule and head (README, "Variants and parameter
+    counts")."""
 
     def __init__(self, arch: str, variant: str = "cifar", num_classes: int = 10):
         super().__init__()
