@@ -6,10 +6,12 @@ Everything here is host-side and called at most a few times per epoch; the train
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -205,6 +207,19 @@ def format_final(record: dict[str, Any], holdout: int = 0) -> str:
     return f"final: step {record['step']}, {split} accuracy {100 * record['test_acc']:.2f}% ({which}){flip}"
 
 
+def _quiet_missing_glyphs(plot: Callable[..., None]) -> Callable[..., None]:
+    """`plot` without matplotlib's two-line warning per character its font lacks (e.g. a CJK class name, which
+    the figure shows as boxes): printed at each redraw, it buried the trainer's epoch lines."""
+
+    @functools.wraps(plot)
+    def quiet(*args: Any, **kwargs: Any) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from", category=UserWarning)
+            plot(*args, **kwargs)
+
+    return quiet
+
+
 def _pyplot():
     import matplotlib
 
@@ -214,6 +229,7 @@ def _pyplot():
     return plt
 
 
+@_quiet_missing_glyphs
 def plot_curves(records: Sequence[dict[str, Any]], path: str | Path, evaluated: str = "test") -> None:
     """Loss and accuracy per epoch, train and test (`evaluated` names that split in the legend), side by side."""
     plt = _pyplot()
@@ -232,6 +248,7 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str | Path, evaluated: 
     plt.close(fig)
 
 
+@_quiet_missing_glyphs
 def plot_predictions(
     images: np.ndarray, labels: np.ndarray, preds: np.ndarray, class_names: Sequence[str], path: str | Path
 ) -> None:
@@ -258,6 +275,7 @@ def plot_predictions(
     plt.close(fig)
 
 
+@_quiet_missing_glyphs
 def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | Path) -> None:
     """Confusion matrix (rows: true class, columns: predicted) with counts in the cells."""
     plt = _pyplot()

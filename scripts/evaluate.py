@@ -10,6 +10,7 @@ split.
 from __future__ import annotations
 
 import sys
+import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,11 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.flip_tta:
         print(f"with flip TTA:  loss: {tta['loss']:.4f}  accuracy: {100 * tta['accuracy']:.2f}%")
     names = [data_lib.printable(name) for name in run.class_names]
-    width = max(len(n) for n in names)
+    width = max(_columns(n) for n in names)
     for c, name in enumerate(names):
         total = int(matrix[c].sum())
         acc = f"{100 * matrix[c, c] / total:6.2f}%" if total else "    --  "  # a class without test images
-        print(f"  {name:<{width}}  {acc}  ({int(matrix[c, c])}/{total})")
+        print(f"  {name}{' ' * (width - _columns(name))}  {acc}  ({int(matrix[c, c])}/{total})")
     out = Path(args.out) if args.out else run.directory / "confusion_matrix.png"
     if not args.out and run.path.is_file() and not (run.directory / "torch_options.json").is_file():
         out = run.path.with_name(f"{run.path.stem}.confusion_matrix.png")  # files that share a folder: one each
@@ -128,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"confusion matrix: {out}")
     return 0
+
+
+def _columns(text: str) -> int:
+    """Terminal columns of `text`: wide (CJK) characters take two, combining marks none; the per-class table
+    aligns by these, not by len()."""
+    wide = sum(unicodedata.east_asian_width(ch) in "WF" for ch in text)
+    return len(text) + wide - sum(unicodedata.combining(ch) > 0 for ch in text)
 
 
 def data_dir(source: str, given: str | None, config: Config) -> str | None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +153,24 @@ def test_per_class_rows_name_their_own_class(
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
     n = TINY_TEST_PER_CLASS
     assert rows == [["cat", "100.00%", f"({n}/{n})"], ["dog", "0.00%", f"(0/{n})"], ["frog", "0.00%", f"(0/{n})"]]
+
+    # A class named in CJK: its characters take two terminal columns each, so the rows are aligned by columns,
+    # not by len() (the accuracies stood out of line); and the figures' font lacks them: that was two lines of
+    # matplotlib warning per character, at every redraw.
+    cjk = tmp_path / "cjk"
+    shutil.copytree(tiny_data, cjk)
+    for split in ("train", "test"):
+        (cjk / split / "dog").rename(cjk / split / "日本犬")
+    names = ("cat", "frog", "日本犬")
+    convert.save_safetensors(model.state_dict(), path, convert.weights_metadata("resnet18", "imagenet", names, 1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _main("evaluate")([str(path), "--data", str(cjk), "--data-dir", str(cache), "--out", str(png)]) == 0
+    assert [str(w.message) for w in caught if "missing from" in str(w.message)] == []
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert [row.split()[0] for row in rows] == list(names)
+    columns = {row.index("%") + sum(0x3000 <= ord(ch) <= 0x9FFF for ch in row) for row in rows}  # CJK: 2 columns
+    assert len(columns) == 1, rows
 
 
 def test_weights_that_do_not_name_or_fit_their_model_are_one_line(
