@@ -550,11 +550,22 @@ def _form(name: str) -> str:
     return next((form for form in ("NFC", "NFD") if unicodedata.is_normalized(form, name)), "mixed")
 
 
+def check_scale(image: Any) -> None:
+    """ValueError for 32-bit pixels (TIFF's integer mode I, float mode F): nothing says what range they span, so
+    no 8-bit reading of them is right (an int32 image of 0..255 read as 16-bit came out near black). Call it on
+    the opened file: a PIL copy (e.g. exif_transpose's) no longer knows its format."""
+    if image.mode == "F" or (image.mode == "I" and image.format == "TIFF"):
+        kind = "float" if image.mode == "F" else "integer"
+        raise ValueError(f"32-bit {kind} pixels have no 8-bit scale to read them by; save it with 8 or 16 bits")
+
+
 def rgb8(image: Any) -> np.ndarray:
-    """(H, W, 3) uint8 pixels of a PIL image. 16-bit greyscale (PIL modes I;16*, I) is scaled to 8 bits, where
-    PIL's own convert("RGB") clips it at 255 (a mid-grey 16-bit PNG would come out white). Transparency is
-    composited over the CIFAR-10 mean colour, which normalizes to ~0 (no signal), where convert("RGB") would
-    show whatever colour the file stores under transparent pixels (often black)."""
+    """(H, W, 3) uint8 pixels of a PIL image. 16-bit greyscale (PIL modes I;16*, and I from PGM/PPM, which PIL
+    scales to 16 bits) is scaled to 8 bits, where PIL's own convert("RGB") clips it at 255 (a mid-grey 16-bit PNG
+    would come out white); 32-bit pixels are refused (`check_scale`). Transparency is composited over the
+    CIFAR-10 mean colour, which normalizes to ~0 (no signal), where convert("RGB") would show whatever colour the
+    file stores under transparent pixels (often black)."""
+    check_scale(image)
     if image.mode.startswith("I;16") or image.mode == "I":
         grey = np.clip(np.round(np.asarray(image, np.float64) / 257.0), 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1)

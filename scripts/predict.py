@@ -23,13 +23,14 @@ def load_image(path: Path) -> tuple[object, list[str]]:
     import numpy as np
     from PIL import Image, ImageOps
 
-    from flax_resnet.data import rgb8
+    from flax_resnet.data import check_scale, rgb8
 
     # The file is one the user named: PIL's two-line warning for 1-2x its pixel limit would only break the
     # one-line output (over 2x, PIL refuses, and main says so in one line).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(path) as opened:
+            check_scale(opened)
             # Training reads images as stored (as torchvision's ImageFolder): a turn is said, as a resize is.
             turned = opened.getexif().get(ORIENTATION, 1) in range(2, 9)  # 1: as stored; 2-8: what exif_transpose does
             done = ["turned upright by its EXIF orientation"] if turned else []

@@ -477,6 +477,18 @@ def test_dataset_decodes_16_bit_greys_at_their_level(tmp_path: Path) -> None:
             Image.fromarray(np.full((32, 32), 257 * 40, np.uint16)).save(tmp_path / "data" / split / name / "0.png")
     dataset = data_lib.load_dataset(tmp_path / "data", tmp_path / "cache")
     assert np.unique(dataset.train_images).tolist() == [40]
+    # 16-bit PGM (PIL's mode I, scaled to 16 bits: maxval 1023 holding 512 is half way) reads the same way.
+    (tmp_path / "half.pgm").write_bytes(b"P5\n32 32\n1023\n" + np.full((32, 32), 512, ">u2").tobytes())
+    assert np.unique(_script("predict").load_image(tmp_path / "half.pgm")[0]).tolist() == [128]  # 512/1023 * 255
+    # 32-bit TIFFs, integer or float, have no range to scale: an int32 image of 0..255 read as 16-bit came out
+    # near black (200 -> 1) without a word. Refused, by the data set and by predict.py.
+    for mode, value in (("int32", 200), ("float32", 0.5)):
+        Image.fromarray(np.full((32, 32), value, mode)).save(tmp_path / "data" / "train" / "a" / "0.tif")
+        message = f"32-bit {'integer' if mode == 'int32' else 'float'} pixels have no 8-bit scale"
+        with pytest.raises(data_lib.DataError, match=message):
+            data_lib.load_dataset(tmp_path / "data", tmp_path / "cache")
+        with pytest.raises(ValueError, match=message):
+            _script("predict").load_image(tmp_path / "data" / "train" / "a" / "0.tif")
 
 
 def test_transparent_pixels_read_as_the_mean_colour(tmp_path: Path) -> None:
