@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run = load_run(args.checkpoint)
-        if not args.data and run.path.is_file() and run.class_names != data_lib.CIFAR10_CLASSES:
+        exported = run.path.is_file() and not (run.directory / "torch_options.json").is_file()  # not a torch run's
+        if not args.data and exported and run.class_names != data_lib.CIFAR10_CLASSES:
             raise data_lib.DataError(  # a weights file records no data: tfds's CIFAR-10 could never be its data
                 f"{run.path} records no data source, and its {run.config.num_classes} classes "
                 f"({data_lib.name_list(run.class_names)}) are not CIFAR-10's: pass --data with their images"
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         acc = f"{100 * matrix[c, c] / total:6.2f}%" if total else "    --  "  # a class without test images
         print(f"  {name}{' ' * (width - _columns(name))}  {acc}  ({int(matrix[c, c])}/{total})")
     out = Path(args.out) if args.out else run.directory / "confusion_matrix.png"
-    if not args.out and run.path.is_file() and not (run.directory / "torch_options.json").is_file():
+    if not args.out and exported:
         out = run.path.with_name(f"{run.path.stem}.confusion_matrix.png")  # files that share a folder: one each
     try:
         plot_confusion(matrix, run.class_names, out)
