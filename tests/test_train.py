@@ -138,7 +138,7 @@ def test_resume_refuses_other_settings_and_a_run_without_checkpoints_starts_afre
         (dict(seed=1), r"seed 1 \(this run: 0\)"),
         (dict(epochs=3), r"epochs 3 \(this run: 2\)"),
         (dict(lr=0.1, cutout=8), r"lr 0.1 \(this run: 0.05\), cutout 8 \(this run: 0\)"),
-        (dict(num_classes=10), r"num_classes 10 \(this run: 3\)"),
+        (dict(num_classes=10), r"holds a run on 10 classes; this data has 3 \(cat, dog, frog\): resume with"),
         # Another held-out split would move images between training and evaluation.
         (dict(holdout=12), r"holdout 12 \(this run: 0\)"),
     ]
