@@ -66,6 +66,9 @@ export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 elapsed() { echo $(( $(date +%s) - T0 )); }
 log() { echo "[$(elapsed)s] $*" | tee -a "$OUT/session.log"; }
 left() { echo $(( BUDGET - $(elapsed) )); }
+# A step's timeout before training: at most N s, and never the last RESERVE s (default 150), which the training
+# runs need; 0 when nothing is left for it (the caller skips the step). The fixed limits alone summed to 700 s.
+slot() { local t=$1 room=$(( $(left) - ${RESERVE:-150} )); [ "$room" -lt "$t" ] && t=$room; [ "$t" -lt 20 ] && t=0; echo $t; }
 pack() { (cd "$R" && find -L . -name checkpoints -prune -o \( -name "*.log" -o -name "*.json" -o -name "*.jsonl" -o -name "*.txt" \
   -o -name "curves.png" \) -print | tar -czf "$OUT/results.tar.gz" -T -); }
 trap pack EXIT
@@ -88,6 +91,10 @@ if ! python3 -c "$VERS" >>"$R/versions.txt" 2>&1; then
   python3 -c "$VERS" >>"$R/versions.txt" 2>&1 || log "image packages failed too"
 fi
 cat "$R/versions.txt" | tee -a "$OUT/session.log"
+if [ "$SMOKE" != 1 ] && ! python3 -c "import jax; assert jax.default_backend() != 'cpu'" 2>/dev/null; then
+  log "error: JAX sees no GPU (its backend is the CPU): stopping rather than spend the session on CPU runs"
+  exit 1
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >"$R/gpu.txt" 2>&1
 log "gpu: $(tail -n1 "$R/gpu.txt")"
 
@@ -98,27 +105,32 @@ QUALITIES="50 25"
 TRAINING=0; for run in jax_seeds torch_seeds jpeg_quality article sweep; do wants $run && TRAINING=1; done
 PREP=""
 if [ $TRAINING = 1 ]; then (
-  python3 -c "from flax_resnet.data import load_dataset; d = load_dataset('$DATA', data_dir='$CACHE'); print('data', d.train_images.shape, d.test_images.shape)"
+  rc=0  # any step's failure, not the last command's status (a bare `wait` returned 0 whatever failed)
+  python3 -c "from flax_resnet.data import load_dataset; d = load_dataset('$DATA', data_dir='$CACHE'); print('data', d.train_images.shape, d.test_images.shape)" || rc=1
   if wants jpeg_quality; then
+    pids=""
     for q in $QUALITIES; do
-      python3 scripts/write_dataset.py "$DATA" /tmp/cifar10-q$q.tar.gz --format jpeg --quality $q --data-dir $CACHE &&
-        python3 -c "from flax_resnet.data import load_dataset; load_dataset('/tmp/cifar10-q$q.tar.gz', data_dir='$CACHE')" &
+      { python3 scripts/write_dataset.py "$DATA" /tmp/cifar10-q$q.tar.gz --format jpeg --quality $q --data-dir $CACHE &&
+        python3 -c "from flax_resnet.data import load_dataset; load_dataset('/tmp/cifar10-q$q.tar.gz', data_dir='$CACHE')"; } &
+      pids="$pids $!"
     done
-    wait
+    for pid in $pids; do wait "$pid" || rc=1; done
   fi
+  exit $rc
 ) >"$R/data_prep.log" 2>&1 & PREP=$!
 fi
 
 # JAX jit + torch eager first, torch.compile separately: a timeout then loses only the compile record.
 if [ "$SMOKE" = 1 ]; then BENCH_ARGS="--steps 1 --warmup 1 --windows 2 --batch-size 8 --dtypes float32"
 else BENCH_ARGS="--steps 10 --warmup 3 --windows 5 --batch-size 512 --dtypes bfloat16 --peak-tflops 989"; fi
-if [ "${SKIP_BENCH:-0}" != 1 ]; then
+if [ "${SKIP_BENCH:-0}" != 1 ] && [ "$(slot 150)" = 0 ]; then log "no time left for the benchmarks"; fi
+if [ "${SKIP_BENCH:-0}" != 1 ] && [ "$(slot 150)" != 0 ]; then
 log "benchmark resnet18 cifar: jax jit, torch eager"
-timeout 150 python3 scripts/benchmark.py --arch resnet18 --variant cifar $BENCH_ARGS --modes jit,eager \
+timeout "$(slot 150)" python3 scripts/benchmark.py --arch resnet18 --variant cifar $BENCH_ARGS --modes jit,eager \
   --json "$R/bench_resnet18_cifar.json" >"$R/bench_resnet18_cifar.log" 2>&1
 log "benchmark done rc=$?"; tail -n 12 "$R/bench_resnet18_cifar.log" | tee -a "$OUT/session.log"
 log "benchmark resnet18 cifar: torch.compile"
-timeout 110 python3 scripts/benchmark.py --arch resnet18 --variant cifar $BENCH_ARGS --frameworks torch --modes compile \
+[ "$(slot 110)" != 0 ] && timeout "$(slot 110)" python3 scripts/benchmark.py --arch resnet18 --variant cifar $BENCH_ARGS --frameworks torch --modes compile \
   --json "$R/bench_resnet18_cifar_compile.json" >"$R/bench_resnet18_cifar_compile.log" 2>&1
 log "benchmark done rc=$?"; tail -n 4 "$R/bench_resnet18_cifar_compile.log" | tee -a "$OUT/session.log"
 fi
@@ -127,7 +139,7 @@ if wants profile || wants article; then
   else A_ARGS="--steps 20 --warmup 5 --windows 5 --batch-size 128"; fi
   PROF=""; wants profile && PROF="--profile /tmp/profile_article"
   log "benchmark resnet18 article fp32 (the article recipe's step): jax jit $PROF"
-  timeout 120 python3 scripts/benchmark.py --arch resnet18 --variant article $A_ARGS --dtypes float32 --frameworks jax \
+  [ "$(slot 120)" != 0 ] && timeout "$(slot 120)" python3 scripts/benchmark.py --arch resnet18 --variant article $A_ARGS --dtypes float32 --frameworks jax \
     --modes jit $PROF --json "$R/bench_resnet18_article.json" >"$R/bench_resnet18_article.log" 2>&1
   log "benchmark done rc=$?"; grep -A 14 "^host time" "$R/bench_resnet18_article.log" | tee -a "$OUT/session.log"
 fi
@@ -136,19 +148,23 @@ if [ "$SMOKE" = 1 ]; then P_ARGS="--steps 1 --warmup 1 --windows 2 --batch-size 
 else P_ARGS="--steps 5 --warmup 2 --windows 5 --batch-size 512 --dtypes bfloat16 --peak-tflops 989"; fi
 if wants profile; then  # SKIP_BENCH does not skip it: it is asked for by name
   log "profile resnet50 cifar: jax jit, torch eager"
-  timeout 150 python3 scripts/benchmark.py --arch resnet50 --variant cifar $P_ARGS --modes jit,eager \
+  [ "$(slot 150)" != 0 ] && timeout "$(slot 150)" python3 scripts/benchmark.py --arch resnet50 --variant cifar $P_ARGS --modes jit,eager \
     --profile /tmp/profile_r50 --json "$R/bench_resnet50_cifar_profile.json" >"$R/bench_resnet50_cifar_profile.log" 2>&1
   log "profile done rc=$?"; grep -A 14 "^profile" "$R/bench_resnet50_cifar_profile.log" | tee -a "$OUT/session.log"
   if [ "$SMOKE" != 1 ]; then
     log "profile resnet50 cifar: torch.compile"
-    timeout 170 python3 scripts/benchmark.py --arch resnet50 --variant cifar $P_ARGS --frameworks torch --modes compile \
+    [ "$(slot 170)" != 0 ] && timeout "$(slot 170)" python3 scripts/benchmark.py --arch resnet50 --variant cifar $P_ARGS --frameworks torch --modes compile \
       --profile /tmp/profile_r50 --json "$R/bench_resnet50_cifar_compile_profile.json" \
       >"$R/bench_resnet50_cifar_compile_profile.log" 2>&1
     log "profile done rc=$?"; grep -A 14 "^profile" "$R/bench_resnet50_cifar_compile_profile.log" | tee -a "$OUT/session.log"
   fi
   pack
 fi
-[ -n "$PREP" ] && { wait $PREP; log "data prep rc=$? $(tail -n1 "$R/data_prep.log")"; }
+if [ -n "$PREP" ]; then  # never past the training's reserve: a stuck decode must not take the session
+  while kill -0 "$PREP" 2>/dev/null && [ "$(left)" -gt "${RESERVE:-150}" ]; do sleep 2; done
+  kill -0 "$PREP" 2>/dev/null && { log "data prep still running at the training's reserve: stopped"; pkill -P "$PREP"; kill "$PREP"; }
+  wait "$PREP"; log "data prep rc=$? $(tail -n1 "$R/data_prep.log")"
+fi
 
 # Epochs that fit: GPU time adds up across processes (time-sliced), so one epoch of all runs costs the sum
 # of their epoch times at the measured rates, plus 15% for evaluation; ~100 s are kept for compilation.
@@ -173,7 +189,7 @@ except Exception as e:  # no benchmark numbers: keep the conservative guesses
     print(f"planning without benchmark numbers ({e})", file=sys.stderr)
 per_epoch = 1.15 * (n_jax * 50000 / jax_ips + n_torch * 50000 / torch_ips + n_article * 50000 / 40000)
 usable = left - 100 - 60  # compilation, and a 60 s margin; the resnet50 benchmark only gets what is left
-print(1 if smoke else max(1, min(40, int(usable / max(per_epoch, 1e-9)))))
+print(1 if smoke else max(0, min(40, int(usable / max(per_epoch, 1e-9)))))  # 0: no time to train
 print(f"jax {jax_ips:.0f} img/s, torch {torch_ips:.0f} img/s, {per_epoch:.1f} s per epoch of all runs, {left:.0f} s left",
       file=sys.stderr)
 EOF
@@ -203,10 +219,16 @@ EOF
   log "article epochs: $ARTICLE_EPOCHS of 270 (its lr boundaries are fractions of the run)"
 fi
 DEADLINE=$(( $(left) - 25 ))
+if [ "$DEADLINE" -lt 60 ] || [ "${EPOCHS:-0}" -lt 1 ]; then  # `timeout` takes 0 as no limit and refuses a negative one
+  log "error: no time left to train ($DEADLINE s before the deadline, $EPOCHS epochs planned): no runs started"
+  RUNS=""
+fi
 EXTRA=""; [ "$SMOKE" = 1 ] && EXTRA="--max-steps 2 --batch-size 16"
 # The runs' workdirs live outside $OUT, which each device call empties, so that the same command run again on
-# the still-warm machine resumes what the first call's deadline stopped (each run checkpoints on SIGTERM). Give
-# the second call FORCE_EPOCHS / ARTICLE_EPOCHS as logged by the first: a run resumes only with its own epochs.
+# the still-warm machine resumes the JAX runs that the first call's deadline stopped (each checkpoints on
+# SIGTERM). Give the second call FORCE_EPOCHS / ARTICLE_EPOCHS as logged by the first: a run resumes only with
+# its own epochs. The torch trainer does not resume: an unfinished torch run's workdir is refused by the second
+# call (leave torch_seeds out of its RUNS, or remove those workdirs to train them again).
 RUNDIR=${RUNDIR:-/tmp/gpu_runs}
 mkdir -p "$RUNDIR" && rm -rf "$R/runs" && ln -s "$RUNDIR" "$R/runs"
 jax_run() {  # name, data, seed, more flags...
@@ -227,7 +249,7 @@ if wants sweep; then
   done
 fi
 if wants torch_seeds; then
-  TORCH_FLAGS="--amp --channels-last"; [ "$SMOKE" = 1 ] && TORCH_FLAGS=""
+  TORCH_FLAGS="--amp --channels-last --device cuda"; [ "$SMOKE" = 1 ] && TORCH_FLAGS=""  # cuda: no silent CPU run
   for seed in 1 2; do
     timeout -k 20 $DEADLINE python3 scripts/train_torch.py --arch resnet18 --variant cifar --recipe default --epochs "$EPOCHS" \
       --seed $seed --data "$DATA" --data-dir $CACHE --no-progress $TORCH_FLAGS \

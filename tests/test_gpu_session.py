@@ -67,3 +67,23 @@ def test_smoke_sweep_evaluates_each_candidate_on_held_out_images(tmp_path: Path,
     rows = [line for line in log.splitlines() if line.startswith("| jax |")]
     assert len(rows) == 2 and all("evaluated on 12 held-out train images" in row for row in rows), rows
     assert sum("cutout=8" in row for row in rows) == 1, rows
+
+
+def test_a_session_without_time_to_train_starts_no_run_and_says_why(tmp_path: Path) -> None:
+    # With too little budget left, `timeout` got a negative limit (every run died of "invalid option", and the
+    # log said "training done") or 0, which means no limit at all. The data preparation's failure read rc=0.
+    out = tmp_path / "out"
+    env = dict(
+        cli_env(),
+        SMOKE="1", SKIP_BENCH="1", RUNS="jax_seeds jpeg_quality", BUDGET="70", RESERVE="0",
+        DATA=str(tmp_path / "no_such_data.tar.gz"), OUT=str(out), RUNDIR=str(tmp_path / "runs"),
+        CACHE=str(tmp_path / "cache"), WHL=str(tmp_path / "no_wheels"),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )  # fmt: skip
+    proc = subprocess.run(["bash", "scripts/gpu_session.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = (out / "session.log").read_text()
+    assert "data prep rc=1 " in log, log
+    assert re.search(r"error: no time left to train \(-?\d+ s before the deadline, 1 epochs planned\): no runs", log)
+    assert not list((tmp_path / "runs").glob("*.log")), "no run may start"
