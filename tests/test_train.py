@@ -139,6 +139,9 @@ def test_resume_refuses_other_settings_and_a_run_without_checkpoints_starts_afre
         (dict(epochs=3), r"epochs 3 \(this run: 2\)"),
         (dict(lr=0.1, cutout=8), r"lr 0.1 \(this run: 0.05\), cutout 8 \(this run: 0\)"),
         (dict(num_classes=10), r"holds a run on 10 classes; this data has 3 \(cat, dog, frog\): resume with"),
+        # A GPU run (--dtype auto: bfloat16 there) resumed on a CPU (auto: float32): the refusal says why.
+        (dict(dtype="bfloat16"), r"dtype 'bfloat16' \(this run: 'float32'\) \(--dtype auto is bfloat16 on a GPU/TPU, "
+                                 r"float32 on a CPU\); refusing"),
         # Another held-out split would move images between training and evaluation.
         (dict(holdout=12), r"holdout 12 \(this run: 0\)"),
     ]
