@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", metavar="WORKDIR_OR_CHECKPOINT",
                    help="a run's workdir (JAX or torch_ref), one checkpoint step dir, or an exported .safetensors")
     p.add_argument("--data", help="dataset source (default: the one the run trained on, by its config.json; tfds "
-                                  "for an exported weights file, which records no data source)")
+                                  "for a weights file of CIFAR-10's classes, as it records no data source)")
     p.add_argument("--data-dir", help="TFDS data dir or decoded-dataset cache dir (default: the run's)")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
     p.add_argument("--out", help="confusion-matrix PNG path (default: <workdir>/confusion_matrix.png; for a weights "
@@ -55,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = load_run(args.checkpoint)
         exported = run.path.is_file() and not (run.directory / "torch_options.json").is_file()  # not a torch run's
-        if not args.data and exported and run.class_names != data_lib.CIFAR10_CLASSES:
-            raise data_lib.DataError(  # a weights file records no data: tfds's CIFAR-10 could never be its data
+        named = run.class_names != tuple(str(i) for i in range(run.config.num_classes))  # unnamed: old checkpoints
+        # A weights file given itself (an export, or a torch run's model.safetensors) records no data source:
+        # tfds's CIFAR-10 can only be its data if its classes are CIFAR-10's.
+        if not args.data and Path(args.checkpoint).is_file() and named and run.class_names != data_lib.CIFAR10_CLASSES:
+            raise data_lib.DataError(
                 f"{run.path} records no data source, and its {run.config.num_classes} classes "
                 f"({data_lib.name_list(run.class_names)}) are not CIFAR-10's: pass --data with their images"
             )
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             dataset = data_lib.load_dataset(source, data_dir(source, args.data_dir, run.config))
         except data_lib.DataError as e:
             hint = "" if args.data else (
-                " (the data the run trained on, by its config, or tfds for an exported file; "
+                " (the data the run trained on, by its config, or tfds for a weights file of CIFAR-10's classes; "
                 "--data points at another copy)"
             )
             raise data_lib.DataError(f"{e}{hint}") from None
@@ -73,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
             raise data_lib.DataError(
                 f"{source}: {len(dataset.class_names)} classes, but the checkpoint has {run.config.num_classes}"
             )
-        named = run.class_names != tuple(str(i) for i in range(run.config.num_classes))  # unnamed: old checkpoints
         if named and tuple(dataset.class_names) != run.class_names:  # labels would be scored as other classes
             raise data_lib.DataError(
                 f"{source}: classes ({', '.join(dataset.class_names)}) are not the checkpoint's, in its order "

@@ -113,6 +113,13 @@ def test_an_exported_file_evaluates_and_predicts_as_its_checkpoint(
     assert evaluate([str(exported), "--data", str(tiny_data)]) == 0
     assert (tmp_path / "r18.confusion_matrix.png").stat().st_size > 0  # beside the file, named after it
     capsys.readouterr()
+    # A torch run's model.safetensors given itself knows no data source either (its config.json is not read).
+    torch_file = tmp_path / "torch_run" / "model.safetensors"
+    torch_file.parent.mkdir()
+    torch_file.write_bytes(exported.read_bytes())
+    (torch_file.parent / "torch_options.json").write_text("{}")
+    assert evaluate([str(torch_file)]) == 1
+    assert _one_error_line(capsys).startswith(f"error: {torch_file} records no data source, and its 3 classes")
     # Without --data: a file records no data source, and these classes are not CIFAR-10's (it tried TFDS's
     # CIFAR-10, 16 s of TensorFlow, and said that was not prepared).
     assert evaluate([str(exported)]) == 1
@@ -132,6 +139,25 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+def test_an_exported_file_of_unnamed_classes_is_scored_on_cifar10(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A checkpoint saved before class names were recorded exports classes "0".."9": no refusal, it goes on to
+    # tfds's CIFAR-10, as before (here a stand-in loader says where it was asked to read).
+    from flax_resnet import data as data_lib
+
+    def where(source: str, data_dir: str | None = None) -> None:
+        raise data_lib.DataError(f"asked for {source}")
+
+    monkeypatch.setattr(data_lib, "load_dataset", where)
+    path = tmp_path / "old.safetensors"
+    model = torchvision.models.resnet18(num_classes=10)
+    names = [str(i) for i in range(10)]
+    convert.save_safetensors(model.state_dict(), path, convert.weights_metadata("resnet18", "imagenet", names, 1))
+    assert _main("evaluate")([str(path)]) == 1
+    assert _one_error_line(capsys).startswith("error: asked for tfds (the data the run trained on, by its config, ")
 
 
 def test_per_class_rows_name_their_own_class(
