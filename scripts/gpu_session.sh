@@ -31,7 +31,10 @@
 # run finishes inside the budget (at most the recipe's 40), the article's from the article benchmark (or a
 # 24,000 img/s guess); both are logged and land in each run's config.json. SMOKE=1 shrinks everything for a
 # CPU dry run of this script (tests/test_gpu_session.py runs one on tiny data; CACHE, the decoded-dataset
-# cache, and WHL, the carried wheels' folder, can be moved).
+# cache, WHL, the carried wheels' folder, and QDIR, the re-encoded copies' folder, can be moved). The steps before
+# training (benchmarks, profiles, the data preparation) stop where RESERVE s are left (150 with training runs, else
+# 0); no run starts with under 60 s to its deadline, or with 0 epochs planned. Without a GPU (and not SMOKE) the
+# script stops at once.
 #
 # Before the first call, here (both folders are git-ignored; pass them as the device tool's carry):
 #   mkdir -p .gpu_data && cp ../shared/data/cifar10-jpeg.tar.gz .gpu_data/
@@ -65,10 +68,17 @@ mkdir -p "$R"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 elapsed() { echo $(( $(date +%s) - T0 )); }
 log() { echo "[$(elapsed)s] $*" | tee -a "$OUT/session.log"; }
+exec 3>&1  # the session's stdout, for lines logged by a step whose own output goes to its log file
 left() { echo $(( BUDGET - $(elapsed) )); }
-# A step's timeout before training: at most N s, and never the last RESERVE s (default 150), which the training
-# runs need; 0 when nothing is left for it (the caller skips the step). The fixed limits alone summed to 700 s.
-slot() { local t=$1 room=$(( $(left) - ${RESERVE:-150} )); [ "$room" -lt "$t" ] && t=$room; [ "$t" -lt 20 ] && t=0; echo $t; }
+# A step's timeout before training: at most N s, and never the last RESERVE s (150 when training runs are wanted,
+# else 0), which the training runs need; 0 when nothing is left for it. The fixed limits alone summed to 700 s.
+slot() { local t=$1 room=$(( $(left) - RESERVE )); [ "$room" -lt "$t" ] && t=$room; [ "$t" -lt 20 ] && t=0; echo $t; }
+bounded() {  # WHAT N CMD...: CMD under a timeout of `slot N` (computed once: `timeout 0` would mean no limit), or
+  local what=$1 t; t=$(slot "$2"); shift 2  # skipped, and said, when that is 0
+  if [ "$t" = 0 ]; then log "$what: skipped, no time left before the training's reserve" >&3; return; fi
+  timeout "$t" "$@"; log "$what done rc=$?" >&3  # to the session's stdout, not into the step's own log
+}
+kill_tree() { local child; for child in $(pgrep -P "$1"); do kill_tree "$child"; done; kill "$1" 2>/dev/null; }
 pack() { (cd "$R" && find -L . -name checkpoints -prune -o \( -name "*.log" -o -name "*.json" -o -name "*.jsonl" -o -name "*.txt" \
   -o -name "curves.png" \) -print | tar -czf "$OUT/results.tar.gz" -T -); }
 trap pack EXIT
@@ -103,6 +113,8 @@ log "gpu: $(tail -n1 "$R/gpu.txt")"
 CACHE=${CACHE:-/tmp/cifar_cache}  # the decoded-dataset cache (.npz)
 QUALITIES="50 25"
 TRAINING=0; for run in jax_seeds torch_seeds jpeg_quality article sweep; do wants $run && TRAINING=1; done
+RESERVE=${RESERVE:-$([ $TRAINING = 1 ] && echo 150 || echo 0)}
+QDIR=${QDIR:-/tmp}  # where the re-encoded copies go
 PREP=""
 if [ $TRAINING = 1 ]; then (
   rc=0  # any step's failure, not the last command's status (a bare `wait` returned 0 whatever failed)
@@ -110,8 +122,8 @@ if [ $TRAINING = 1 ]; then (
   if wants jpeg_quality; then
     pids=""
     for q in $QUALITIES; do
-      { python3 scripts/write_dataset.py "$DATA" /tmp/cifar10-q$q.tar.gz --format jpeg --quality $q --data-dir $CACHE &&
-        python3 -c "from flax_resnet.data import load_dataset; load_dataset('/tmp/cifar10-q$q.tar.gz', data_dir='$CACHE')"; } &
+      { python3 scripts/write_dataset.py "$DATA" "$QDIR/cifar10-q$q.tar.gz" --format jpeg --quality $q --data-dir $CACHE &&
+        python3 -c "from flax_resnet.data import load_dataset; load_dataset('$QDIR/cifar10-q$q.tar.gz', data_dir='$CACHE')"; } &
       pids="$pids $!"
     done
     for pid in $pids; do wait "$pid" || rc=1; done
@@ -123,46 +135,45 @@ fi
 # JAX jit + torch eager first, torch.compile separately: a timeout then loses only the compile record.
 if [ "$SMOKE" = 1 ]; then BENCH_ARGS="--steps 1 --warmup 1 --windows 2 --batch-size 8 --dtypes float32"
 else BENCH_ARGS="--steps 10 --warmup 3 --windows 5 --batch-size 512 --dtypes bfloat16 --peak-tflops 989"; fi
-if [ "${SKIP_BENCH:-0}" != 1 ] && [ "$(slot 150)" = 0 ]; then log "no time left for the benchmarks"; fi
-if [ "${SKIP_BENCH:-0}" != 1 ] && [ "$(slot 150)" != 0 ]; then
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
 log "benchmark resnet18 cifar: jax jit, torch eager"
-timeout "$(slot 150)" python3 scripts/benchmark.py --arch resnet18 --variant cifar $BENCH_ARGS --modes jit,eager \
+bounded benchmark 150 python3 scripts/benchmark.py --arch resnet18 --variant cifar $BENCH_ARGS --modes jit,eager \
   --json "$R/bench_resnet18_cifar.json" >"$R/bench_resnet18_cifar.log" 2>&1
-log "benchmark done rc=$?"; tail -n 12 "$R/bench_resnet18_cifar.log" | tee -a "$OUT/session.log"
+tail -n 12 "$R/bench_resnet18_cifar.log" | tee -a "$OUT/session.log"
 log "benchmark resnet18 cifar: torch.compile"
-[ "$(slot 110)" != 0 ] && timeout "$(slot 110)" python3 scripts/benchmark.py --arch resnet18 --variant cifar $BENCH_ARGS --frameworks torch --modes compile \
-  --json "$R/bench_resnet18_cifar_compile.json" >"$R/bench_resnet18_cifar_compile.log" 2>&1
-log "benchmark done rc=$?"; tail -n 4 "$R/bench_resnet18_cifar_compile.log" | tee -a "$OUT/session.log"
+bounded benchmark 110 python3 scripts/benchmark.py --arch resnet18 --variant cifar $BENCH_ARGS --frameworks torch \
+  --modes compile --json "$R/bench_resnet18_cifar_compile.json" >"$R/bench_resnet18_cifar_compile.log" 2>&1
+tail -n 4 "$R/bench_resnet18_cifar_compile.log" | tee -a "$OUT/session.log"
 fi
 if wants profile || wants article; then
   if [ "$SMOKE" = 1 ]; then A_ARGS="--steps 1 --warmup 1 --windows 2 --batch-size 8"
   else A_ARGS="--steps 20 --warmup 5 --windows 5 --batch-size 128"; fi
   PROF=""; wants profile && PROF="--profile /tmp/profile_article"
   log "benchmark resnet18 article fp32 (the article recipe's step): jax jit $PROF"
-  [ "$(slot 120)" != 0 ] && timeout "$(slot 120)" python3 scripts/benchmark.py --arch resnet18 --variant article $A_ARGS --dtypes float32 --frameworks jax \
-    --modes jit $PROF --json "$R/bench_resnet18_article.json" >"$R/bench_resnet18_article.log" 2>&1
-  log "benchmark done rc=$?"; grep -A 14 "^host time" "$R/bench_resnet18_article.log" | tee -a "$OUT/session.log"
+  bounded benchmark 120 python3 scripts/benchmark.py --arch resnet18 --variant article $A_ARGS --dtypes float32 \
+    --frameworks jax --modes jit $PROF --json "$R/bench_resnet18_article.json" >"$R/bench_resnet18_article.log" 2>&1
+  grep -A 14 "^host time" "$R/bench_resnet18_article.log" | tee -a "$OUT/session.log"
 fi
 # The settings of profile's resnet50 and of bn_ab.
 if [ "$SMOKE" = 1 ]; then P_ARGS="--steps 1 --warmup 1 --windows 2 --batch-size 8 --dtypes float32"
 else P_ARGS="--steps 5 --warmup 2 --windows 5 --batch-size 512 --dtypes bfloat16 --peak-tflops 989"; fi
 if wants profile; then  # SKIP_BENCH does not skip it: it is asked for by name
   log "profile resnet50 cifar: jax jit, torch eager"
-  [ "$(slot 150)" != 0 ] && timeout "$(slot 150)" python3 scripts/benchmark.py --arch resnet50 --variant cifar $P_ARGS --modes jit,eager \
+  bounded profile 150 python3 scripts/benchmark.py --arch resnet50 --variant cifar $P_ARGS --modes jit,eager \
     --profile /tmp/profile_r50 --json "$R/bench_resnet50_cifar_profile.json" >"$R/bench_resnet50_cifar_profile.log" 2>&1
-  log "profile done rc=$?"; grep -A 14 "^profile" "$R/bench_resnet50_cifar_profile.log" | tee -a "$OUT/session.log"
+  grep -A 14 "^profile" "$R/bench_resnet50_cifar_profile.log" | tee -a "$OUT/session.log"
   if [ "$SMOKE" != 1 ]; then
     log "profile resnet50 cifar: torch.compile"
-    [ "$(slot 170)" != 0 ] && timeout "$(slot 170)" python3 scripts/benchmark.py --arch resnet50 --variant cifar $P_ARGS --frameworks torch --modes compile \
-      --profile /tmp/profile_r50 --json "$R/bench_resnet50_cifar_compile_profile.json" \
+    bounded profile 170 python3 scripts/benchmark.py --arch resnet50 --variant cifar $P_ARGS --frameworks torch \
+      --modes compile --profile /tmp/profile_r50 --json "$R/bench_resnet50_cifar_compile_profile.json" \
       >"$R/bench_resnet50_cifar_compile_profile.log" 2>&1
-    log "profile done rc=$?"; grep -A 14 "^profile" "$R/bench_resnet50_cifar_compile_profile.log" | tee -a "$OUT/session.log"
+    grep -A 14 "^profile" "$R/bench_resnet50_cifar_compile_profile.log" | tee -a "$OUT/session.log"
   fi
   pack
 fi
 if [ -n "$PREP" ]; then  # never past the training's reserve: a stuck decode must not take the session
-  while kill -0 "$PREP" 2>/dev/null && [ "$(left)" -gt "${RESERVE:-150}" ]; do sleep 2; done
-  kill -0 "$PREP" 2>/dev/null && { log "data prep still running at the training's reserve: stopped"; pkill -P "$PREP"; kill "$PREP"; }
+  while kill -0 "$PREP" 2>/dev/null && [ "$(left)" -gt "$RESERVE" ]; do sleep 2; done
+  kill -0 "$PREP" 2>/dev/null && { log "data prep still running at the training's reserve: stopped"; kill_tree "$PREP"; }
   wait "$PREP"; log "data prep rc=$? $(tail -n1 "$R/data_prep.log")"
 fi
 
@@ -219,10 +230,12 @@ EOF
   log "article epochs: $ARTICLE_EPOCHS of 270 (its lr boundaries are fractions of the run)"
 fi
 DEADLINE=$(( $(left) - 25 ))
-if [ "$DEADLINE" -lt 60 ] || [ "${EPOCHS:-0}" -lt 1 ]; then  # `timeout` takes 0 as no limit and refuses a negative one
+TRAIN_OK=$TRAINING  # `timeout` takes 0 as no limit and refuses a negative one: no run without the time for it
+if [ $TRAINING = 1 ] && { [ "$DEADLINE" -lt 60 ] || [ "${EPOCHS:-0}" -lt 1 ]; }; then
   log "error: no time left to train ($DEADLINE s before the deadline, $EPOCHS epochs planned): no runs started"
-  RUNS=""
+  TRAIN_OK=0
 fi
+train_wants() { [ "$TRAIN_OK" = 1 ] && wants "$1"; }
 EXTRA=""; [ "$SMOKE" = 1 ] && EXTRA="--max-steps 2 --batch-size 16"
 # The runs' workdirs live outside $OUT, which each device call empties, so that the same command run again on
 # the still-warm machine resumes the JAX runs that the first call's deadline stopped (each checkpoints on
@@ -237,18 +250,18 @@ jax_run() {  # name, data, seed, more flags...
     --recipe default --epochs "$EPOCHS" --seed "$seed" --data "$data" --data-dir $CACHE --no-progress \
     --workdir "$R/runs/$name" $EXTRA "$@" >>"$R/runs/$name.log" 2>&1 &
 }
-if wants jax_seeds; then
+if train_wants jax_seeds; then
   IFS=, read -r -a seed_flags <<<"${SEED_FLAGS:-}"
   for seed in 0 1 2; do jax_run jax_default_r18_s$seed "$DATA" $seed "${seed_flags[@]}"; done
 fi
-if wants jpeg_quality; then for q in $QUALITIES; do jax_run jax_default_r18_q${q}_s0 /tmp/cifar10-q$q.tar.gz 0; done; fi
-if wants sweep; then
+if train_wants jpeg_quality; then for q in $QUALITIES; do jax_run jax_default_r18_q${q}_s0 "$QDIR/cifar10-q$q.tar.gz" 0; done; fi
+if train_wants sweep; then
   for item in $SWEEP; do  # name=flag,value,...: the flags follow the later ones of jax_run, so they win
     IFS=, read -r -a flags <<<"${item#*=}"
     jax_run "sweep_${item%%=*}_holdout${HOLDOUT}_s0" "$DATA" 0 --holdout "$HOLDOUT" "${flags[@]}"
   done
 fi
-if wants torch_seeds; then
+if train_wants torch_seeds; then
   TORCH_FLAGS="--amp --channels-last --device cuda"; [ "$SMOKE" = 1 ] && TORCH_FLAGS=""  # cuda: no silent CPU run
   for seed in 1 2; do
     timeout -k 20 $DEADLINE python3 scripts/train_torch.py --arch resnet18 --variant cifar --recipe default --epochs "$EPOCHS" \
@@ -256,7 +269,7 @@ if wants torch_seeds; then
       --workdir "$R/runs/torch_default_r18_s$seed" $EXTRA >>"$R/runs/torch_default_r18_s$seed.log" 2>&1 &
   done
 fi
-if wants article; then
+if train_wants article; then
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 timeout -k 20 $DEADLINE python3 scripts/train.py --arch resnet18 --variant article \
     --recipe article --epochs "$ARTICLE_EPOCHS" --seed 0 --data "$DATA" --data-dir $CACHE --no-progress \
     --workdir "$R/runs/jax_article_r18_s0" $EXTRA >>"$R/runs/jax_article_r18_s0.log" 2>&1 &

@@ -69,21 +69,36 @@ def test_smoke_sweep_evaluates_each_candidate_on_held_out_images(tmp_path: Path,
     assert sum("cutout=8" in row for row in rows) == 1, rows
 
 
-def test_a_session_without_time_to_train_starts_no_run_and_says_why(tmp_path: Path) -> None:
-    # With too little budget left, `timeout` got a negative limit (every run died of "invalid option", and the
-    # log said "training done") or 0, which means no limit at all. The data preparation's failure read rc=0.
+def _session(tmp_path: Path, **settings: str) -> str:
+    """Run gpu_session.sh in SMOKE mode with `settings` (env); its session.log."""
     out = tmp_path / "out"
     env = dict(
-        cli_env(),
-        SMOKE="1", SKIP_BENCH="1", RUNS="jax_seeds jpeg_quality", BUDGET="70", RESERVE="0",
-        DATA=str(tmp_path / "no_such_data.tar.gz"), OUT=str(out), RUNDIR=str(tmp_path / "runs"),
-        CACHE=str(tmp_path / "cache"), WHL=str(tmp_path / "no_wheels"),
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        cli_env(), SMOKE="1", OUT=str(out), RUNDIR=str(tmp_path / "runs"), CACHE=str(tmp_path / "cache"),
+        WHL=str(tmp_path / "no_wheels"), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        **settings,
     )  # fmt: skip
     proc = subprocess.run(["bash", "scripts/gpu_session.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    log = (out / "session.log").read_text()
+    return (out / "session.log").read_text()
+
+
+def test_a_session_without_time_to_train_starts_no_run_and_says_why(tmp_path: Path, tiny_data: Path) -> None:
+    # Without time left, `timeout` got a negative limit (every run died of "invalid option" while the log said
+    # "training done") or 0, which means no limit. A JPEG copy that could not be written read as rc=0 (the
+    # subshell ended in a bare `wait`): here the data decodes, and the copies' folder does not exist.
+    log = _session(tmp_path, SKIP_BENCH="1", RUNS="jpeg_quality", BUDGET="200", RESERVE="0", FORCE_EPOCHS="0",
+                   DATA=str(tiny_data), QDIR=str(tmp_path / "no_such_folder"))  # fmt: skip
     assert "data prep rc=1 " in log, log
-    assert re.search(r"error: no time left to train \(-?\d+ s before the deadline, 1 epochs planned\): no runs", log)
+    assert re.search(r"error: no time left to train \(\d+ s before the deadline, 0 epochs planned\): no runs", log)
     assert not list((tmp_path / "runs").glob("*.log")), "no run may start"
+
+
+def test_steps_before_training_leave_its_reserve_and_say_so(tmp_path: Path) -> None:
+    # Each step's limit is computed once and never eats the reserve: the fixed limits summed to 700 s, and a
+    # limit computed twice could reach `timeout 0`, no limit at all. A session without training runs is not
+    # told it has no time to train.
+    log = _session(tmp_path, RUNS="profile", BUDGET="800", RESERVE="100000", DATA=str(tmp_path / "unused"))
+    assert log.count("benchmark: skipped, no time left before the training's reserve") == 3, log  # r18 x2, article
+    assert log.count("profile: skipped, no time left before the training's reserve") == 1, log  # SMOKE: no compile
+    assert "no time left to train" not in log and not list((tmp_path / "out" / "r").glob("bench_*.json"))
