@@ -1,4 +1,4 @@
-"""Which machine a run or a measurement ran on, in words both trainers and the benchmark write the same way.
+"""Which machine a run or a measurement ran on: the CPU's model, and a run's device as both trainers record it.
 
 Accuracy does not depend on it, time does: the results table's device column and the benchmark's records say it.
 """
@@ -23,11 +23,16 @@ def cpu_model() -> str:
     return info["model name"] + (", AVX-512" if "avx512f" in info.get("flags", "").split() else "")
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's or cpuset's share, not the host's count where they differ)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def run_device(platform_name: str, kind: str, count: int = 1) -> str:
     """A run's device as its metrics.jsonl records it: 'NVIDIA H200', '8 x TPU v4', or on a CPU the model and
-    the machine's CPU count ('CPU Intel(R) Xeon(R) ..., AVX-512, 2 CPUs'), since a CPU device is the whole host.
+    the CPUs the run may use ('CPU Intel(R) Xeon(R) ..., AVX-512, 2 CPUs'), since a CPU device is all of them.
 
     `platform_name` is JAX's platform ("cpu", "gpu", "tpu") or torch's device type ("cpu", "cuda")."""
     if platform_name == "cpu":
-        return f"CPU {cpu_model()}, {os.cpu_count()} CPUs"
+        return f"CPU {cpu_model()}, {usable_cpus()} CPUs"
     return kind if count == 1 else f"{count} x {kind}"

@@ -9,6 +9,7 @@ run plans that `scripts/reproduce.py run` executes, so every number in the READM
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,7 +32,8 @@ class RunSummary:
     final_test_acc: float | None  # None when the run stopped before its last epoch
     final_flip_acc: float | None  # the same with flip TTA; None also for runs made before it was measured
     train_seconds: float
-    device: str | None = None  # as its metrics.jsonl names it ("A then B" if resumed elsewhere); None before 2026-12-06
+    # Each stretch of epochs on one device, in order (None: records from before 2026-12-06 name none).
+    devices: tuple[str | None, ...] = ()
 
 
 def summarize_run(workdir: str | Path) -> RunSummary:
@@ -64,7 +66,7 @@ def summarize_run(workdir: str | Path) -> RunSummary:
         final_test_acc=complete[-1]["test_acc"] if finished else None,
         final_flip_acc=complete[-1].get("test_acc_flip") if finished else None,
         train_seconds=sum(r["epoch_seconds"] for r in records),
-        device=" then ".join(dict.fromkeys(r["device"] for r in records if "device" in r)) or None,
+        devices=_stretches(r.get("device") for r in records),
     )
 
 
@@ -192,9 +194,15 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def _stretches(values: Iterable[Any]) -> tuple[Any, ...]:
+    """`values` with each run of equal neighbours once: A, A, B, A -> A, B, A."""
+    return tuple(value for value, _ in itertools.groupby(values))
+
+
 def _devices(group: Sequence[RunSummary], label: str | None) -> str:
-    """The devices a setting's runs name, each once; `label` stands for runs that record none (older runs)."""
-    named = [run.device or label or "not recorded" for run in group]
+    """Each run's devices in order ("A then B" for a run resumed elsewhere), the distinct ones of a setting
+    joined; `label` names the epochs whose records name no device (runs from before 2026-12-06)."""
+    named = [" then ".join(_stretches(d or label or "not recorded" for d in run.devices or (None,))) for run in group]
     return ", ".join(dict.fromkeys(named))
 
 

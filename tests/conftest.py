@@ -61,9 +61,12 @@ def cpu_model_name() -> str:
 
 
 def cpu_run_device() -> str:
-    """What a run on this machine's CPU must record as its device: the model (AVX-512 where it has it), CPUs."""
-    avx512 = ", AVX-512" if re.search(r"^flags\s*:.*\bavx512f\b", Path("/proc/cpuinfo").read_text(), re.M) else ""
-    return f"CPU {cpu_model_name()}{avx512}, {os.cpu_count()} CPUs"
+    """What a run on this machine's CPU must record as its device: the model (AVX-512 where its first processor
+    has it) and the CPUs this process may use."""
+    info = Path("/proc/cpuinfo")
+    first = info.read_text().split("\n\n")[0] if info.exists() else ""
+    avx512 = ", AVX-512" if re.search(r"^flags\s*:.*\bavx512f\b", first, re.M) else ""
+    return f"CPU {cpu_model_name()}{avx512}, {len(os.sched_getaffinity(0))} CPUs"
 
 
 def make_image_folder(root: Path, seed: int = 0) -> Path:

@@ -359,7 +359,7 @@ def test_the_device_column_is_what_the_runs_recorded(tmp_path: Path) -> None:
     moved = _fake_run(tmp_path / "b", 1, [0.5, 0.92], 2, devices=["NVIDIA H100 80GB HBM3", "NVIDIA H200"])
     old = _fake_run(tmp_path / "c", 2, [0.5, 0.94], 2)
     summaries = [results.summarize_run(r) for r in (h200, moved, old)]
-    assert [s.device for s in summaries] == ["NVIDIA H200", "NVIDIA H100 80GB HBM3 then NVIDIA H200", None]
+    assert [s.devices for s in summaries] == [("NVIDIA H200",), ("NVIDIA H100 80GB HBM3", "NVIDIA H200"), (None,)]
     (row,) = results.results_table(summaries, "GPU of 2026-11").strip().splitlines()[2:]
     assert "| 92.00 ± 2.00 | not measured | 1.00 | NVIDIA H200, NVIDIA H100 80GB HBM3 then NVIDIA H200, GPU of " \
            "2026-11 | cifar10-jpeg.tar.gz |" in row
@@ -368,6 +368,13 @@ def test_the_device_column_is_what_the_runs_recorded(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "reproduce.py"), "table", str(h200)],
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0 and "| 1.00 | NVIDIA H200 | cifar10-jpeg.tar.gz |" in proc.stdout, proc.stderr
+    # Back and forth (A, B, A) is three stretches; epochs from before devices were recorded take the label.
+    back = _fake_run(tmp_path / "e", 3, [0.1, 0.2, 0.3, 0.4], 4, devices=["A", "B", "B", "A"])
+    older = _fake_run(tmp_path / "f", 4, [0.1, 0.2], 2)
+    records = (older / "metrics.jsonl").read_text().splitlines()
+    (older / "metrics.jsonl").write_text(records[0] + "\n" + records[1][:-1] + ', "device": "B"}\n')
+    rows = results.results_table([results.summarize_run(r) for r in (back, older)], "A").strip().splitlines()[2:]
+    assert "| A then B then A |" in rows[0] and "| A then B |" in rows[1], rows
     bad = _fake_run(tmp_path / "d", 0, [0.9], 1, devices=[0])
     with pytest.raises(ValueError, match=r"metrics.jsonl line 1's device is 0, not a string"):
         results.summarize_run(bad)

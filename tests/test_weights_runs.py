@@ -17,7 +17,7 @@ import torch
 import torchvision
 
 from conftest import REPO, TINY_CLASSES, TINY_TEST_PER_CLASS, run_cli
-from flax_resnet import convert
+from flax_resnet import convert, reporting
 from flax_resnet.config import make_config
 from flax_resnet.train import load_run
 from torch_ref.train import TorchOptions, save_state_dict
@@ -192,11 +192,16 @@ def test_per_class_rows_name_their_own_class(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert _main("evaluate")([str(path), "--data", str(cjk), "--data-dir", str(cache), "--out", str(png)]) == 0
-    assert [str(w.message) for w in caught if "missing from" in str(w.message)] == []
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
     assert [row.split()[0] for row in rows] == list(names)
     columns = {row.index("%") + sum(0x3000 <= ord(ch) <= 0x9FFF for ch in row) for row in rows}  # CJK: 2 columns
     assert len(columns) == 1, rows
+    with warnings.catch_warnings(record=True) as raw:  # the same figure drawn without the filter
+        warnings.simplefilter("always")
+        reporting.plot_confusion.__wrapped__(np.eye(3, dtype=np.int64), names, tmp_path / "raw.png")
+    if not any("missing from" in str(w.message) for w in raw):
+        pytest.skip("this machine's font has these glyphs: no warning to quiet")
+    assert [str(w.message) for w in caught if "missing from" in str(w.message)] == []
 
 
 def test_weights_that_do_not_name_or_fit_their_model_are_one_line(
