@@ -447,6 +447,8 @@ def _assemble(tree: _Tree) -> Dataset:
             candidates.append((depth, "folder", d))
         if all(prefix + b in tree.files for b in _CIFAR_BATCHES):
             candidates.append((depth, "cifar", d))
+    if not candidates:  # train/ alone: a data set without a test split, to evaluate on --holdout images
+        candidates = [(depth, "folder", d) for depth, d in _train_only_roots(tree, max_depth)]
     if not candidates:
         batches = sorted(f for f in tree.files if posixpath.basename(f) in _CIFAR_BATCHES)
         if batches:  # some of the python pickles: say which are missing, not that nothing was found
@@ -465,6 +467,20 @@ def _assemble(tree: _Tree) -> Dataset:
         raise DataError(f"{tree.origin}: ambiguous, several dataset roots at the same depth: {roots}")
     _, kind, root = candidates[0]
     return _assemble_cifar(tree, root) if kind == "cifar" else _assemble_folder(tree, root)
+
+
+def _train_only_roots(tree: _Tree, max_depth: int | None) -> list[tuple[int, str]]:
+    """(depth, root) of each folder holding train/ but no test/, nor a split under another name (val/, Test/:
+    what the user more likely meant is said by `_half_found`, not read as a data set without a test split)."""
+    roots = []
+    for d in tree.dirs:
+        depth = d.count("/") + 1 if d else 0
+        prefix = d + "/" if d else ""
+        if (max_depth is not None and depth > max_depth) or prefix + "train" not in tree.dirs:
+            continue
+        if not any(prefix + name in tree.dirs for name in ("test", *_MISNAMED_SPLITS)):
+            roots.append((depth, d))
+    return roots
 
 
 _MISNAMED_SPLITS = {"Train", "Test", "TRAIN", "TEST", "val", "valid", "validation"}
@@ -496,12 +512,13 @@ def _assemble_folder(tree: _Tree, root: str) -> Dataset:
         if len(parts) >= 3 and parts[0] in by_split and parts[-1].lower().endswith(IMAGE_EXTENSIONS):
             by_split[parts[0]].setdefault(parts[1], []).append(name)
     split_dir = {s: tree.where(prefix + s) for s in _SPLITS}
-    for split in _SPLITS:
+    splits = [s for s in _SPLITS if prefix + s in tree.dirs]  # train/ alone: no test split (see hold_out)
+    for split in splits:
         if not by_split[split]:
             raise DataError(f"{split_dir[split]}: no images ({_EXTENSIONS_TEXT}) in its class folders")
     # A class folder without images: torchvision's ImageFolder raises (on either split), and a train/ class
     # dropped here would shift every later label against it.
-    for split in _SPLITS:
+    for split in splits:
         below = f"{prefix}{split}/"
         folders = (d for d in tree.dirs if d.startswith(below) and "/" not in d[len(below) :])
         empty = sorted(d for d in folders if d[len(below) :] not in by_split[split])
@@ -826,10 +843,16 @@ def hold_out(dataset: Dataset, n: int) -> Dataset:
     Each class gives its share of `n` (largest remainder), and which of its images go depends only on their
     pixels and HOLDOUT_SEED: never on the run's seed, nor on the order of the images, so another copy of the
     same data (TFDS, the python pickles, an image folder) holds out the same images. Both splits keep their
-    order. n == 0 returns `dataset` itself.
+    order. n == 0 returns `dataset` itself; a data set without a test split (an image folder of train/ alone)
+    needs n > 0: DataError. Held-out images are its evaluation images, and a run never has others.
     """
     if n < 0:
         raise ValueError(f"holdout must be >= 0, got {n}")
+    if n == 0 and not len(dataset.test_labels):
+        raise DataError(
+            "the data has no test split (its folder holds train/ alone): train with --holdout N to evaluate on N "
+            "held-out training images instead"
+        )
     if n == 0:
         return dataset
     labels = dataset.train_labels

@@ -160,6 +160,23 @@ def test_resume_refuses_other_settings_and_a_run_without_checkpoints_starts_afre
     assert "note: resuming with changed settings: data_dir" in err and "max_steps 1 -> 2" in err
 
 
+def test_both_trainers_train_on_a_train_folder_alone_with_holdout(tiny_data: Path, tmp_path: Path) -> None:
+    # train/ alone: --holdout's images are its evaluation images (12 of its 96: 4 per class); without --holdout
+    # there is nothing to evaluate on, which each trainer says before writing anything.
+    from torch_ref.train import TorchOptions
+    from torch_ref.train import train as torch_train
+
+    alone = tmp_path / "alone"
+    shutil.copytree(tiny_data / "train", alone / "train")
+    for name, run in (("jax", train), ("torch", lambda c: torch_train(c, TorchOptions())[-1])):
+        workdir = tmp_path / name
+        with pytest.raises(data_lib.DataError, match=r"^the data has no test split"):
+            run(_config(alone, tmp_path, workdir=str(workdir), max_steps=2))
+        assert not workdir.exists()
+        last = run(_config(alone, tmp_path, workdir=str(workdir), max_steps=2, holdout=12))
+        assert last["step"] == 2 and abs(last["test_acc"] * 12 - round(last["test_acc"] * 12)) < 1e-9, (name, last)
+
+
 def test_settings_the_data_cannot_take_are_run_errors_before_any_file(tiny_data: Path, tmp_path: Path) -> None:
     # A cutout wider than the 32x32 images would erase them whole (train loss ln 10, exit 0 before).
     with pytest.raises(RunError, match=r"^--cutout 33 is larger than the 32x32 images"):
