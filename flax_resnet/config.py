@@ -144,6 +144,8 @@ def workdir_problem(workdir: str | Path) -> str | None:
 def data_problem(config: Config, image_shape: tuple[int, ...]) -> str | None:
     """What makes `config` unusable on images of `image_shape` (N, H, W, C), or None: checked by both trainers
     before they write anything."""
+    if image_shape[0] == 0:
+        return "the data has no training split (its folder holds test/ alone); scripts/evaluate.py scores a run on it"
     h, w = image_shape[1:3]
     if config.cutout > min(h, w):  # clipped at the border: from 2x the side on, every image is erased whole
         return f"--cutout {config.cutout} is larger than the {h}x{w} images: it would erase most or all of each one"

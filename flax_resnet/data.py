@@ -447,8 +447,8 @@ def _assemble(tree: _Tree) -> Dataset:
             candidates.append((depth, "folder", d))
         if all(prefix + b in tree.files for b in _CIFAR_BATCHES):
             candidates.append((depth, "cifar", d))
-    if not candidates:  # train/ alone: a data set without a test split, to evaluate on --holdout images
-        candidates = [(depth, "folder", d) for depth, d in _train_only_roots(tree, max_depth)]
+    if not candidates:  # one split alone: train/ to evaluate on --holdout images, test/ to score a run on
+        candidates = [(depth, "folder", d) for depth, d in _one_split_roots(tree, max_depth)]
     if not candidates:
         batches = sorted(f for f in tree.files if posixpath.basename(f) in _CIFAR_BATCHES)
         if batches:  # some of the python pickles: say which are missing, not that nothing was found
@@ -469,16 +469,17 @@ def _assemble(tree: _Tree) -> Dataset:
     return _assemble_cifar(tree, root) if kind == "cifar" else _assemble_folder(tree, root)
 
 
-def _train_only_roots(tree: _Tree, max_depth: int | None) -> list[tuple[int, str]]:
-    """(depth, root) of each folder holding train/ but no test/, nor a split under another name (val/, Test/:
-    what the user more likely meant is said by `_half_found`, not read as a data set without a test split)."""
+def _one_split_roots(tree: _Tree, max_depth: int | None) -> list[tuple[int, str]]:
+    """(depth, root) of each folder holding one of train/ and test/ and no split under another name (val/,
+    Test/: what the user more likely meant is said by `_half_found`, not read as a data set of one split)."""
     roots = []
     for d in tree.dirs:
         depth = d.count("/") + 1 if d else 0
         prefix = d + "/" if d else ""
-        if (max_depth is not None and depth > max_depth) or prefix + "train" not in tree.dirs:
+        if max_depth is not None and depth > max_depth:
             continue
-        if not any(prefix + name in tree.dirs for name in ("test", *_MISNAMED_SPLITS)):
+        splits = sum(prefix + s in tree.dirs for s in _SPLITS)
+        if splits == 1 and not any(prefix + name in tree.dirs for name in _MISNAMED_SPLITS):
             roots.append((depth, d))
     return roots
 
@@ -512,7 +513,7 @@ def _assemble_folder(tree: _Tree, root: str) -> Dataset:
         if len(parts) >= 3 and parts[0] in by_split and parts[-1].lower().endswith(IMAGE_EXTENSIONS):
             by_split[parts[0]].setdefault(parts[1], []).append(name)
     split_dir = {s: tree.where(prefix + s) for s in _SPLITS}
-    splits = [s for s in _SPLITS if prefix + s in tree.dirs]  # train/ alone: no test split (see hold_out)
+    splits = [s for s in _SPLITS if prefix + s in tree.dirs]  # one alone: the other is empty (hold_out, data_problem)
     for split in splits:
         if not by_split[split]:
             raise DataError(f"{split_dir[split]}: no images ({_EXTENSIONS_TEXT}) in its class folders")
@@ -526,7 +527,7 @@ def _assemble_folder(tree: _Tree, root: str) -> Dataset:
             raise DataError(
                 f"{tree.where(empty[0])}: class folder holds no images ({_EXTENSIONS_TEXT}), nor do its subfolders"
             )
-    classes = tuple(sorted(by_split["train"]))
+    classes = tuple(sorted(by_split["train"] if "train" in splits else by_split["test"]))  # ImageFolder's: train/'s
     unknown = sorted(set(by_split["test"]) - set(classes))
     if unknown:
         twin = {unicodedata.normalize("NFC", c): c for c in classes}.get(unicodedata.normalize("NFC", unknown[0]))
@@ -848,6 +849,8 @@ def hold_out(dataset: Dataset, n: int) -> Dataset:
     """
     if n < 0:
         raise ValueError(f"holdout must be >= 0, got {n}")
+    if n > 0 and not len(dataset.train_labels):
+        raise DataError("the data has no training split (its folder holds test/ alone) to hold images out of")
     if n == 0 and not len(dataset.test_labels):
         raise DataError(
             "the data has no test split (its folder holds train/ alone): train with --holdout N to evaluate on N "

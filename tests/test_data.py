@@ -504,20 +504,19 @@ def test_error_path_does_not_exist(tmp_path: Path) -> None:
 
 def test_error_directory_without_train_and_test(tmp_path: Path) -> None:
     _write_png(tmp_path / "src/cat/0.png", _pixels(0))
-    _write_png(tmp_path / "src/test/cat/0.png", _pixels(1))  # test/ alone is not enough
     message = _error(tmp_path / "src", tmp_path / "c")
     assert str(tmp_path / "src") in message and "train/" in message
-    # What was found, where a split is missing or named otherwise (it said only "no train/ and test/ found").
-    assert "; found only test/: the splits must be train/ and test/, side by side, in lower case" in message
-    (tmp_path / "src/test").rename(tmp_path / "src/train")
+    # What was found, where a split is named otherwise (it said only "no train/ and test/ found").
+    _write_png(tmp_path / "src/train/cat/0.png", _pixels(1))
     _write_png(tmp_path / "src/val/cat/0.png", _pixels(2))  # ImageNet's layout: not read as train/ alone
-    assert "; found only train/ and val/: the splits" in _error(tmp_path / "src", tmp_path / "c")
+    message = _error(tmp_path / "src", tmp_path / "c")
+    assert "; found only train/ and val/: the splits must be train/ and test/, side by side, in lower case" in message
     _write_png(tmp_path / "cased/wrap/Train/cat/0.png", _pixels(0))
     _write_png(tmp_path / "cased/wrap/Test/cat/0.png", _pixels(1))
     assert "; found only wrap/Test/ and wrap/Train/: the splits" in _error(tmp_path / "cased", tmp_path / "c")
 
 
-def test_train_folder_alone_is_a_data_set_to_hold_out_from(tmp_path: Path) -> None:
+def test_a_train_or_test_folder_alone_is_a_data_set_of_one_split(tmp_path: Path) -> None:
     # Own data often has no test split: train/ alone loads with an empty one (it was "no train/ and test/ class
     # folders found"), which only --holdout can fill; without it, one line says so.
     for i, name in enumerate(("b", "a")):
@@ -533,6 +532,14 @@ def test_train_folder_alone_is_a_data_set_to_hold_out_from(tmp_path: Path) -> No
         hold_out(dataset, 0)
     held = hold_out(dataset, 2)
     assert (len(held.train_labels), len(held.test_labels), sorted(held.test_labels.tolist())) == (4, 2, [0, 1])
+    # test/ alone: a data set to score a trained run on (scripts/evaluate.py); nothing to hold out of.
+    (tmp_path / "src/wrap/train").rename(tmp_path / "src/wrap/test")
+    dataset = load_dataset(str(tmp_path / "src"), data_dir=str(tmp_path / "c"))
+    assert dataset.class_names == ("a", "b") and dataset.test_labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert dataset.train_images.shape == (0, 32, 32, 3) and np.array_equal(dataset.test_images[0], _pixels(10))
+    assert hold_out(dataset, 0) is dataset
+    with pytest.raises(DataError, match=r"^the data has no training split \(its folder holds test/ alone\) to hold"):
+        hold_out(dataset, 2)
 
 
 def test_error_directory_nested_too_deep_or_ambiguous(tmp_path: Path) -> None:

@@ -175,6 +175,11 @@ def test_both_trainers_train_on_a_train_folder_alone_with_holdout(tiny_data: Pat
         assert not workdir.exists()
         last = run(_config(alone, tmp_path, workdir=str(workdir), max_steps=2, holdout=12))
         assert last["step"] == 2 and abs(last["test_acc"] * 12 - round(last["test_acc"] * 12)) < 1e-9, (name, last)
+    # test/ alone has nothing to train on: one line (it read as "--batch-size 16 is larger than the 0 images").
+    shutil.copytree(tiny_data / "test", tmp_path / "test_alone" / "test")
+    with pytest.raises(RunError, match=r"^the data has no training split \(its folder holds test/ alone\); "):
+        train(_config(tmp_path / "test_alone", tmp_path, workdir=str(tmp_path / "none")))
+    assert not (tmp_path / "none").exists()
 
 
 def test_settings_the_data_cannot_take_are_run_errors_before_any_file(tiny_data: Path, tmp_path: Path) -> None:

@@ -179,6 +179,10 @@ def test_per_class_rows_name_their_own_class(
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
     n = TINY_TEST_PER_CLASS
     assert rows == [["cat", "100.00%", f"({n}/{n})"], ["dog", "0.00%", f"(0/{n})"], ["frog", "0.00%", f"(0/{n})"]]
+    # A folder of test/ alone is scored the same (it needed a train/ of every class beside it, decoded for nothing).
+    shutil.copytree(tiny_data / "test", tmp_path / "test_alone" / "test")
+    assert _main("evaluate")([str(path), "--data", str(tmp_path / "test_alone"), "--data-dir", str(cache)]) == 0
+    assert [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")] == rows
 
     # A class named in CJK: its characters take two terminal columns each, so the rows are aligned by columns,
     # not by len() (the accuracies stood out of line); and the figures' font lacks them: that was two lines of
