@@ -311,10 +311,11 @@ def _wanted(name: str) -> bool:
 
 
 def _dangling_matters(name: str) -> bool:
-    """Whether a broken link at `name` stands where an image, a CIFAR batch or a class folder would be (as in an
+    """Whether a broken link at `name` stands where an image, a CIFAR batch, a class folder or a split would be (an
     unmounted drive's or a git-annex checkout's data); ImageFolder lists such a file and fails reading it."""
     parts = name.split("/")
-    return _wanted(name) or (len(parts) >= 2 and parts[-2] in _SPLITS)
+    # a split's own link too: read without it, the tree would load as a data set of the other split alone
+    return _wanted(name) or (len(parts) >= 2 and parts[-2] in _SPLITS) or (len(parts) <= 2 and parts[-1] in _SPLITS)
 
 
 def _scan_directory(path: Path) -> _Tree:
@@ -447,8 +448,8 @@ def _assemble(tree: _Tree) -> Dataset:
             candidates.append((depth, "folder", d))
         if all(prefix + b in tree.files for b in _CIFAR_BATCHES):
             candidates.append((depth, "cifar", d))
-    if not candidates:  # one split alone: train/ to evaluate on --holdout images, test/ to score a run on
-        candidates = [(depth, "folder", d) for depth, d in _one_split_roots(tree, max_depth)]
+    if not candidates and not any(posixpath.basename(f) in _CIFAR_BATCHES for f in tree.files):
+        candidates = _one_split_root(tree, max_depth)  # train/ to evaluate on --holdout images, test/ to score on
     if not candidates:
         batches = sorted(f for f in tree.files if posixpath.basename(f) in _CIFAR_BATCHES)
         if batches:  # some of the python pickles: say which are missing, not that nothing was found
@@ -469,38 +470,41 @@ def _assemble(tree: _Tree) -> Dataset:
     return _assemble_cifar(tree, root) if kind == "cifar" else _assemble_folder(tree, root)
 
 
-def _one_split_roots(tree: _Tree, max_depth: int | None) -> list[tuple[int, str]]:
-    """(depth, root) of each folder holding one of train/ and test/ and no split under another name (val/,
-    Test/: what the user more likely meant is said by `_half_found`, not read as a data set of one split)."""
-    roots = []
-    for d in tree.dirs:
-        depth = d.count("/") + 1 if d else 0
-        prefix = d + "/" if d else ""
-        if max_depth is not None and depth > max_depth:
+# Folder names that mean a split in some layout (ImageNet's val/, "training", any case): beside a lone train/ or
+# test/ they may be the other split under another name, so that tree is an error naming them, not one split.
+_SPLIT_LIKE = {"train", "test", "val", "valid", "validation", "training", "testing", "eval", "evaluation", "dev"}
+
+
+def _split_like(tree: _Tree, max_depth: int | None) -> dict[str, list[str]]:
+    """Each folder (at most `max_depth` deep, not itself inside a split) -> its subfolders named like a split."""
+    found: dict[str, list[str]] = {}
+    for d in sorted(tree.dirs):
+        parent, name = posixpath.split(d)
+        depth = parent.count("/") + 1 if parent else 0
+        if not d or name.lower() not in _SPLIT_LIKE or (max_depth is not None and depth > max_depth):
             continue
-        splits = sum(prefix + s in tree.dirs for s in _SPLITS)
-        if splits == 1 and not any(prefix + name in tree.dirs for name in _MISNAMED_SPLITS):
-            roots.append((depth, d))
-    return roots
+        if not any(part.lower() in _SPLIT_LIKE for part in parent.split("/")):  # a class named "test" is no split
+            found.setdefault(parent, []).append(name)
+    return found
 
 
-_MISNAMED_SPLITS = {"Train", "Test", "TRAIN", "TEST", "val", "valid", "validation"}
+def _one_split_root(tree: _Tree, max_depth: int | None) -> list[tuple[int, str, str]]:
+    """[(0, "folder", root)] where the only split-like folder of the tree is one train/ or test/; else []."""
+    found = _split_like(tree, max_depth)
+    if len(found) == 1 and next(iter(found.values())) in (["train"], ["test"]):
+        return [(0, "folder", next(iter(found)))]
+    return []
 
 
 def _half_found(tree: _Tree, max_depth: int | None) -> str:
-    """What the shallowest folder with one split, or a split named otherwise (Train/, val/ as in ImageNet's
-    layout), holds, as '; found ...': what a tree without both train/ and test/ most likely meant."""
-    for d in sorted(tree.dirs, key=lambda d: (d.count("/"), d)):
-        if max_depth is not None and d and d.count("/") + 1 > max_depth:
-            continue
-        prefix = d + "/" if d else ""
-        found = [s for s in _SPLITS if prefix + s in tree.dirs]
-        misnamed = sorted(name for name in _MISNAMED_SPLITS if prefix + name in tree.dirs)
-        if not found and not misnamed:
-            continue
-        names = " and ".join(prefix + name + "/" for name in [*found, *misnamed])
-        return f"; found only {names}: the splits must be train/ and test/, side by side, in lower case"
-    return ""
+    """'; found only ...': the split-like folders of a tree without a train/ and test/ side by side (one of them
+    beside val/ or Train/, or each in another folder), what the user most likely meant."""
+    found = _split_like(tree, max_depth)
+    names = [f"{p}/{n}/" if p else f"{n}/" for p in sorted(found, key=lambda p: (p.count("/"), p)) for n in found[p]]
+    if not names:
+        return ""
+    shown = " and ".join(names[:4]) + (f" (and {len(names) - 4} more)" if len(names) > 4 else "")
+    return f"; found only {shown}: the splits must be train/ and test/, side by side, in lower case"
 
 
 def _assemble_folder(tree: _Tree, root: str) -> Dataset:

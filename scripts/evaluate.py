@@ -20,6 +20,7 @@ from flax_resnet.errors import ArgumentParser
 
 if TYPE_CHECKING:
     from flax_resnet.config import Config
+    from flax_resnet.data import Dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
                 "--data points at another copy)"
             )
             raise data_lib.DataError(f"{e}{hint}") from None
+        if run.config.holdout and not len(dataset.train_labels):
+            raise data_lib.DataError(f"{source} holds test/ alone: this --holdout run is scored on its "
+                                     f"{run.config.holdout} held-out images of the training data (train/)")  # fmt: skip
+        if not run.config.holdout and not len(dataset.test_labels):
+            raise data_lib.DataError(f"{source} holds train/ alone: a run trained without --holdout is scored on test "
+                                     "images (test/)")  # fmt: skip
+        if named and not len(dataset.train_labels) and set(dataset.class_names) < set(run.class_names):
+            dataset = _onto_classes(dataset, run.class_names)  # test/ alone without some class's folder
         if len(dataset.class_names) != run.config.num_classes:
             raise data_lib.DataError(
                 f"{source}: {len(dataset.class_names)} classes, but the checkpoint has {run.config.num_classes}"
@@ -132,6 +141,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"confusion matrix: {out}")
     return 0
+
+
+def _onto_classes(dataset: Dataset, names: tuple[str, ...]) -> Dataset:
+    """A test split labelled by its own folders' names, relabelled by `names` (a run's classes, a superset): a
+    folder of test/ alone takes its class numbers from its own folders, so one missing would shift the rest."""
+    import dataclasses
+
+    import numpy as np
+
+    index = np.array([names.index(name) for name in dataset.class_names], np.int32)
+    return dataclasses.replace(dataset, test_labels=index[dataset.test_labels], class_names=names)
 
 
 def _columns(text: str) -> int:

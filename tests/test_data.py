@@ -526,7 +526,11 @@ def test_a_train_or_test_folder_alone_is_a_data_set_of_one_split(tmp_path: Path)
     assert dataset.class_names == ("a", "b") and dataset.train_labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert np.array_equal(dataset.train_images[0], _pixels(10)) and np.array_equal(dataset.train_images[3], _pixels(0))
     assert dataset.test_images.shape == (0, 32, 32, 3) and dataset.test_labels.dtype == np.int32
-    assert load_dataset(str(tmp_path / "src"), data_dir=str(tmp_path / "c")).test_labels.shape == (0,)  # cached
+    assert len(list((tmp_path / "c").glob("*.npz"))) == 1  # cached, and read back whole from the cache
+    _assert_same(load_dataset(str(tmp_path / "src"), data_dir=str(tmp_path / "c")), dataset)
+    # written as an image-folder tar (scripts/write_dataset.py) it is the same one-split data set again
+    copy = write_image_folder(dataset, tmp_path / "copy.tar.gz")
+    _assert_same(load_dataset(str(copy), data_dir=str(tmp_path / "c2")), dataset)
     with pytest.raises(DataError, match=r"^the data has no test split \(its folder holds train/ alone\): train "
                                         r"with --holdout N to evaluate on N held-out training images instead$"):
         hold_out(dataset, 0)
@@ -540,6 +544,32 @@ def test_a_train_or_test_folder_alone_is_a_data_set_of_one_split(tmp_path: Path)
     assert hold_out(dataset, 0) is dataset
     with pytest.raises(DataError, match=r"^the data has no training split \(its folder holds test/ alone\) to hold"):
         hold_out(dataset, 2)
+
+
+def test_a_split_alone_is_one_only_where_nothing_else_may_be_the_other(tmp_path: Path) -> None:
+    # A lone train/ or test/ loads as one split only if no other folder may be meant as a split: beside it under
+    # another name or case (val/, VAL/, training/), or elsewhere in the tree (a tar holding each in its own
+    # folder); those are the error naming what was found. Each of these loaded as one split at first (review).
+    for i, tree in enumerate((("train", "VAL"), ("training", "test"), ("train", "Validation"), ("a/train", "b/test"))):
+        root = tmp_path / f"t{i}"
+        for j, split in enumerate(tree):
+            _write_png(root / "w" / split / "cat/0.png", _pixels(j))
+        names = sorted(f"w/{split}/" for split in tree)
+        if "/" in tree[0]:  # each split in its own folder, two levels down: found in a tar, which nests anywhere
+            names = [f"cifar10-mini/{name}" for name in names]
+            root = _make_tar(root, tmp_path / f"t{i}.tar")
+        message = _error(root, tmp_path / "c")
+        assert f"; found only {' and '.join(names)}: the splits must be train/ and test/, side by" in message, message
+    # A split's broken link (an unmounted drive) would leave the other alone: an error, as for a class folder.
+    _write_png(tmp_path / "link/train/cat/0.png", _pixels(0))
+    (tmp_path / "link/test").symlink_to("/mnt/unmounted/test")
+    assert _error(tmp_path / "link", tmp_path / "c") == (
+        f"{tmp_path / 'link/test'}: a link to '/mnt/unmounted/test', which does not exist"
+    )
+    # Some of the CIFAR python batches beside a train/: that they are incomplete is the error, as before.
+    (tmp_path / "link/test").unlink()
+    (tmp_path / "link/data_batch_1").write_bytes(b"")
+    assert "CIFAR-10 python batches incomplete, missing data_batch_2" in _error(tmp_path / "link", tmp_path / "c")
 
 
 def test_error_directory_nested_too_deep_or_ambiguous(tmp_path: Path) -> None:

@@ -179,10 +179,27 @@ def test_per_class_rows_name_their_own_class(
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
     n = TINY_TEST_PER_CLASS
     assert rows == [["cat", "100.00%", f"({n}/{n})"], ["dog", "0.00%", f"(0/{n})"], ["frog", "0.00%", f"(0/{n})"]]
-    # A folder of test/ alone is scored the same (it needed a train/ of every class beside it, decoded for nothing).
-    shutil.copytree(tiny_data / "test", tmp_path / "test_alone" / "test")
-    assert _main("evaluate")([str(path), "--data", str(tmp_path / "test_alone"), "--data-dir", str(cache)]) == 0
+    # A folder of test/ alone is scored the same (it needed a train/ of every class beside it, decoded for nothing),
+    # also without a class's folder: its labels are the run's, by name (its own would number dog 0, frog 1).
+    alone = tmp_path / "test_alone"
+    shutil.copytree(tiny_data / "test", alone / "test")
+    evaluate = _main("evaluate")
+    assert evaluate([str(path), "--data", str(alone), "--data-dir", str(cache)]) == 0
     assert [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")] == rows
+    shutil.rmtree(alone / "test" / "cat")
+    assert evaluate([str(path), "--data", str(alone), "--data-dir", str(cache), "--out", str(png)]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert rows == [["cat", "--", "(0/0)"], ["dog", "0.00%", f"(0/{n})"], ["frog", "0.00%", f"(0/{n})"]]
+    # train/ alone has no test images for a run trained without --holdout; test/ alone no held-out ones.
+    shutil.copytree(tiny_data / "train", tmp_path / "train_alone" / "train")
+    assert evaluate([str(path), "--data", str(tmp_path / "train_alone"), "--data-dir", str(cache)]) == 1
+    assert _one_error_line(capsys).endswith("train_alone holds train/ alone: a run trained without --holdout is "
+                                            "scored on test images (test/)")  # fmt: skip
+    meta = convert.weights_metadata("resnet18", "imagenet", TINY_CLASSES, 1, holdout=12, holdout_digest="0" * 32)
+    convert.save_safetensors(model.state_dict(), tmp_path / "held.safetensors", meta)
+    assert evaluate([str(tmp_path / "held.safetensors"), "--data", str(alone), "--data-dir", str(cache)]) == 1
+    assert _one_error_line(capsys).endswith("test_alone holds test/ alone: this --holdout run is scored on its 12 "
+                                            "held-out images of the training data (train/)")  # fmt: skip
 
     # A class named in CJK: its characters take two terminal columns each, so the rows are aligned by columns,
     # not by len() (the accuracies stood out of line); and the figures' font lacks them: that was two lines of
