@@ -448,10 +448,13 @@ def _assemble(tree: _Tree) -> Dataset:
             candidates.append((depth, "folder", d))
         if all(prefix + b in tree.files for b in _CIFAR_BATCHES):
             candidates.append((depth, "cifar", d))
-    if not candidates and not any(posixpath.basename(f) in _CIFAR_BATCHES for f in tree.files):
-        candidates = _one_split_root(tree, max_depth)  # train/ to evaluate on --holdout images, test/ to score on
+    batches = sorted(f for f in tree.files if posixpath.basename(f) in _CIFAR_BATCHES)
+    split_like = _split_like(tree, max_depth)
+    # One split alone: train/ to evaluate on --holdout images, test/ to score a run on; only where it is the
+    # tree's one split-like folder, and no CIFAR batches say the tree is something else.
+    if not candidates and not batches and len(split_like) == 1 and [*split_like.values()] in ([["train"]], [["test"]]):
+        candidates = [(0, "folder", next(iter(split_like)))]
     if not candidates:
-        batches = sorted(f for f in tree.files if posixpath.basename(f) in _CIFAR_BATCHES)
         if batches:  # some of the python pickles: say which are missing, not that nothing was found
             root = posixpath.dirname(batches[0])
             missing = [b for b in _CIFAR_BATCHES if posixpath.join(root, b) not in tree.files]
@@ -459,7 +462,7 @@ def _assemble(tree: _Tree) -> Dataset:
             raise DataError(f"{place}: CIFAR-10 python batches incomplete, missing {', '.join(missing)}")
         where = "" if tree.is_tar else " (a folder is searched at its top and one level below)"
         raise DataError(
-            f"{tree.origin}: no train/ and test/ class folders found{where}{_half_found(tree, max_depth)} "
+            f"{tree.origin}: no train/ and test/ class folders found{where}{_half_found(split_like)} "
             "(expected <root>/{train,test}/<class>/<images>, or cifar-10-python.tar.gz)"
         )
     candidates.sort()
@@ -488,18 +491,9 @@ def _split_like(tree: _Tree, max_depth: int | None) -> dict[str, list[str]]:
     return found
 
 
-def _one_split_root(tree: _Tree, max_depth: int | None) -> list[tuple[int, str, str]]:
-    """[(0, "folder", root)] where the only split-like folder of the tree is one train/ or test/; else []."""
-    found = _split_like(tree, max_depth)
-    if len(found) == 1 and next(iter(found.values())) in (["train"], ["test"]):
-        return [(0, "folder", next(iter(found)))]
-    return []
-
-
-def _half_found(tree: _Tree, max_depth: int | None) -> str:
-    """'; found only ...': the split-like folders of a tree without a train/ and test/ side by side (one of them
-    beside val/ or Train/, or each in another folder), what the user most likely meant."""
-    found = _split_like(tree, max_depth)
+def _half_found(found: dict[str, list[str]]) -> str:
+    """'; found only ...': the split-like folders (`_split_like`) of a tree without a train/ and test/ side by side
+    (one of them beside val/ or Train/, or each in another folder), what the user most likely meant."""
     names = [f"{p}/{n}/" if p else f"{n}/" for p in sorted(found, key=lambda p: (p.count("/"), p)) for n in found[p]]
     if not names:
         return ""

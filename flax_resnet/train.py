@@ -281,7 +281,8 @@ def check_workdir(workdir: str | Path, config: Config, keys: tuple[str, ...] = R
     diffs = differences(saved, config, keys)
     if diffs:
         # --dtype auto means bfloat16 on a GPU/TPU and float32 on a CPU: a run moved between them differs in it.
-        moved = " (--dtype auto is bfloat16 on a GPU/TPU, float32 on a CPU)" if saved.dtype != config.dtype else ""
+        dtype_differs = "dtype" in keys and saved.dtype != config.dtype
+        moved = " (--dtype auto is bfloat16 on a GPU/TPU, float32 on a CPU)" if dtype_differs else ""
         raise RunError(
             f"{Path(workdir)} holds a run with other settings: {', '.join(diffs)}{moved}; refusing to resume (rerun "
             "with the run's own settings, its config.json, or use another --workdir)"

@@ -78,7 +78,6 @@ bounded() {  # WHAT N CMD...: CMD under a timeout of `slot N` (computed once: `t
   if [ "$t" = 0 ]; then log "$what: skipped, no time left before the training's reserve" >&3; return; fi
   timeout "$t" "$@"; log "$what done rc=$?" >&3  # to the session's stdout, not into the step's own log
 }
-kill_tree() { local child; for child in $(pgrep -P "$1"); do kill_tree "$child"; done; kill "$1" 2>/dev/null; }
 pack() { (cd "$R" && find -L . -name checkpoints -prune -o \( -name "*.log" -o -name "*.json" -o -name "*.jsonl" -o -name "*.txt" \
   -o -name "curves.png" \) -print | tar -czf "$OUT/results.tar.gz" -T -); }
 trap pack EXIT
@@ -116,6 +115,7 @@ TRAINING=0; for run in jax_seeds torch_seeds jpeg_quality article sweep; do want
 RESERVE=${RESERVE:-$([ $TRAINING = 1 ] && echo 150 || echo 0)}
 QDIR=${QDIR:-/tmp}  # where the re-encoded copies go
 PREP=""
+set -m  # the preparation in a process group of its own: stopped at the reserve with every process it started
 if [ $TRAINING = 1 ]; then (
   rc=0  # any step's failure, not the last command's status (a bare `wait` returned 0 whatever failed)
   python3 -c "from flax_resnet.data import load_dataset; d = load_dataset('$DATA', data_dir='$CACHE'); print('data', d.train_images.shape, d.test_images.shape)" || rc=1
@@ -131,6 +131,7 @@ if [ $TRAINING = 1 ]; then (
   exit $rc
 ) >"$R/data_prep.log" 2>&1 & PREP=$!
 fi
+set +m
 
 # JAX jit + torch eager first, torch.compile separately: a timeout then loses only the compile record.
 if [ "$SMOKE" = 1 ]; then BENCH_ARGS="--steps 1 --warmup 1 --windows 2 --batch-size 8 --dtypes float32"
@@ -173,7 +174,7 @@ if wants profile; then  # SKIP_BENCH does not skip it: it is asked for by name
 fi
 if [ -n "$PREP" ]; then  # never past the training's reserve: a stuck decode must not take the session
   while kill -0 "$PREP" 2>/dev/null && [ "$(left)" -gt "$RESERVE" ]; do sleep 2; done
-  kill -0 "$PREP" 2>/dev/null && { log "data prep still running at the training's reserve: stopped"; kill_tree "$PREP"; }
+  kill -0 "$PREP" 2>/dev/null && { log "data prep still running at the training's reserve: stopped"; kill -- -"$PREP"; }
   wait "$PREP"; log "data prep rc=$? $(tail -n1 "$R/data_prep.log")"
 fi
 
@@ -278,7 +279,7 @@ wait
 log "training done"
 for f in "$R"/runs/*.log; do [ -e "$f" ] || continue; echo "== $f: $(grep -E 'final:|error' "$f" | tail -n1)" | tee -a "$OUT/session.log"; done
 if ls -d "$R"/runs/*/ >/dev/null 2>&1; then  # the results table of this session's runs, one row per setting
-  python3 scripts/reproduce.py table "$R"/runs/*/ --device "$(tail -n1 "$R/gpu.txt" | cut -d, -f1)" 2>&1 | tee -a "$OUT/session.log"
+  python3 scripts/reproduce.py table "$R"/runs/*/ 2>&1 | tee -a "$OUT/session.log"  # each run records its device
 fi
 nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu --format=csv,noheader >>"$R/gpu.txt" 2>&1
 pack

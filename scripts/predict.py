@@ -14,14 +14,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flax_resnet.errors import ArgumentParser
 
 SIZE = 32
-ORIENTATION = 0x0112  # the EXIF tag
 
 
 def load_image(path: Path) -> tuple[object, list[str]]:
     """RGB uint8 (32, 32, 3) array of an image file, upright as its EXIF orientation says (a phone's photo is
     stored sideways), and what was done to it beyond that of a training image (turned, cropped, resized)."""
     import numpy as np
-    from PIL import Image, ImageOps
+    from PIL import ExifTags, Image, ImageOps
 
     from flax_resnet.data import check_scale, rgb8
 
@@ -32,7 +31,7 @@ def load_image(path: Path) -> tuple[object, list[str]]:
         with Image.open(path) as opened:
             check_scale(opened)
             # Training reads images as stored (as torchvision's ImageFolder): a turn is said, as a resize is.
-            turned = opened.getexif().get(ORIENTATION, 1) in range(2, 9)  # 1: as stored; 2-8: what exif_transpose does
+            turned = opened.getexif().get(ExifTags.Base.Orientation, 1) in range(2, 9)  # 1: as stored; 2-8: turns
             done = ["turned upright by its EXIF orientation"] if turned else []
             image = Image.fromarray(rgb8(ImageOps.exif_transpose(opened)))
         if image.size != (SIZE, SIZE):
